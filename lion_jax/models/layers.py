@@ -1,0 +1,133 @@
+"""Building blocks shared by every tower: dense layers with logical axes, norms, attention.
+
+Every parameter is created through `nn.with_logical_partitioning`, so a sharding rule set in the
+config (not this code) decides where it lives on the device mesh. Norms and softmax always run in
+float32 whatever the compute dtype, as the PyTorch reference does under autocast.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+# BERT / EVA initialiser: N(0, 0.02) (truncated for EVA, plain for BERT; the difference is irrelevant
+# for towers that are always loaded from a checkpoint).
+normal_002 = nn.initializers.normal(stddev=0.02)
+# torch.nn.Linear default weight init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  """Activations by their HF names: `gelu` is exact (erf), `gelu_new` the tanh approximation."""
+  table = {
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+      "relu": jax.nn.relu,
+  }
+  if name not in table:
+    raise ValueError(f"unknown activation {name!r}; expected one of {sorted(table)}")
+  return table[name]
+
+
+class Dense(nn.Module):
+  """`y = x @ kernel (+ bias)` with logical axis names (in_axis, out_axis) on the kernel."""
+
+  features: int
+  axes: tuple[str | None, str | None]
+  use_bias: bool = True
+  kernel_init: Initializer = normal_002
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
+        (x.shape[-1], self.features), jnp.float32)
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
+                        (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm computed in float32, returned in the input dtype."""
+
+  epsilon: float
+  axis_name: str | None = "embed"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    d = x.shape[-1]
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                       (d,), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)),
+                      (d,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    mean = xf.mean(-1, keepdims=True)
+    var = jnp.square(xf - mean).mean(-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+    return y.astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+  """T5's norm: scale only, no mean subtraction, variance in float32."""
+
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                       (x.shape[-1],), jnp.float32)
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), -1, keepdims=True) + self.epsilon)
+    return (y * scale).astype(x.dtype)
+
+
+def padding_bias(mask: Array, dtype: Dtype = jnp.float32) -> Array:
+  """[B, K] 0/1 key mask -> additive bias [B, 1, 1, K] (0 where kept, a large negative where masked)."""
+  return jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)
+
+
+def attend(q: Array, k: Array, v: Array, bias: Array | None, *, scale: float,
+           probs_dropout: Callable[[Array], Array] | None = None) -> Array:
+  """Multi-head attention core on [B, T, H, D] tensors; softmax in float32.
+
+  `bias` is added to the logits (padding masks, causal masks, T5 relative positions) and broadcasts
+  to [B, H, Tq, Tk]. `probs_dropout`, when given, is applied to the attention probabilities.
+  """
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+  if scale != 1.0:
+    logits = logits * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1)
+  if probs_dropout is not None:
+    probs = probs_dropout(probs)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+
+
+def split_heads(x: Array, num_heads: int) -> Array:
+  return x.reshape(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
+
+
+def merge_heads(x: Array) -> Array:
+  return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+def constrain(x: Array, axes: Sequence[str | None]) -> Array:
+  """Logical sharding constraint on an activation (a no-op outside a mesh with rules)."""
+  return nn.with_logical_constraint(x, tuple(axes))
+
+
+def head_scale(head_dim: int) -> float:
+  return 1.0 / math.sqrt(head_dim)

@@ -1,0 +1,100 @@
+"""LION: EVA ViT + (Q-Former branch and/or vision aggregator) + FlanT5 with a mixture of adapters.
+
+The batch contract (stable; everything else in the project speaks it):
+
+  image              float32 [B, H, W, 3]  already CLIP-normalised
+  qformer_ids        int32   [B, Lq]       BERT ids of the question (Q-Former text)
+  qformer_mask       int32   [B, Lq]
+  input_ids          int32   [B, L]        T5 ids of the instruction (text only: the visual tokens are
+  input_mask         int32   [B, L]        prepended by the model, no placeholder ids)
+  decoder_input_ids  int32   [B, T]        targets shifted right, starting with the decoder start id 0
+  task               int32   [B]           0 = region-level, 1 = image-level (selects MoA gate rows)
+
+`Lion(config).apply({'params': params}, batch)` returns logits [B, T, V] in float32; it is
+deterministic unless called with `train=True` and a `'dropout'` rng.
+
+The T5 encoder reads `[Q-Former tokens | aggregator tokens | instruction embeddings]`, the visual part
+always unmasked. `config.visual_input` picks the stage layout, as in the official code:
+  'qformer'    (stage 1): Q-Former tokens only, one adapter per FFN
+  'aggregator' (stage 2): aggregator tokens only, one adapter per FFN
+  'all'        (stage 3): both, two adapters per FFN with per-task gates
+Modules a layout does not use are not created, so their parameters do not exist.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from lion_jax.models import layers
+from lion_jax.models.aggregator import Aggregator
+from lion_jax.models.qformer import QFormerBranch
+from lion_jax.models.t5 import T5
+from lion_jax.models.vit import VisionTransformer
+
+VISUAL_INPUTS = ("qformer", "aggregator", "all")
+
+
+def num_adapters(config: ml_collections.ConfigDict) -> int:
+  return 2 if config.visual_input == "all" else 1
+
+
+class Lion(nn.Module):
+  config: ml_collections.ConfigDict
+
+  def setup(self):
+    c = self.config
+    if c.visual_input not in VISUAL_INPUTS:
+      raise ValueError(f"config.visual_input={c.visual_input!r}; expected one of {VISUAL_INPUTS}")
+    dtype = jnp.dtype(c.dtype)
+    self.vit = VisionTransformer(c.vit, dtype)
+    if c.visual_input in ("qformer", "all"):
+      self.qformer = QFormerBranch(c.qformer, c.t5.d_model, dtype)
+    if c.visual_input in ("aggregator", "all"):
+      self.aggregator = Aggregator(c.aggregator, c.vit.width, c.t5.d_model, dtype)
+    self.t5 = T5(c.t5, num_adapters(c), dtype)
+    if c.use_soft_prompt:
+      self.soft_prompt = self.param("soft_prompt", nn.with_logical_partitioning(
+          nn.initializers.normal(1.0), ("embed",)), (c.t5.d_model,))
+
+  def visual_tokens(self, batch, *, train: bool = False) -> jax.Array:
+    """Image (+ question) -> [B, N_visual, d_model] tokens for the T5 encoder."""
+    c = self.config
+    hidden = self.vit(batch["image"])
+    # The ViT is frozen in every stage: no gradient flows into it.
+    hidden = [jax.lax.stop_gradient(h) for h in hidden]
+    tokens = []
+    if c.visual_input in ("qformer", "all"):
+      tokens.append(self.qformer(hidden[-1], batch["qformer_ids"], batch["qformer_mask"], train=train))
+    if c.visual_input in ("aggregator", "all"):
+      memories = [hidden[i - 1] for i in c.aggregator.memory_layers]
+      tokens.append(self.aggregator(hidden[-1], memories, train=train))
+    return jnp.concatenate(tokens, axis=1)
+
+  def text_embeddings(self, input_ids: jax.Array) -> jax.Array:
+    """T5 embeddings of the instruction, the soft-prompt vector at every `<extra_id_0>` position."""
+    x = self.t5.embed(input_ids)
+    if self.config.use_soft_prompt:
+      at_sentinel = (input_ids == self.config.soft_prompt_token_id)[..., None]
+      x = jnp.where(at_sentinel, self.soft_prompt.astype(x.dtype), x)
+    return x
+
+  def encode(self, batch, *, train: bool = False):
+    """Runs the image towers and the T5 encoder once; returns (encoded [B, S, d], mask [B, S])."""
+    visual = self.visual_tokens(batch, train=train)
+    text = self.text_embeddings(batch["input_ids"])
+    x = jnp.concatenate([visual.astype(text.dtype), text], axis=1)
+    x = layers.constrain(x, ("batch", "length", "embed"))
+    b, n_visual = visual.shape[:2]
+    mask = jnp.concatenate([jnp.ones((b, n_visual), jnp.int32), batch["input_mask"].astype(jnp.int32)],
+                           axis=1)
+    return self.t5.encode(x, mask, batch["task"], train=train), mask
+
+  def decode(self, decoder_input_ids, encoded, encoder_mask, task, *, train: bool = False):
+    return self.t5.decode(decoder_input_ids, encoded, encoder_mask, task, train=train)
+
+  def __call__(self, batch, *, train: bool = False) -> jax.Array:
+    encoded, mask = self.encode(batch, train=train)
+    return self.decode(batch["decoder_input_ids"], encoded, mask, batch["task"], train=train)

@@ -1,0 +1,128 @@
+"""EVA ViT-g/14, the frozen image tower of BLIP-2, InstructBLIP and LION.
+
+Pre-LN transformer blocks with a fused qkv projection whose bias is [q_bias, 0, v_bias] (no key bias),
+exact GELU, learned absolute positions (bicubically resized when the image size differs from the
+trained grid) and no final norm. It returns the hidden state after every block, because LION reads
+three of them (the last for the Q-Former and the aggregator's query stream, two earlier ones as the
+aggregator's memories).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lion_jax.models import layers
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+  """Keys' cubic convolution weights for offsets -1, 0, 1, 2 (torch's bicubic uses a = -0.75)."""
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+  return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """[n_out, n_in] matrix equal to torch `interpolate(mode='bicubic', align_corners=False)` in 1-D.
+
+  Source positions are `(i + 0.5) * n_in / n_out - 0.5`; taps outside the grid are clamped to the
+  border, as torch does.
+  """
+  src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  base = np.floor(src)
+  w = _cubic_weights(src - base)
+  m = np.zeros((n_out, n_in), np.float64)
+  for tap in range(4):
+    idx = np.clip(base.astype(np.int64) - 1 + tap, 0, n_in - 1)
+    np.add.at(m, (np.arange(n_out), idx), w[:, tap])
+  return m.astype(np.float32)
+
+
+def resize_positions(pos: jax.Array, grid_out: tuple[int, int]) -> jax.Array:
+  """Resizes [1, 1 + g*g, D] position embeddings (CLS first) to a (gh, gw) patch grid."""
+  n = pos.shape[1] - 1
+  g = int(round(n ** 0.5))
+  if g * g != n:
+    raise ValueError(f"position embedding has {n} patch positions, which is not a square grid")
+  if (g, g) == tuple(grid_out):
+    return pos
+  patch = pos[0, 1:].reshape(g, g, -1).astype(jnp.float32)
+  mh, mw = bicubic_matrix(g, grid_out[0]), bicubic_matrix(g, grid_out[1])
+  patch = jnp.einsum("oi,pj,ijd->opd", mh, mw, patch).reshape(1, -1, pos.shape[-1])
+  return jnp.concatenate([pos[:, :1].astype(jnp.float32), patch], axis=1).astype(pos.dtype)
+
+
+class Attention(nn.Module):
+  """EVA self-attention: fused qkv kernel, separate q and v biases, zero key bias."""
+
+  config: ml_collections.ConfigDict
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    w, h = self.config.width, self.config.num_heads
+    qkv = layers.Dense(3 * w, ("embed", "qkv"), use_bias=False, dtype=self.dtype, name="qkv")(x)
+    q_bias = self.param("q_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads",)), (w,))
+    v_bias = self.param("v_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads",)), (w,))
+    q, k, v = jnp.split(qkv, 3, axis=-1)
+    q = layers.split_heads(q + q_bias.astype(self.dtype), h)
+    k = layers.split_heads(k, h)
+    v = layers.split_heads(v + v_bias.astype(self.dtype), h)
+    out = layers.attend(q, k, v, None, scale=layers.head_scale(w // h))
+    return layers.Dense(w, ("heads", "embed"), dtype=self.dtype, name="proj")(layers.merge_heads(out))
+
+
+class Block(nn.Module):
+  config: ml_collections.ConfigDict
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = self.config
+    x = x + Attention(c, self.dtype, name="attn")(layers.LayerNorm(c.ln_eps, name="norm1")(x))
+    y = layers.LayerNorm(c.ln_eps, name="norm2")(x)
+    y = layers.Dense(c.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(y)
+    y = layers.activation("gelu")(y)
+    y = layers.Dense(c.width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(y)
+    return layers.constrain(x + y, ("batch", "length", "embed"))
+
+
+class VisionTransformer(nn.Module):
+  """Image [B, H, W, 3] (normalised) -> list of `depth` hidden states, each [B, 1 + patches, width]."""
+
+  config: ml_collections.ConfigDict
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, image: jax.Array) -> list[jax.Array]:
+    c = self.config
+    p = c.patch_size
+    if image.shape[1] % p or image.shape[2] % p:
+      raise ValueError(f"image size {image.shape[1:3]} is not a multiple of the patch size {p}")
+    patches = nn.Conv(c.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                      kernel_init=nn.with_logical_partitioning(layers.normal_002,
+                                                               (None, None, None, "embed")),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                      name="patch_embed")(image.astype(self.dtype))
+    b, gh, gw, _ = patches.shape
+    x = patches.reshape(b, gh * gw, c.width)
+    cls = self.param("cls_token", nn.with_logical_partitioning(layers.normal_002, (None, None, "embed")),
+                     (1, 1, c.width))
+    grid = c.image_size // p
+    pos = self.param("pos_embed", nn.with_logical_partitioning(layers.normal_002, (None, None, "embed")),
+                     (1, grid * grid + 1, c.width))
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.width)), x], axis=1)
+    x = x + resize_positions(pos, (gh, gw)).astype(self.dtype)
+    hidden = []
+    for i in range(c.depth):
+      x = Block(c, self.dtype, name=f"blocks_{i}")(x)
+      hidden.append(x)
+    return hidden

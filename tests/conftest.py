@@ -1,0 +1,29 @@
+"""Test defaults: CPU with 8 fake devices (for sharding tests), absl flags marked parsed (Grain workers).
+
+Reference packages (torch, transformers, pycocoevalcap, ...) are part of the `test` extra. Outside CI a
+test whose reference is missing is skipped with the reason; in CI (`CI=true`) it fails instead.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import importlib  # noqa: E402
+
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+flags.FLAGS.mark_as_parsed()
+
+
+def require(module_name: str):
+  """Imports a reference package; skips locally, fails in CI when it is missing."""
+  try:
+    return importlib.import_module(module_name)
+  except ImportError as e:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+      pytest.fail(f"reference package {module_name!r} is required in CI: {e}")
+    pytest.skip(f"reference package {module_name!r} not installed: {e}")
