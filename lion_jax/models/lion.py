@@ -98,3 +98,20 @@ class Lion(nn.Module):
   def __call__(self, batch, *, train: bool = False) -> jax.Array:
     encoded, mask = self.encode(batch, train=train)
     return self.decode(batch["decoder_input_ids"], encoded, mask, batch["task"], train=train)
+
+
+def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1, qformer_len: int = 8,
+                  text_len: int = 8, target_len: int = 4) -> dict[str, jax.Array]:
+  """A zero batch with the contract's keys, dtypes and the config's image size (for init/shapes)."""
+  size = config.vit.image_size
+  ids = lambda n: jnp.zeros((batch_size, n), jnp.int32)
+  return dict(image=jnp.zeros((batch_size, size, size, 3), jnp.float32),
+              qformer_ids=ids(qformer_len), qformer_mask=jnp.ones((batch_size, qformer_len), jnp.int32),
+              input_ids=ids(text_len), input_mask=jnp.ones((batch_size, text_len), jnp.int32),
+              decoder_input_ids=ids(target_len), task=jnp.zeros((batch_size,), jnp.int32))
+
+
+def abstract_params(config: ml_collections.ConfigDict):
+  """The parameter tree as ShapeDtypeStructs (logical boxes removed); nothing is allocated."""
+  boxed = jax.eval_shape(lambda: Lion(config).init(jax.random.key(0), example_batch(config))["params"])
+  return nn.unbox(boxed)

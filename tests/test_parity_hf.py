@@ -1,0 +1,235 @@
+"""Numerical parity with HF transformers (PyTorch, CPU, fp32) on small random configs.
+
+Each tower is compared against the HF class that implements it, with weights brought over by the
+same key maps the converters use; the whole InstructBLIP through `load_hf_instructblip`.
+Tolerance: max relative error (max abs diff / max abs reference) <= 1e-4.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lion_jax.convert import mapping
+from lion_jax.convert.hf import load_hf_instructblip
+from lion_jax.models import Lion, presets
+from lion_jax.models.aggregator import Aggregator
+from lion_jax.models.qformer import QFormerEncoder
+from lion_jax.models.t5 import T5
+from lion_jax.models.vit import VisionTransformer
+from tests.conftest import require
+from tests.reference import max_relative_error, randomize_, save_safetensors_sharded, state_dict_numpy
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def torch():
+  return require("torch")
+
+
+@pytest.fixture(scope="module")
+def transformers():
+  return require("transformers")
+
+
+def hf_vision_config(transformers, image_size=28):
+  return transformers.InstructBlipVisionConfig(
+      hidden_size=32, intermediate_size=72, num_hidden_layers=3, num_attention_heads=4,
+      image_size=image_size, patch_size=7)
+
+
+def hf_qformer_config(transformers):
+  return transformers.InstructBlipQFormerConfig(
+      vocab_size=90, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+      encoder_hidden_size=32, max_position_embeddings=40)
+
+
+def hf_t5_config(transformers, activation="gelu", tied=False):
+  cfg = transformers.T5Config(
+      vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
+      relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0,
+      pad_token_id=0, eos_token_id=1, feed_forward_proj="gated-gelu", tie_word_embeddings=tied)
+  cfg.dense_act_fn = activation
+  return cfg
+
+
+def jax_config(hf_config, has_lm_head):
+  from lion_jax.convert.hf import instructblip_config
+  return instructblip_config(hf_config.to_dict(), has_lm_head=has_lm_head, where="test")
+
+
+def subset(state, *prefixes, exclude=()):
+  """The source keys one tower owns (towers are converted one at a time here)."""
+  return {k: v for k, v in state.items() if k.startswith(prefixes) and not k.startswith(tuple(exclude))}
+
+
+def convert(entries, state, config, prefixes, ignore=()):
+  from lion_jax.models import abstract_params
+  shapes = mapping.select(mapping.flat_shapes(abstract_params(config)), prefixes, ["/moa/"])
+  flat = mapping.assemble(entries, state, shapes, source_name="test", ignore=ignore)
+  return mapping.unflatten(flat)
+
+
+def make_instructblip(transformers, torch, *, activation="gelu", tied=False, image_size=28):
+  cfg = transformers.InstructBlipConfig(
+      vision_config=hf_vision_config(transformers, image_size).to_dict(),
+      qformer_config=hf_qformer_config(transformers).to_dict(),
+      text_config=hf_t5_config(transformers, activation, tied).to_dict(), num_query_tokens=4,
+      image_token_id=119)
+  cfg.text_config.dense_act_fn = activation
+  torch.manual_seed(0)
+  model = transformers.InstructBlipForConditionalGeneration(cfg).eval()
+  if not tied:  # transformers 5 ties lm_head to the embedding even for T5 1.1 configs: untie it
+    lm = model.language_model
+    lm.lm_head.weight = torch.nn.Parameter(torch.randn(lm.lm_head.weight.shape) * 0.2)
+  randomize_(model)
+  return model
+
+
+def test_vit_every_block_matches_hf(transformers, torch):
+  model = make_instructblip(transformers, torch)
+  config = jax_config(model.config, has_lm_head=True)
+  params = convert(mapping.vit_hf(config), subset(state_dict_numpy(model), "vision_model.",
+                                                  exclude=["vision_model.post_layernorm"]),
+                   config, ["vit/"])["vit"]
+  image = np.random.default_rng(0).normal(size=(2, 28, 28, 3)).astype(np.float32)
+  with torch.no_grad():
+    ref = model.vision_model(torch.from_numpy(image.transpose(0, 3, 1, 2)), output_hidden_states=True)
+  ours = VisionTransformer(config.vit).apply({"params": params}, image)
+  assert len(ours) == config.vit.depth == len(ref.hidden_states) - 1
+  for i, h in enumerate(ours):
+    assert max_relative_error(h, ref.hidden_states[i + 1].numpy()) <= TOL, f"block {i + 1}"
+
+
+def test_vit_position_interpolation_matches_hf(transformers, torch):
+  """Images larger than the trained grid: positions resized like torch bicubic (align_corners=False)."""
+  model = make_instructblip(transformers, torch)
+  config = jax_config(model.config, has_lm_head=True)
+  params = convert(mapping.vit_hf(config), subset(state_dict_numpy(model), "vision_model.",
+                                                  exclude=["vision_model.post_layernorm"]),
+                   config, ["vit/"])["vit"]
+  image = np.random.default_rng(1).normal(size=(1, 42, 49, 3)).astype(np.float32)
+  with torch.no_grad():
+    ref = model.vision_model(torch.from_numpy(image.transpose(0, 3, 1, 2)), output_hidden_states=True,
+                             interpolate_pos_encoding=True)
+  ours = VisionTransformer(config.vit).apply({"params": params}, image)
+  assert max_relative_error(ours[-1], ref.hidden_states[-1].numpy()) <= TOL
+
+
+def test_qformer_matches_hf(transformers, torch):
+  model = make_instructblip(transformers, torch)
+  config = jax_config(model.config, has_lm_head=True)
+  state = subset(state_dict_numpy(model), "qformer.", "query_tokens", "language_projection.",
+                 "vision_model.post_layernorm.")
+  params = convert(mapping.qformer(config, "hf"), state, config, ["qformer/"])
+  rng = np.random.default_rng(2)
+  queries = rng.normal(size=(2, 4, 32)).astype(np.float32)
+  image = rng.normal(size=(2, 17, 32)).astype(np.float32)
+  ids = rng.integers(3, 90, size=(2, 7)).astype(np.int32)
+  mask = np.ones((2, 7), np.int32)
+  mask[1, 4:] = 0  # padded question
+  with torch.no_grad():
+    ref = model.qformer(
+        input_ids=torch.from_numpy(ids).long(),
+        attention_mask=torch.from_numpy(np.concatenate([np.ones((2, 4), np.int32), mask], 1)).long(),
+        query_embeds=torch.from_numpy(queries), encoder_hidden_states=torch.from_numpy(image),
+        encoder_attention_mask=torch.ones(2, 17, dtype=torch.long)).last_hidden_state.numpy()
+  ours = QFormerEncoder(config.qformer).apply({"params": params["qformer"]["encoder"]}, queries, ids, mask, image)
+  keep = np.concatenate([np.ones((2, 4)), mask], 1).astype(bool)  # padded positions are not compared
+  assert max_relative_error(np.asarray(ours)[keep], ref[keep]) <= TOL
+
+
+@pytest.mark.parametrize("activation,tied", [("gelu", False), ("gelu_new", False), ("gelu", True),
+                                             ("gelu_new", True)])
+def test_t5_logits_match_hf(transformers, torch, activation, tied):
+  cfg = hf_t5_config(transformers, activation, tied)
+  torch.manual_seed(0)
+  hf = transformers.T5ForConditionalGeneration(cfg).eval()
+  if not tied:
+    hf.lm_head.weight = torch.nn.Parameter(torch.randn(hf.lm_head.weight.shape) * 0.2)
+  randomize_(hf)
+  from lion_jax.convert.hf import t5_config_from_hf
+  t5c = t5_config_from_hf(cfg.to_dict(), has_lm_head=not tied, where="test")
+  assert t5c.activation == activation and t5c.tie_word_embeddings == tied
+  config = presets._lion(presets._vit(), presets._qformer(), presets._aggregator(), t5c, visual_input="qformer")
+  state = state_dict_numpy(hf)
+  params = convert(mapping.t5_body(config), state, config, ["t5/"],
+                   ignore=[r".*embed_tokens\.weight"] + ([r"lm_head\.weight"] if tied else []))["t5"]
+  rng = np.random.default_rng(3)
+  ids = rng.integers(2, 120, size=(2, 30)).astype(np.int32)  # long enough for the log-spaced buckets
+  mask = np.ones_like(ids)
+  mask[0, 21:] = 0
+  dec = rng.integers(2, 120, size=(2, 25)).astype(np.int32)
+  with torch.no_grad():
+    ref = hf(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
+             decoder_input_ids=torch.from_numpy(dec).long()).logits.numpy()
+  ours = T5(t5c).apply({"params": params}, ids, mask, dec)
+  assert max_relative_error(ours, ref) <= TOL
+
+
+def test_aggregator_matches_hf_bert_layers(transformers, torch):
+  """LION's FusionAdapter: HF BertLayers (is_decoder, cross-attention, no masks) + LN + MLP."""
+  width, d_model = 32, 24
+  bert_cfg = transformers.BertConfig(hidden_size=width, num_attention_heads=4, intermediate_size=40,
+                                     is_decoder=True, add_cross_attention=True)
+  from transformers.models.bert.modeling_bert import BertLayer
+  torch.manual_seed(0)
+  blocks = torch.nn.ModuleList([BertLayer(bert_cfg) for _ in range(2)]).eval()
+  ln = torch.nn.LayerNorm(width)  # eps 1e-5, as LION's ln_adapter
+  mlp = torch.nn.Sequential(torch.nn.Linear(width, 56), torch.nn.GELU(), torch.nn.Linear(56, d_model))
+  for m in (blocks, ln, mlp):
+    randomize_(m)
+  rng = np.random.default_rng(4)
+  h_last, h_a, h_b = (rng.normal(size=(2, 17, width)).astype(np.float32) for _ in range(3))
+  with torch.no_grad():
+    x = torch.from_numpy(h_last)
+    for block, memory in zip(blocks, (h_a, h_b)):
+      x = block(x, encoder_hidden_states=torch.from_numpy(memory))
+      x = x[0] if isinstance(x, tuple) else x
+    ref = mlp(ln(x)).numpy()
+  state = {**state_dict_numpy(blocks, "fusion_adapter.blocks."), **state_dict_numpy(ln, "ln_adapter."),
+           **state_dict_numpy(mlp, "adapter_proj.")}
+  config = presets.tiny("aggregator")
+  config.vit.width, config.t5.d_model = width, d_model
+  config.aggregator.update(num_heads=4, mlp_dim=40, proj_dim=56, memory_layers=(3, 2))
+  params = convert(mapping.aggregator_lion(config), state, config, ["aggregator/"])["aggregator"]
+  ours = Aggregator(config.aggregator, width, d_model).apply({"params": params}, h_last, [h_a, h_b])
+  assert max_relative_error(ours, ref) <= TOL
+
+
+@pytest.mark.parametrize("activation,tied", [("gelu", False), ("gelu_new", True)])
+def test_instructblip_logits_match_hf_through_converter(transformers, torch, tmp_path, activation, tied):
+  model = make_instructblip(transformers, torch, activation=activation, tied=tied)
+  state = state_dict_numpy(model)
+  if tied:
+    state.pop("language_model.lm_head.weight")
+  save_safetensors_sharded(state, tmp_path, num_shards=2)
+  model.config.save_pretrained(tmp_path)
+  config, params = load_hf_instructblip(tmp_path)
+  assert config.visual_input == "qformer" and config.t5.activation == activation
+
+  rng = np.random.default_rng(5)
+  b, n_query = 2, 4
+  image = rng.normal(size=(b, 28, 28, 3)).astype(np.float32)
+  q_ids = rng.integers(3, 90, size=(b, 6)).astype(np.int32)
+  q_mask = np.ones_like(q_ids)
+  q_mask[1, 4:] = 0
+  text = rng.integers(3, 110, size=(b, 9)).astype(np.int32)
+  mask = np.ones_like(text)
+  mask[0, 7:] = 0
+  dec = rng.integers(3, 110, size=(b, 5)).astype(np.int32)
+  hf_ids = np.concatenate([np.full((b, n_query), 119, np.int32), text], 1)
+  hf_mask = np.concatenate([np.ones((b, n_query), np.int32), mask], 1)
+  with torch.no_grad():
+    ref = model(pixel_values=torch.from_numpy(image.transpose(0, 3, 1, 2)),
+                qformer_input_ids=torch.from_numpy(q_ids).long(),
+                qformer_attention_mask=torch.from_numpy(q_mask).long(),
+                input_ids=torch.from_numpy(hf_ids).long(), attention_mask=torch.from_numpy(hf_mask).long(),
+                decoder_input_ids=torch.from_numpy(dec).long()).logits.numpy()
+  batch = dict(image=image, qformer_ids=q_ids, qformer_mask=q_mask, input_ids=text, input_mask=mask,
+               decoder_input_ids=dec, task=np.ones((b,), np.int32))
+  ours = jax.jit(lambda p, x: Lion(config).apply({"params": p}, x))(params, batch)
+  assert max_relative_error(ours, ref) <= TOL
