@@ -100,6 +100,12 @@ class Lion(nn.Module):
     return self.decode(batch["decoder_input_ids"], encoded, mask, batch["task"], train=train)
 
 
+def is_frozen(path: str) -> bool:
+  """LION never trains the ViT or the T5 body ('/'-joined param path); everything else it creates
+  in a stage (Q-Former branch, aggregator, adapters and gates, soft prompt) is trained."""
+  return path.startswith("vit/") or (path.startswith("t5/") and "/moa/" not in path)
+
+
 def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1, qformer_len: int = 8,
                   text_len: int = 8, target_len: int = 4) -> dict[str, jax.Array]:
   """A zero batch with the contract's keys, dtypes and the config's image size (for init/shapes)."""

@@ -1,0 +1,82 @@
+"""The converted-checkpoint directory: what the converters write and inference and training load.
+
+  DIR/config.json         the model config (lion_jax.models presets format)
+  DIR/params/             the parameter tree, an Orbax checkpoint (restorable onto any mesh)
+  DIR/tokenizer/spiece.model, DIR/tokenizer/bert_vocab.txt   when given
+  DIR/conversion.json     where the weights came from
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import orbax.checkpoint as ocp
+
+T5_VOCAB_NAME = "spiece.model"
+BERT_VOCAB_NAME = "bert_vocab.txt"
+
+
+def save_converted(directory: str | os.PathLike, config: ml_collections.ConfigDict, params: Any, *,
+                   t5_vocab: str | os.PathLike | None = None, bert_vocab: str | os.PathLike | None = None,
+                   sources: dict[str, str] | None = None) -> Path:
+  """Writes DIR; refuses to overwrite an existing params checkpoint (nothing saved is ever lost)."""
+  directory = Path(directory).absolute()
+  if (directory / "params").exists():
+    raise FileExistsError(f"{directory / 'params'} already exists; choose a new output directory")
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
+  tok = directory / "tokenizer"
+  for src, name in ((t5_vocab, T5_VOCAB_NAME), (bert_vocab, BERT_VOCAB_NAME)):
+    if src is not None:
+      if not Path(src).is_file():
+        raise FileNotFoundError(f"tokenizer file not found: {src}")
+      tok.mkdir(exist_ok=True)
+      shutil.copyfile(src, tok / name)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(directory / "params", jax.tree.map(jnp.asarray, params))
+    ckptr.wait_until_finished()
+  (directory / "conversion.json").write_text(json.dumps(
+      {"sources": sources or {}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+       "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}, indent=2))
+  return directory
+
+
+def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
+  path = Path(directory) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: {directory} is not a converted LION checkpoint")
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON: {e}") from e
+
+
+def load_converted(directory: str | os.PathLike, shardings: Any = None
+                   ) -> tuple[ml_collections.ConfigDict, Any]:
+  """Reads DIR -> (config, params). With `shardings` (a tree of NamedShardings matching the params)
+  every array is restored straight onto its devices."""
+  directory = Path(directory).absolute()
+  config = load_config(directory)
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(directory / "params").item_metadata
+    if shardings is None:
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta.tree)
+    else:
+      target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), meta.tree, shardings)
+    params = ckptr.restore(directory / "params", target)
+  return config, params
+
+
+def tokenizer_files(directory: str | os.PathLike) -> dict[str, Path]:
+  """{'t5': path, 'bert': path} for the tokenizer files the directory holds."""
+  tok = Path(directory) / "tokenizer"
+  files = {"t5": tok / T5_VOCAB_NAME, "bert": tok / BERT_VOCAB_NAME}
+  return {k: v for k, v in files.items() if v.exists()}
