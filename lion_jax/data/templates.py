@@ -1,0 +1,112 @@
+"""Instruction templates and target text per task, as LION trains them.
+
+Captioning and VQA prompts follow InstructBLIP's style; referring-expression prompts follow Shikra's,
+keeping the literal `<image>` in the text (LION prepends the visual tokens and passes `<image>`
+through the tokenizer unchanged). A template is drawn per example from a seeded generator.
+Tags go behind the soft prompt with LION's exact template; the Q-Former sees the instruction only.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from lion_jax.data.boxes import REC_ANSWER_PREFIX, format_boxes
+from lion_jax.data.records import BOXES_PLACEHOLDER, Record
+
+# LION's tag prompt (lion_t5.py): the soft-prompt sentinel, the tags inside brackets, a trailing
+# space, then the instruction.
+TAG_PROMPT = "According to <extra_id_0>, you are allowed to use or partially use the following tags: [{}]. "
+
+CAPTION_TEMPLATES = (
+    "Please describe the image using a single short sentence.",  # LION's notebook prompt
+    "A short image caption:",
+    "A short image description:",
+    "Write a short description for the image.",
+    "Briefly describe the content of the image.",
+    "Provide a one-sentence caption for the provided image.",
+    "What does the image show? Answer in one sentence.",
+    "Summarize the picture in a few words.",
+)
+VQA_TEMPLATES = (
+    "{question}",
+    "Question: {question} Short answer:",
+    "{question} A short answer to the question is",
+    "Answer the question using a single word or phrase. {question}",
+    "Given the image, answer the following question with no more than three words. {question}",
+    "Q: {question} A:",
+    "Use the provided image to answer the question: {question} Keep the answer short.",
+)
+REC_TEMPLATES = (  # "<expr>" -> the referring expression
+    "In the image <image>, can you locate {expr} and let me know its coordinates?",  # LION notebook
+    "Where is {expr} in the image <image>? Answer with its coordinates.",
+    "In <image>, find {expr} and give its bounding box.",
+    "Can you point out {expr} in the picture <image> by stating its coordinates?",
+    "Please give the location of {expr} in the photo <image> as a box.",
+    "Help me find {expr} in <image>: output its coordinates.",
+    "Locate {expr} in the image <image> and answer with the box coordinates.",
+)
+REG_TEMPLATES = (  # "{boxes}" -> the region as box text
+    "What is the object at {boxes} in the image <image>? Describe it so it can be told apart.",
+    "Describe the region {boxes} of the image <image>.",
+    "Give a short referring expression for the object in {boxes} of <image>.",
+    "In the picture <image>, what is at {boxes}?",
+    "Which object does {boxes} in <image> show? Answer with a short description.",
+)
+GROUNDED_CAPTION_TEMPLATES = (
+    "Describe the image <image> briefly and give the coordinates of every object you mention.",
+    "Write a short caption for <image> with the box of each object you name.",
+    "Summarize <image> in one sentence, following each mentioned object with its coordinates.",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleText:
+  instruction: str  # the task instruction (also the Q-Former text)
+  t5_input: str  # the instruction behind the tag prompt, when the record has tags
+  target: str
+
+
+def tag_prompt(tags: Sequence[str]) -> str:
+  return TAG_PROMPT.format(", ".join(tags))
+
+
+def most_common(answers: Sequence[str]) -> str:
+  """The most frequent answer (VQA annotations have 10); ties go to the first seen."""
+  counts = collections.Counter(a.strip() for a in answers)
+  return max(counts, key=counts.get)  # max keeps the first of equal counts; Counter keeps order
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+  return options[int(rng.integers(len(options)))]
+
+
+def build_text(record: Record, rng: np.random.Generator, width: int, height: int,
+               *, use_tags: bool = True) -> ExampleText:
+  """(instruction, T5 input, target) for one record; `width`/`height` normalise its boxes."""
+  task = record.task
+  if task == "caption":
+    instruction, target = _pick(rng, CAPTION_TEMPLATES), _pick(rng, record.answers)
+  elif task == "vqa":
+    instruction = _pick(rng, VQA_TEMPLATES).format(question=record.question.strip())
+    target = most_common(record.answers)
+  elif task == "rec":
+    instruction = _pick(rng, REC_TEMPLATES).format(expr=record.expression.strip())
+    target = REC_ANSWER_PREFIX + format_boxes(record.boxes, width, height)
+  elif task == "reg":
+    instruction = _pick(rng, REG_TEMPLATES).format(boxes=format_boxes(record.boxes, width, height))
+    target = record.expression.strip()
+  elif task == "grounded_caption":
+    instruction = _pick(rng, GROUNDED_CAPTION_TEMPLATES)
+    target = _pick(rng, record.answers)
+    for box in record.boxes:
+      target = target.replace(BOXES_PLACEHOLDER, format_boxes([box], width, height), 1)
+  elif task == "instruction":
+    instruction, target = record.question.strip(), record.answers[0]
+  else:
+    raise ValueError(f"unknown task {task!r}")
+  t5_input = tag_prompt(record.tags) + instruction if use_tags and record.tags else instruction
+  return ExampleText(instruction, t5_input, target)
