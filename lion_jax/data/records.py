@@ -200,10 +200,11 @@ def detect_format(path: Path) -> str:
 
 
 def load_records(path: str | os.PathLike, *, fmt: str = "auto", source: str | None = None,
-                 strict: bool = False, logger: logging.Logger | None = None
+                 strict: bool = False, require_valid: bool = True, logger: logging.Logger | None = None
                  ) -> tuple[list[Record], LoadReport]:
   """Reads and validates a record file. Bad records are skipped, counted and logged with their
-  line (the first raises under `strict`); a file without any valid record raises ValueError."""
+  line (the first raises under `strict`); a file without any valid record raises ValueError
+  (unless `require_valid=False`)."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"record file not found: {path}")
@@ -227,7 +228,7 @@ def load_records(path: str | os.PathLike, *, fmt: str = "auto", source: str | No
       continue
     records.append(record)
     report.valid += 1
-  if not records:
+  if not records and require_valid:
     raise ValueError(f"{path}: no valid record ({dict(report.invalid)}); first problems: "
                      f"{report.first_errors[:3]}")
   return records, report

@@ -1,0 +1,191 @@
+"""The Grain input pipeline: per-source record streams, mixed per stage, batched to fixed shapes.
+
+For each source: record indices -> this host's shard -> seeded shuffle (a new order every epoch) ->
+repeat -> `prepare` (decode, augment, template, tokenise). Sources are mixed with the stage's
+weights, either example by example (mixed batches, per-example MoA routing) or batch by batch
+(task-homogeneous batches, the official routing). Everything up to the batch is a random-access
+`MapDataset`, so the iterator state is a position and restoring it replays exactly the same batches;
+worker processes (`num_workers`) decode in parallel without changing the order.
+
+A record that fails when prepared (missing or corrupt image, box outside the image, ...) is replaced
+by the next record of the same source, and the skip is counted per reason in the batch's `skipped`
+field; `CountingIterator` sums those into per-source counters that travel with the iterator state.
+`strict=True` raises on the first bad record instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from lion_jax.data import images, templates
+from lion_jax.data.records import BadRecord, Record, load_records
+from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
+
+# Reasons a record can be skipped while it is prepared (index = position in `skipped`).
+SKIP_REASONS = ("missing_image", "unreadable_image", "box_outside_image", "bad_box", "empty_target")
+MAX_CONSECUTIVE_FAILURES = 100
+MODEL_KEYS = ("image", "qformer_ids", "qformer_mask", "input_ids", "input_mask", "decoder_input_ids", "task")
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Source:
+  """A named list of records whose images live under `image_root`."""
+
+  name: str
+  records: list[Record]
+  image_root: Path
+
+
+def load_source(name: str, spec: ml_collections.ConfigDict, strict: bool = False) -> Source:
+  records, report = load_records(spec.records, fmt=spec.get("format", "auto"), source=name, strict=strict)
+  if report.invalid:
+    log.warning("source %s: %d valid records, skipped %s", name, report.valid, dict(report.invalid))
+  return Source(name, records, Path(spec.image_root))
+
+
+class ExamplePreparer:
+  """Record index -> model-ready example (numpy arrays of fixed shapes). Picklable for workers."""
+
+  def __init__(self, source: Source, source_index: int, config: ml_collections.ConfigDict,
+               t5: T5Tokenizer, bert: BertTokenizer):
+    self.source, self.source_index, self.config = source, source_index, config
+    self.t5, self.bert = t5, bert
+    self._warned: set[int] = set()
+
+  def _prepare_one(self, record: Record, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    c = self.config
+    image_ref = record.image_bytes if record.image_bytes is not None else self.source.image_root / record.image
+    augment = c.augment and record.task_type == "image_level"
+    pixels, (width, height) = images.load_example_image(image_ref, c.image_size, rng, augment)
+    for box in record.boxes:
+      if box[2] > width or box[3] > height:
+        raise BadRecord("box_outside_image", f"box {box} is outside the {width}x{height} image")
+    text = templates.build_text(record, rng, width, height, use_tags=c.use_tags)
+    if not text.target.strip():
+      raise BadRecord("empty_target", "the target text is empty")
+    input_ids, input_mask = self.t5.encode_batch([text.t5_input], max_length=c.max_input_len,
+                                                  truncation_side="left")
+    target_ids, target_mask = self.t5.encode_batch([text.target], max_length=c.max_target_len,
+                                                    truncation_side="right")
+    q_ids, q_mask = self.bert.encode_batch([text.instruction], max_length=c.max_qformer_len,
+                                           truncation_side="left")
+    decoder_input_ids = np.concatenate([np.zeros((1, 1), np.int32), target_ids[:, :-1]], axis=1)
+    return dict(image=pixels, qformer_ids=q_ids[0], qformer_mask=q_mask[0], input_ids=input_ids[0],
+                input_mask=input_mask[0], decoder_input_ids=decoder_input_ids[0], target_ids=target_ids[0],
+                target_mask=target_mask[0], task=np.int32(record.task_id), source=np.int32(self.source_index))
+
+  def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    records = self.source.records
+    skipped = np.zeros(len(SKIP_REASONS), np.int32)
+    for attempt in range(MAX_CONSECUTIVE_FAILURES):
+      i = (int(index) + attempt) % len(records)
+      try:
+        example = self._prepare_one(records[i], rng)
+      except BadRecord as e:
+        where = f"source {self.source.name}, record {i} (id {records[i].id!r}, image {records[i].image!r})"
+        if self.config.strict:
+          raise BadRecord(e.reason, f"{where}: {e.detail}") from None
+        if i not in self._warned:
+          self._warned.add(i)
+          log.warning("skipping %s: %s", where, e)
+        skipped[SKIP_REASONS.index(e.reason)] += 1
+        continue
+      example["skipped"] = skipped
+      return example
+    raise ValueError(f"source {self.source.name}: {MAX_CONSECUTIVE_FAILURES} consecutive records could not "
+                     f"be prepared ({dict(zip(SKIP_REASONS, skipped.tolist()))}); check the image root "
+                     f"{self.source.image_root} and the record file")
+
+
+def _source_dataset(source: Source, preparer: ExamplePreparer, seed: int, process_index: int,
+                    process_count: int) -> grain.MapDataset:
+  indices = grain.MapDataset.range(len(source.records))[process_index::process_count]
+  if len(indices) == 0:
+    raise ValueError(f"source {source.name}: {len(source.records)} records cannot be split over "
+                     f"{process_count} hosts")
+  return indices.shuffle(seed=seed).repeat().random_map(preparer, seed=seed + 1)
+
+
+def build_dataset(config: ml_collections.ConfigDict, sources: list[Source], weights: list[float],
+                  batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1
+                  ) -> grain.IterDataset:
+  """The mixed, batched stream of one host (`batch_size` is this host's share of the batch)."""
+  t5 = T5Tokenizer(config.t5_vocab)
+  bert = BertTokenizer(config.bert_vocab)
+  streams = [_source_dataset(s, ExamplePreparer(s, i, config, t5, bert), seed + 1000 * i, process_index,
+                             process_count) for i, s in enumerate(sources)]
+  if config.homogeneous_batches:
+    dataset = grain.MapDataset.mix([s.batch(batch_size, drop_remainder=True) for s in streams], weights)
+  else:
+    dataset = grain.MapDataset.mix(streams, weights).batch(batch_size, drop_remainder=True)
+  iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0 if config.num_workers else 2,
+                                                            prefetch_buffer_size=config.prefetch_batches))
+  if config.num_workers:
+    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.num_workers, per_worker_buffer_size=config.prefetch_batches))
+  return iter_dataset
+
+
+class CountingIterator(grain.DatasetIterator):
+  """Yields batches and keeps per-source counters (examples seen, skipped per reason) that are part
+  of the checkpointable state."""
+
+  def __init__(self, parent: grain.DatasetIterator, source_names: list[str]):
+    super().__init__(parent)
+    self.source_names = list(source_names)
+    self._counters = {name: collections.Counter() for name in self.source_names}
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._parent)
+    for src, skipped in zip(batch["source"].tolist(), batch["skipped"]):
+      counter = self._counters[self.source_names[src]]
+      counter["seen"] += 1
+      for reason, n in zip(SKIP_REASONS, skipped.tolist()):
+        if n:
+          counter[f"skipped_{reason}"] += n
+    return batch
+
+  def counters(self) -> dict[str, dict[str, int]]:
+    return {name: dict(c) for name, c in self._counters.items()}
+
+  def get_state(self) -> dict[str, Any]:
+    return {"pipeline": self._parent.get_state(), "counters": self.counters()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["pipeline"])
+    self._counters = {name: collections.Counter(state["counters"].get(name, {})) for name in self.source_names}
+
+
+def make_iterator(config: ml_collections.ConfigDict, batch_size: int, *, seed: int | None = None,
+                  process_index: int = 0, process_count: int = 1) -> CountingIterator:
+  """Loads the sources named in `config.mixture` (name -> weight) and returns this host's iterator."""
+  mixture = dict(config.mixture)
+  if not mixture:
+    raise ValueError("data.mixture is empty: name at least one source with a weight")
+  unknown = sorted(set(mixture) - set(config.sources))
+  if unknown:
+    raise ValueError(f"data.mixture names unknown sources {unknown}; known: {sorted(config.sources)}")
+  names = sorted(mixture)
+  sources = [load_source(name, config.sources[name], config.strict) for name in names]
+  dataset = build_dataset(config, sources, [float(mixture[n]) for n in names], batch_size,
+                          seed=config.seed if seed is None else seed, process_index=process_index,
+                          process_count=process_count)
+  return CountingIterator(iter(dataset), names)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Data settings with LION's lengths (T5 input/target 128, Q-Former 128) and image size 224."""
+  return ml_collections.ConfigDict(dict(
+      sources={}, mixture={}, t5_vocab="", bert_vocab="", image_size=224, max_input_len=128,
+      max_target_len=128, max_qformer_len=128, homogeneous_batches=True, augment=True, use_tags=True,
+      num_workers=0, prefetch_batches=4, strict=False, seed=0))

@@ -1,0 +1,336 @@
+"""The embedded synthetic dataset: coloured shapes on light backgrounds, with records for every task.
+
+The demo and the tests train on it, so the project never downloads data. Each image holds 1-4
+non-overlapping circles, squares and triangles; its records (captions with spatial relations, VQA on
+color, shape, count and existence, REC/REG on uniquely named shapes, grounded captions) follow the
+JSONL schema of `records.py`, boxes in pixels. The tokenizers are trained on the records' own text
+plus every instruction template, so the instructions built later tokenise without `<unk>`.
+
+  python -m lion_jax.data.synthetic --out DIR --num-images N --seed S [--image-size 224] [--val-fraction 0.1]
+
+writes DIR/images/NNNNNN.png, DIR/train.jsonl, DIR/val.jsonl (image paths relative to DIR; val holds
+the last images), DIR/spiece.model (+ .vocab), DIR/bert_vocab.txt and DIR/dataset.json (the summary).
+Image i depends only on (seed, i), and the same arguments give byte-identical records and images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from lion_jax.data import templates
+from lion_jax.data.boxes import REC_ANSWER_PREFIX
+from lion_jax.data.records import BOXES_PLACEHOLDER, Record, validate, write_jsonl
+from lion_jax.data.tokenizers import (
+    BertTokenizer, T5Tokenizer, train_t5_sentencepiece, write_bert_vocab)
+
+SOURCE = "synthetic"
+SHAPES = ("circle", "square", "triangle")
+# Every shape color has a channel <= 60 and every background channel is >= 200, so a shape's pixels
+# can never be confused with the background (the tests find shapes by exact color).
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 50, 170),
+    "black": (25, 25, 25),
+}
+BACKGROUND_RANGE = (200, 250)
+MAX_SHAPES = 4
+SIZE_RANGE = (0.12, 0.32)  # shape side as a fraction of the image side
+MIN_GAP = 4  # pixels between any two shape boxes
+PLACEMENT_TRIES = 100
+NUMBER_WORDS = ("zero", "one", "two", "three", "four")
+T5_VOCAB_SIZE = 256  # SentencePiece pieces asked for; a small corpus may give fewer
+SENTINEL = "<extra_id_0>"
+# Box text is learnt as single characters: digit pieces would depend on which boxes the records
+# happen to hold and spend the small vocab on fragments like "679,0.".
+BOX_CHARACTERS_LINE = " ".join("0123456789[],.;")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  kind: str  # one of SHAPES
+  color: str  # a key of COLORS
+  box: tuple[int, int, int, int]  # pixel xyxy; the shape's pixels span [x1, x2) x [y1, y2) exactly
+
+  @property
+  def name(self) -> str:
+    return f"{self.color} {self.kind}"
+
+  @property
+  def center(self) -> tuple[float, float]:
+    x1, y1, x2, y2 = self.box
+    return (x1 + x2) / 2, (y1 + y2) / 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+  background_top: tuple[int, int, int]
+  background_bottom: tuple[int, int, int]  # equal to the top for a plain background
+  shapes: tuple[Shape, ...]  # in drawing order, which is also the order captions mention them
+
+
+def _boxes_apart(a: Sequence[int], b: Sequence[int]) -> bool:
+  return (a[2] + MIN_GAP <= b[0] or b[2] + MIN_GAP <= a[0] or
+          a[3] + MIN_GAP <= b[1] or b[3] + MIN_GAP <= a[1])
+
+
+def sample_scene(rng: np.random.Generator, image_size: int) -> Scene:
+  """A background and 1-4 shapes; a shape that finds no free spot is dropped, so the scene's
+  shape count is whatever got placed (at least one: the first always fits)."""
+  top = tuple(int(v) for v in rng.integers(*BACKGROUND_RANGE, size=3, endpoint=True))
+  bottom = top if rng.random() < 0.5 else tuple(
+      int(v) for v in rng.integers(*BACKGROUND_RANGE, size=3, endpoint=True))
+  colors = list(COLORS)
+  shapes: list[Shape] = []
+  for _ in range(int(rng.integers(1, MAX_SHAPES, endpoint=True))):
+    kind, color = SHAPES[rng.integers(len(SHAPES))], colors[rng.integers(len(colors))]
+    for _ in range(PLACEMENT_TRIES):
+      side = int(rng.integers(round(SIZE_RANGE[0] * image_size), round(SIZE_RANGE[1] * image_size),
+                              endpoint=True))
+      x1, y1 = (int(v) for v in rng.integers(0, image_size - side, size=2, endpoint=True))
+      box = (x1, y1, x1 + side, y1 + side)
+      if all(_boxes_apart(box, s.box) for s in shapes):
+        shapes.append(Shape(kind, color, box))
+        break
+  return Scene(top, bottom, tuple(shapes))
+
+
+def render(scene: Scene, image_size: int) -> Image.Image:
+  """The scene as an RGB image, without anti-aliasing so every shape pixel has its exact color."""
+  weight = np.linspace(0.0, 1.0, image_size)[:, None, None]
+  top, bottom = np.array(scene.background_top, float), np.array(scene.background_bottom, float)
+  rows = np.round((1 - weight) * top + weight * bottom).astype(np.uint8)
+  image = Image.fromarray(np.ascontiguousarray(np.broadcast_to(rows, (image_size, image_size, 3))))
+  draw = ImageDraw.Draw(image)
+  for shape in scene.shapes:
+    x1, y1, x2, y2 = shape.box
+    fill = COLORS[shape.color]
+    if shape.kind == "square":
+      draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=fill)  # PIL's corners are inclusive
+    elif shape.kind == "circle":
+      draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=fill)
+    else:
+      draw.polygon([(x1, y2 - 1), (x2 - 1, y2 - 1), (x1 + (x2 - 1 - x1) // 2, y1)], fill=fill)
+  return image
+
+
+def relation(a: Shape, b: Shape) -> str:
+  """Where `a` is relative to `b`, along the axis on which their centres differ most."""
+  dx, dy = a.center[0] - b.center[0], a.center[1] - b.center[1]
+  if abs(dx) >= abs(dy):
+    return "left of" if dx < 0 else "right of"
+  return "above" if dy < 0 else "below"
+
+
+def _a(shape: Shape) -> str:
+  return f"a {shape.name}"  # every color name starts with a consonant
+
+
+def _listing(phrases: Sequence[str]) -> str:
+  return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _chain(phrases: Sequence[str], shapes: Sequence[Shape]) -> str:
+  """'a red circle above a blue square, which is left of a green triangle, ...'."""
+  text = f"{phrases[0]} {relation(shapes[0], shapes[1])} {phrases[1]}"
+  for i in range(2, len(shapes)):
+    text += f", which is {relation(shapes[i - 1], shapes[i])} {phrases[i]}"
+  return text
+
+
+def caption_answers(shapes: Sequence[Shape]) -> list[str]:
+  phrases = [_a(s) for s in shapes]
+  if len(shapes) == 1:
+    return [phrases[0], f"a single {shapes[0].name}", f"an image with one {shapes[0].name}"]
+  count = f"{NUMBER_WORDS[len(shapes)]} shapes: {_listing(phrases)}"
+  if len(shapes) == 2:
+    a, b = shapes
+    return [_chain(phrases, shapes), f"{_a(b)} {relation(b, a)} {_a(a)}", count]
+  pair = f"{phrases[0]} {relation(shapes[0], shapes[1])} {phrases[1]}, plus {_listing(phrases[2:])}"
+  return [_chain(phrases, shapes), pair, count]
+
+
+def grounded_caption_answers(shapes: Sequence[Shape]) -> list[str]:
+  """Answers that all mention the shapes in drawing order, one `<boxes>` each, so the record's
+  boxes fill the placeholders of whichever answer is picked."""
+  phrases = [f"{_a(s)} {BOXES_PLACEHOLDER}" for s in shapes]
+  if len(shapes) == 1:
+    return [phrases[0]]
+  return [_chain(phrases, shapes), f"{NUMBER_WORDS[len(shapes)]} shapes: {_listing(phrases)}"]
+
+
+def tags_of(shapes: Sequence[Shape]) -> list[str]:
+  return sorted({s.kind for s in shapes} | {s.color for s in shapes})
+
+
+def vqa_pairs(shapes: Sequence[Shape], rng: np.random.Generator) -> list[tuple[str, str]]:
+  """(question, answer): the shape count, one kind's count, one present and one absent
+  color+shape (so yes and no are exactly balanced), and color/shape questions where the answer is
+  unique."""
+  kind_counts = collections.Counter(s.kind for s in shapes)
+  color_counts = collections.Counter(s.color for s in shapes)
+  present = {(s.color, s.kind) for s in shapes}
+  absent = [(c, k) for c in COLORS for k in SHAPES if (c, k) not in present]
+  asked_kind = SHAPES[rng.integers(len(SHAPES))]
+  yes = sorted(present)[rng.integers(len(present))]
+  no = absent[rng.integers(len(absent))]
+  pairs = [
+      ("How many shapes are there?", NUMBER_WORDS[len(shapes)]),
+      (f"How many {asked_kind}s are there?", NUMBER_WORDS[kind_counts[asked_kind]]),
+      (f"Is there a {yes[0]} {yes[1]}?", "yes"),
+      (f"Is there a {no[0]} {no[1]}?", "no"),
+  ]
+  unique_kinds = [s for s in shapes if kind_counts[s.kind] == 1]
+  if unique_kinds:
+    shape = unique_kinds[rng.integers(len(unique_kinds))]
+    pairs.append((f"What color is the {shape.kind}?", shape.color))
+  unique_colors = [s for s in shapes if color_counts[s.color] == 1]
+  if unique_colors:
+    shape = unique_colors[rng.integers(len(unique_colors))]
+    pairs.append((f"What shape is the {shape.color} object?", shape.kind))
+  return pairs
+
+
+def scene_records(scene: Scene, image: str, image_index: int, image_size: int,
+                  rng: np.random.Generator) -> list[Record]:
+  """Every task's records for one image, validated; REC/REG only for shapes whose color+shape is
+  unique in the image, so each expression names exactly one box."""
+  shapes = scene.shapes
+  common = dict(image=image, tags=tags_of(shapes), width=image_size, height=image_size, source=SOURCE)
+  records = [Record("image_level", "caption", answers=caption_answers(shapes), **common)]
+  records += [Record("image_level", "vqa", question=q, answers=[a], **common)
+              for q, a in vqa_pairs(shapes, rng)]
+  names = collections.Counter(s.name for s in shapes)
+  for shape in (s for s in shapes if names[s.name] == 1):
+    box = [list(shape.box)]
+    records.append(Record("region_level", "rec", expression=f"the {shape.name}", boxes=box, **common))
+    records.append(Record("region_level", "reg", expression=f"the {shape.name}", boxes=box,
+                          answers=[f"the {shape.name}"], **common))
+  records.append(Record("region_level", "grounded_caption", answers=grounded_caption_answers(shapes),
+                        boxes=[list(s.box) for s in shapes], **common))
+  per_task = collections.Counter()
+  for record in records:
+    record.id = f"{SOURCE}-{image_index:06d}-{record.task}-{per_task[record.task]}"
+    per_task[record.task] += 1
+    validate(record)
+  return records
+
+
+def _without_sentinel(text: str) -> list[str]:
+  """The pieces SentencePiece itself sees: T5Tokenizer splits the sentinel out before encoding."""
+  return [part for part in text.split(SENTINEL) if part.strip()]
+
+
+def tokenizer_corpus(records: Sequence[Record]) -> list[str]:
+  """Every distinct text the pipeline can feed the tokenizers, once: every instruction template,
+  the records' questions, expressions, answers (without box placeholders) and tag prompts, and the
+  characters of box text. Deduplicated so the handful of templates weigh as much as the thousands
+  of near-identical records."""
+  corpus = [BOX_CHARACTERS_LINE, REC_ANSWER_PREFIX.strip()]
+  for template in (*templates.CAPTION_TEMPLATES, *templates.VQA_TEMPLATES, *templates.REC_TEMPLATES,
+                   *templates.REG_TEMPLATES, *templates.GROUNDED_CAPTION_TEMPLATES):
+    corpus.append(template.format(question="", expr="", boxes="").strip())
+  for record in records:
+    corpus += [text for text in (record.question, record.expression) if text]
+    corpus += [re.sub(rf"\s*{re.escape(BOXES_PLACEHOLDER)}", "", answer) for answer in record.answers]
+    corpus += _without_sentinel(templates.tag_prompt(record.tags))
+  return list(dict.fromkeys(corpus))
+
+
+def bert_words(corpus: Sequence[str]) -> list[str]:
+  """The lower-cased words of `corpus` (BERT splits punctuation into single characters, which the
+  vocab holds anyway)."""
+  return sorted({w for text in corpus for w in re.findall(r"[a-z0-9]+", text.lower())})
+
+
+def _split_counts(records: Sequence[Record], num_images: int) -> dict[str, Any]:
+  return {"images": num_images, "records": len(records),
+          "tasks": dict(sorted(collections.Counter(r.task for r in records).items()))}
+
+
+def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, image_size: int = 224,
+             val_fraction: float = 0.1) -> dict[str, Any]:
+  """Writes the dataset under `out_dir`; returns the summary (also in dataset.json, whose file paths
+  are relative to `out_dir`; the returned ones are full paths)."""
+  if num_images < 1:
+    raise ValueError(f"num_images must be >= 1, got {num_images}")
+  if not 0.0 <= val_fraction < 1.0:
+    raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+  if image_size < 32:
+    raise ValueError(f"image_size must be >= 32 to fit {MAX_SHAPES} shapes, got {image_size}")
+  out = Path(out_dir)
+  (out / "images").mkdir(parents=True, exist_ok=True)
+  num_val = min(int(round(num_images * val_fraction)), num_images - 1)
+  num_train = num_images - num_val
+  splits: dict[str, list[Record]] = {"train": [], "val": []}
+  for index in range(num_images):
+    rng = np.random.default_rng([seed, index])
+    scene = sample_scene(rng, image_size)
+    image = f"images/{index:06d}.png"
+    render(scene, image_size).save(out / image, format="PNG", compress_level=1)
+    splits["train" if index < num_train else "val"] += scene_records(scene, image, index, image_size, rng)
+  for name, records in splits.items():
+    write_jsonl(records, out / f"{name}.jsonl")
+
+  corpus = tokenizer_corpus(splits["train"] + splits["val"])
+  spiece = train_t5_sentencepiece(corpus, out / "spiece", T5_VOCAB_SIZE)
+  bert_vocab = write_bert_vocab(bert_words(corpus), out / "bert_vocab.txt")
+  t5 = T5Tokenizer(spiece)
+  summary = {
+      "source": SOURCE, "seed": seed, "image_size": image_size, "num_images": num_images,
+      "val_fraction": val_fraction,
+      "splits": {"train": _split_counts(splits["train"], num_train),
+                 "val": _split_counts(splits["val"], num_val)},
+      # The sizes the tokenizers report, i.e. what the embeddings need (T5's sentinels and the
+      # Q-Former's [DEC] included).
+      "t5_vocab_size": t5.vocab_size, "t5_sentinel_id": t5.sentinel_id(0),
+      "bert_vocab_size": BertTokenizer(bert_vocab).vocab_size,
+      "files": {"images": "images", "train": "train.jsonl", "val": "val.jsonl",
+                "spiece_model": spiece.name, "spiece_vocab": "spiece.vocab",
+                "bert_vocab": bert_vocab.name, "summary": "dataset.json"},
+  }
+  (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+  return {**summary, "files": {k: str(out / v) for k, v in summary["files"].items()}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m lion_jax.data.synthetic", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--num-images", type=int, default=2000)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--image-size", type=int, default=224)
+  parser.add_argument("--val-fraction", type=float, default=0.1)
+  args = parser.parse_args(argv)
+  start = time.perf_counter()
+  try:
+    summary = generate(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
+                       val_fraction=args.val_fraction)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  seconds = time.perf_counter() - start
+  counts = ", ".join(f"{name}: {s['images']} images / {s['records']} records"
+                     for name, s in summary["splits"].items())
+  print(f"wrote {args.out} in {seconds:.1f}s ({counts}; T5 vocab {summary['t5_vocab_size']}, "
+        f"BERT vocab {summary['bert_vocab_size']})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
