@@ -1,0 +1,168 @@
+"""The Grain pipeline on the embedded synthetic dataset: shapes, mixing, resumption, sharding, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+
+from lion_jax.data import pipeline, synthetic
+from lion_jax.data.inspect import main as inspect_main
+from lion_jax.data.tokenizers import T5Tokenizer
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+  root = tmp_path_factory.mktemp("synthetic")
+  synthetic.generate(root, num_images=40, seed=0, image_size=32)
+  return root
+
+
+def data_config(root, **overrides) -> ml_collections.ConfigDict:
+  c = pipeline.default_config()
+  c.sources = {
+      "image": dict(records=str(root / "train.jsonl"), image_root=str(root), task_types=["image_level"]),
+      "region": dict(records=str(root / "train.jsonl"), image_root=str(root), task_types=["region_level"]),
+  }
+  c.mixture = {"image": 1.0, "region": 1.0}
+  c.update(t5_vocab=str(root / "spiece.model"), bert_vocab=str(root / "bert_vocab.txt"), image_size=28,
+           max_input_len=48, max_target_len=24, max_qformer_len=32, prefetch_batches=2)
+  if "mixture" in overrides:  # replace, not merge (ConfigDict.update merges nested dicts)
+    c.mixture = ml_collections.ConfigDict(overrides.pop("mixture"))
+  c.update(overrides)
+  return c
+
+
+def take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_batches_have_fixed_shapes_and_shifted_targets(dataset):
+  it = pipeline.make_iterator(data_config(dataset), batch_size=4)
+  for batch in take(it, 3):
+    assert batch["image"].shape == (4, 28, 28, 3) and batch["image"].dtype == np.float32
+    assert batch["input_ids"].shape == (4, 48) and batch["qformer_ids"].shape == (4, 32)
+    assert batch["target_ids"].shape == batch["decoder_input_ids"].shape == (4, 24)
+    for k in ("input_ids", "input_mask", "qformer_ids", "decoder_input_ids", "target_ids", "task"):
+      assert batch[k].dtype == np.int32, k
+    np.testing.assert_array_equal(batch["decoder_input_ids"][:, 0], 0)
+    np.testing.assert_array_equal(batch["decoder_input_ids"][:, 1:], batch["target_ids"][:, :-1])
+    for ids, mask in zip(batch["target_ids"], batch["target_mask"]):
+      assert ids[mask.sum() - 1] == 1  # </s> closes every target
+  it.close()
+
+
+def test_homogeneous_batches_hold_one_task_type_and_mix_by_weight(dataset):
+  it = pipeline.make_iterator(data_config(dataset, mixture={"image": 3.0, "region": 1.0}), batch_size=4)
+  batches = take(it, 200)
+  it.close()
+  tasks = np.stack([b["task"] for b in batches])
+  assert (tasks == tasks[:, :1]).all()
+  image_fraction = (tasks[:, 0] == 1).mean()
+  assert abs(image_fraction - 0.75) < 0.03
+  counters = it.counters()
+  assert counters["image"]["seen"] == 4 * int((tasks[:, 0] == 1).sum())
+
+
+def test_mixed_batches_mix_examples_by_weight(dataset):
+  it = pipeline.make_iterator(data_config(dataset, homogeneous_batches=False), batch_size=8)
+  tasks = np.concatenate([b["task"] for b in take(it, 100)])
+  it.close()
+  assert abs((tasks == 1).mean() - 0.5) < 0.03
+  assert all(len(set(b)) == 2 for b in tasks.reshape(100, 8))  # every batch holds both task types
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_restored_iterator_continues_with_identical_batches(dataset, num_workers):
+  config = data_config(dataset, num_workers=num_workers)
+  it = pipeline.make_iterator(config, batch_size=4)
+  take(it, 3)
+  state = json.loads(json.dumps(it.get_state()))  # what the checkpoint stores
+  expected = take(it, 3)
+  it.close()
+  resumed = pipeline.make_iterator(config, batch_size=4)
+  resumed.set_state(state)
+  for a, b in zip(expected, take(resumed, 3)):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  assert resumed.counters() == it.counters()
+  resumed.close()
+
+
+def test_hosts_read_disjoint_shards_that_cover_the_data(dataset):
+  config = data_config(dataset, mixture={"region": 1.0}, augment=False)
+  source = pipeline.load_source("region", config.sources["region"])
+  n = len(source.records)
+  shards = [set(pipeline.grain.MapDataset.range(n)[i::2]) for i in range(2)]
+  assert not shards[0] & shards[1] and shards[0] | shards[1] == set(range(n))
+  # The pipelines of two hosts see different examples.
+  a = pipeline.make_iterator(config, batch_size=4, process_index=0, process_count=2)
+  b = pipeline.make_iterator(config, batch_size=4, process_index=1, process_count=2)
+  ids_a = {tuple(x) for batch in take(a, 5) for x in batch["input_ids"]}
+  ids_b = {tuple(x) for batch in take(b, 5) for x in batch["input_ids"]}
+  assert ids_a != ids_b
+
+
+def test_bad_images_are_skipped_counted_or_raised_under_strict(dataset, tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(dataset, broken)
+  images = sorted((broken / "images").glob("*.png"))
+  images[0].unlink()
+  images[1].write_bytes(images[1].read_bytes()[:100])
+  config = data_config(broken, mixture={"image": 1.0}, homogeneous_batches=False)
+  it = pipeline.make_iterator(config, batch_size=4)
+  for _ in range(60):
+    next(it)
+  counters = it.counters()["image"]
+  assert counters["skipped_missing_image"] > 0 and counters["skipped_unreadable_image"] > 0
+  strict = pipeline.make_iterator(data_config(broken, mixture={"image": 1.0}, strict=True), batch_size=4)
+  with pytest.raises(Exception, match="images/000000.png|images/000001.png"):
+    for _ in range(60):
+      next(strict)
+
+
+def test_a_source_without_any_readable_image_fails_fast(dataset, tmp_path):
+  empty = tmp_path / "noimages"
+  shutil.copytree(dataset, empty, ignore=shutil.ignore_patterns("*.png"))
+  it = pipeline.make_iterator(data_config(empty, mixture={"image": 1.0}), batch_size=4)
+  with pytest.raises(ValueError, match="consecutive records could not be prepared"):
+    next(it)
+
+
+def test_config_errors_name_what_to_change(dataset):
+  with pytest.raises(ValueError, match=r"unknown sources \['vqav2'\]"):
+    pipeline.make_iterator(data_config(dataset, mixture={"vqav2": 1.0}), batch_size=4)
+  bad = data_config(dataset)
+  bad.sources["image"]["task_types"] = ["pixel_level"]
+  with pytest.raises(ValueError, match="no record of"):
+    pipeline.make_iterator(bad, batch_size=4)
+
+
+def test_tokenised_text_round_trips(dataset):
+  it = pipeline.make_iterator(data_config(dataset, mixture={"region": 1.0}), batch_size=4)
+  batch = next(it)
+  t5 = T5Tokenizer(dataset / "spiece.model")
+  targets = [t5.decode(ids[mask > 0]) for ids, mask in zip(batch["target_ids"], batch["target_mask"])]
+  assert (batch["task"] == 0).all()
+  for text, ids, mask in zip(targets, batch["target_ids"], batch["target_mask"]):
+    assert text and t5.encode(text, max_length=24, truncation_side="right") == ids[mask > 0].tolist()
+
+
+def test_inspect_cli_counts_valid_and_invalid(dataset, tmp_path, capsys):
+  broken = tmp_path / "inspect"
+  shutil.copytree(dataset, broken)
+  next(iter(sorted((broken / "images").glob("*.png")))).unlink()
+  args = ["--records", str(broken / "val.jsonl"), "--image-root", str(broken), "--json"]
+  assert inspect_main(args) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert result["valid"] > 0 and result["invalid"] == {}
+  args = ["--records", str(broken / "train.jsonl"), "--image-root", str(broken), "--json"]
+  assert inspect_main(args) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert result["invalid"]["missing_image"] > 0
+  assert inspect_main(args + ["--strict"]) == 1
+  capsys.readouterr()
+  assert inspect_main(["--records", str(broken / "train.jsonl"), "--image-root", str(tmp_path)]) == 1
