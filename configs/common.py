@@ -1,0 +1,85 @@
+"""Shared pieces of the run configs: model preset, data sources, optimizer, mesh, stages.
+
+LION's released settings (lion_reference.md 4.3): AdamW (0.9, 0.999), lr 1e-5, weight decay 0.05
+on >= 2-D parameters, global batch 64, bf16, constant lr in the first epoch then a per-epoch cosine
+over 10 epochs of 6000 steps. The paper does not give per-stage steps or mixture weights; the
+defaults here (equal weights within a level, 1:1 image/region in stage 3, 60k steps per stage) are
+documented choices, overridable with --config.<field>=value.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from lion_jax import sharding
+from lion_jax.data import pipeline
+from lion_jax.models import presets
+
+IMAGE_LEVEL_SOURCES = ("coco_caption", "vqav2", "okvqa", "aokvqa", "textcaps")
+REGION_LEVEL_SOURCES = ("refcoco", "refcoco_plus", "refcocog", "vg_regions")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """`configs/stage3.py:size=xxl,steps=100` -> ConfigDict(size='xxl', steps=100) over `defaults`."""
+  parsed = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; expected one of {sorted(defaults)}")
+    parsed[key] = type(defaults[key])(value) if defaults[key] is not None else value
+  return ml_collections.ConfigDict(parsed)
+
+
+def data_sources() -> ml_collections.ConfigDict:
+  """One entry per LION dataset; set `records` (JSONL from lion_jax.data.adapters) and `image_root`."""
+  return ml_collections.ConfigDict({name: dict(records="", image_root="", format="auto")
+                                    for name in IMAGE_LEVEL_SOURCES + REGION_LEVEL_SOURCES})
+
+
+def stage(visual_input: str, mixture: dict[str, float], num_steps: int, init_from=(),
+          export: bool = False) -> ml_collections.ConfigDict:
+  """`init_from`: earlier stages whose final trainables start this one ('' = same --workdir)."""
+  return ml_collections.ConfigDict(dict(visual_input=visual_input, mixture=mixture, num_steps=num_steps,
+                                        init_from={name: "" for name in init_from}, export=export))
+
+
+def lion_stages(num_steps: int) -> ml_collections.ConfigDict:
+  image = {name: 1.0 for name in IMAGE_LEVEL_SOURCES}
+  region = {name: 1.0 for name in REGION_LEVEL_SOURCES}
+  both = {**{k: 1.0 / len(image) for k in image}, **{k: 1.0 / len(region) for k in region}}  # 1:1
+  return ml_collections.ConfigDict(dict(
+      stage1=stage("qformer", image, num_steps),
+      stage2=stage("aggregator", region, num_steps, init_from=("stage1",)),
+      stage3=stage("all", both, num_steps, init_from=("stage1", "stage2"), export=True)))
+
+
+def base_config(size: str = "xl") -> ml_collections.ConfigDict:
+  presets_by_size = {"xl": "flant5xl", "xxl": "flant5xxl", "tiny": "tiny"}
+  if size not in presets_by_size:
+    raise ValueError(f"size={size!r}; expected one of {sorted(presets_by_size)}")
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = presets.get(presets_by_size[size])
+  config.model.dtype = "bfloat16"
+  config.frozen_dtype = "bfloat16"
+  config.pretrained = ""  # converted checkpoint dir (python -m lion_jax.convert); "" = random init
+  config.data = pipeline.default_config()
+  config.data.sources = data_sources()
+  config.global_batch_size = 64
+  config.grad_accum_steps = 1
+  config.optimizer = ml_collections.ConfigDict(dict(
+      lr=1e-5, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, schedule="lion_epoch_cosine",
+      steps_per_epoch=6000, warmup_steps=0, clip_grad_norm=0.0))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.sharding_rules = [list(rule) for rule in sharding.DEFAULT_RULES]
+  config.num_steps = -1  # > 0: overrides every stage's num_steps (smoke runs)
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 2
+  config.export_dir_name = "export"  # the last stage writes a converted checkpoint here
+  config.peak_flops_per_device = 0.0  # e.g. 197e12 for TPU v5e bf16; 0 = report FLOP/s, not MFU
+  config.distributed = False  # call jax.distributed.initialize() (multi-host)
+  config.synthetic = ml_collections.ConfigDict(dict(enabled=False, num_images=0, image_size=0))
+  config.stages = lion_stages(num_steps=60_000)
+  config.run_stages = "stage1,stage2,stage3"
+  return config
