@@ -8,7 +8,7 @@ WORKDIR/stage1..3, and exports the final model to WORKDIR/stage3/export. The fro
 random (seeded): the demo shows the system working, not a useful model.
 """
 
-from configs import common
+from lion_jax import run_config as common
 
 
 def get_config(arg=None):

@@ -8,7 +8,7 @@ Stages 2 and 3 start from the earlier stages' final checkpoints in the same --wo
 --config.stages.stage1.init_from.<stage>=OTHER_WORKDIR/<stage>).
 """
 
-from configs import common
+from lion_jax import run_config as common
 
 
 def get_config(arg=None):

@@ -83,5 +83,20 @@ def main(argv) -> int:
   return 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with a one-line error for a config override that names no config field."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    bad = [a for a in argv if a.startswith("--config.")]
+    name = str(e).strip("\"'")
+    print(f"error: the config has no field {name!r} (overrides given: {bad}); only the fields the config "
+          f"file defines can be set", file=sys.stderr)
+    sys.exit(2)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)

@@ -49,7 +49,3 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int):
   parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
                            weight_decay=config.weight_decay, mask=decay_mask))
   return optax.chain(*parts), schedule
-
-
-def global_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)

@@ -115,8 +115,8 @@ def make_train_step(model: Lion, tx: optax.GradientTransformation, schedule, gra
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     loss = metrics["loss_sum"] / jnp.maximum(metrics["tokens"], 1.0)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-               "param_norm": optax.global_norm(params), "learning_rate": schedule(state.step)}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params), "learning_rate": schedule(state.step)}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return step_fn
@@ -143,40 +143,37 @@ def check_config(config: ml_collections.ConfigDict, stage_name: str, mesh, proce
 # ------------------------------------------------------------------------------ parameters ---
 
 def init_params(config, model_config, mesh, rules, previous_trainables):
-  """Sharded (frozen, trainable, shardings): fresh init from `config.seed`, then the pretrained
-  converted checkpoint (if any) for every parameter it holds, then the earlier stages' trainables."""
+  """Sharded (trainable, frozen, trainable shardings, frozen shardings): a fresh init from
+  `config.seed`, then the pretrained converted checkpoint (if any) for every parameter it holds, then
+  the earlier stages' trainables (`stages.handoff`); frozen towers cast to `config.frozen_dtype`.
+
+  Loaded values are put straight onto their shardings, never compiled into the init program."""
   model = Lion(model_config)
   batch = example_batch(model_config)
+  init = lambda key: model.init(key, batch)["params"]
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(config.seed), batch)["params"])
+    boxed = jax.eval_shape(init, jax.random.key(config.seed))
     shardings = sharding.logical_shardings(boxed, mesh, rules)
-  abstract = nn.unbox(boxed)
-  flat_shapes = {k: v.shape for k, v in flatten(abstract).items()}
+    params = jax.jit(lambda key: nn.unbox(init(key)), out_shardings=shardings)(jax.random.key(config.seed))
+  params, shardings = flatten(params), flatten(shardings)
   overrides: dict[str, np.ndarray] = {}
   if config.pretrained:
     _, pretrained = load_converted(config.pretrained)
-    for k, v in flatten(jax.device_get(pretrained)).items():
-      if k in flat_shapes:
-        if tuple(v.shape) != tuple(flat_shapes[k]):
-          raise ValueError(f"pretrained {config.pretrained}: {k} has shape {v.shape}, the model {flat_shapes[k]}")
-        overrides[k] = np.asarray(v)
-    missing_frozen = sorted(k for k in flat_shapes if is_frozen(k) and k not in overrides)
+    overrides.update({k: v for k, v in flatten(jax.device_get(pretrained)).items() if k in params})
+    missing_frozen = sorted(k for k in params if is_frozen(k) and k not in overrides)
     if missing_frozen:
-      raise ValueError(f"pretrained {config.pretrained} lacks frozen parameters {missing_frozen[:5]}...")
+      raise ValueError(f"pretrained {config.pretrained} lacks frozen parameters {missing_frozen[:5]}")
   overrides.update(stages.handoff(model_config.visual_input, previous_trainables))
   frozen_dtype = jnp.dtype(config.frozen_dtype)
-
-  def build(key):
-    params = flatten(nn.unbox(model.init(key, batch)["params"]))
-    for k, v in overrides.items():
-      params[k] = jnp.asarray(v, params[k].dtype)
-    params = {k: v.astype(frozen_dtype) if is_frozen(k) else v for k, v in params.items()}
-    return unflatten(params)
-
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    params = jax.jit(build, out_shardings=shardings)(jax.random.key(config.seed))
-  trainable, frozen = split_frozen(params)
-  t_shard, f_shard = split_frozen(shardings)
+  for k, v in overrides.items():
+    if tuple(v.shape) != params[k].shape:
+      raise ValueError(f"{k}: the loaded value has shape {tuple(v.shape)}, the model {params[k].shape}")
+    params[k] = jax.device_put(np.asarray(v, params[k].dtype), shardings[k])
+  trainable, frozen = split_frozen(unflatten(params))
+  t_shard, f_shard = split_frozen(unflatten(shardings))
+  with jax.set_mesh(mesh):
+    cast = lambda tree: jax.tree.map(lambda x: x.astype(frozen_dtype), tree)
+    frozen = jax.jit(cast, out_shardings=f_shard, donate_argnums=0)(frozen)
   return trainable, frozen, t_shard, f_shard
 
 

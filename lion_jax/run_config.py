@@ -1,4 +1,4 @@
-"""Shared pieces of the run configs: model preset, data sources, optimizer, mesh, stages.
+"""Shared pieces of the run configs in configs/: model preset, data sources, optimizer, mesh, stages.
 
 LION's released settings (lion_reference.md 4.3): AdamW (0.9, 0.999), lr 1e-5, weight decay 0.05
 on >= 2-D parameters, global batch 64, bf16, constant lr in the first epoch then a per-epoch cosine
