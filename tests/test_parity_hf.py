@@ -47,9 +47,9 @@ def hf_qformer_config(transformers):
       encoder_hidden_size=32, max_position_embeddings=40)
 
 
-def hf_t5_config(transformers, activation="gelu", tied=False):
+def hf_t5_config(transformers, activation="gelu", tied=False, num_decoder_layers=3):
   cfg = transformers.T5Config(
-      vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
+      vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=num_decoder_layers, num_heads=4,
       relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0,
       pad_token_id=0, eos_token_id=1, feed_forward_proj="gated-gelu", tie_word_embeddings=tied)
   cfg.dense_act_fn = activation
@@ -73,11 +73,11 @@ def convert(entries, state, config, prefixes, ignore=()):
   return mapping.unflatten(flat)
 
 
-def make_instructblip(transformers, torch, *, activation="gelu", tied=False, image_size=28):
+def make_instructblip(transformers, torch, *, activation="gelu", tied=False, image_size=28, num_decoder_layers=3):
   cfg = transformers.InstructBlipConfig(
       vision_config=hf_vision_config(transformers, image_size).to_dict(),
       qformer_config=hf_qformer_config(transformers).to_dict(),
-      text_config=hf_t5_config(transformers, activation, tied).to_dict(), num_query_tokens=4,
+      text_config=hf_t5_config(transformers, activation, tied, num_decoder_layers).to_dict(), num_query_tokens=4,
       image_token_id=119)
   cfg.text_config.dense_act_fn = activation
   torch.manual_seed(0)

@@ -92,8 +92,11 @@ class Lion(nn.Module):
                            axis=1)
     return self.t5.encode(x, mask, batch["task"], train=train), mask
 
-  def decode(self, decoder_input_ids, encoded, encoder_mask, task, *, train: bool = False):
-    return self.t5.decode(decoder_input_ids, encoded, encoder_mask, task, train=train)
+  def decode(self, decoder_input_ids, encoded, encoder_mask, task, *, train: bool = False, cache_len: int = 0,
+             cache_index=None):
+    """Logits [B, T, V]; with `cache_len`, one incremental step (see T5.decode)."""
+    return self.t5.decode(decoder_input_ids, encoded, encoder_mask, task, train=train, cache_len=cache_len,
+                          cache_index=cache_index)
 
   def __call__(self, batch, *, train: bool = False) -> jax.Array:
     encoded, mask = self.encode(batch, train=train)

@@ -21,23 +21,23 @@ from lion_jax.models import layers
 from lion_jax.models.adapters import MixtureOfAdapters
 
 
-def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> np.ndarray:
-  """T5's bucketing of `key_pos - query_pos` (static shapes, so computed in numpy)."""
-  buckets = np.zeros_like(relative_position)
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+  """T5's bucketing of `key_pos - query_pos`: exact for small distances, log-spaced up to
+  `max_distance`, one bucket beyond."""
+  buckets = jnp.zeros_like(relative_position)
   if bidirectional:
     num_buckets //= 2
-    buckets += (relative_position > 0).astype(np.int64) * num_buckets
-    n = np.abs(relative_position)
+    buckets += (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    n = jnp.abs(relative_position)
   else:
-    n = -np.minimum(relative_position, 0)
+    n = -jnp.minimum(relative_position, 0)
   max_exact = num_buckets // 2
   is_small = n < max_exact
-  with np.errstate(divide="ignore"):
-    large = max_exact + (np.log(np.maximum(n, 1) / max_exact) / math.log(max_distance / max_exact)
-                         * (num_buckets - max_exact)).astype(np.int64)
-  large = np.minimum(large, num_buckets - 1)
-  return buckets + np.where(is_small, n, large)
+  large = max_exact + (jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+                       / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(n.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return buckets + jnp.where(is_small, n, large)
 
 
 class RelativePositionBias(nn.Module):
@@ -47,29 +47,47 @@ class RelativePositionBias(nn.Module):
   bidirectional: bool
 
   @nn.compact
-  def __call__(self, q_len: int, k_len: int, q_offset: int = 0) -> jax.Array:
+  def __call__(self, q_len: int, k_len: int, q_offset: int | jax.Array = 0) -> jax.Array:
+    """`q_offset` is the position of the first query (a traced step index when decoding)."""
     c = self.config
     table = self.param("rel_embedding", nn.with_logical_partitioning(
         nn.initializers.normal(c.d_model ** -0.5), (None, None)), (c.relative_buckets, c.num_heads))
-    rel = np.arange(k_len)[None, :] - (np.arange(q_len)[:, None] + q_offset)
+    rel = jnp.arange(k_len)[None, :] - (jnp.arange(q_len)[:, None] + q_offset)
     buckets = relative_position_bucket(rel, self.bidirectional, c.relative_buckets, c.relative_max_distance)
-    return jnp.take(table, jnp.asarray(buckets), axis=0).transpose(2, 0, 1)[None]
+    return jnp.take(table, buckets, axis=0).transpose(2, 0, 1)[None]
 
 
 class T5Attention(nn.Module):
+  """Unscaled multi-head attention. For incremental decoding (`decode`), keys and values live in the
+  'cache' collection: self-attention appends the new position at `cache_index` into a buffer of
+  `cache_len` positions; cross-attention projects the encoder output once and reuses it."""
+
   config: ml_collections.ConfigDict
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, memory, bias, *, train=False):
+  def __call__(self, x, memory, bias, *, train=False, decode=False, cache_len=0, cache_index=None,
+               is_cross=False):
     c = self.config
     inner = c.num_heads * c.d_kv
     proj = lambda name, std: layers.Dense(inner, ("embed", "heads"), use_bias=False,
                                           kernel_init=nn.initializers.normal(std), dtype=self.dtype,
                                           name=name)
     q = layers.split_heads(proj("q", (c.d_model * c.d_kv) ** -0.5)(x), c.num_heads)
-    k = layers.split_heads(proj("k", c.d_model ** -0.5)(memory), c.num_heads)
-    v = layers.split_heads(proj("v", c.d_model ** -0.5)(memory), c.num_heads)
+    k_proj, v_proj = proj("k", c.d_model ** -0.5), proj("v", c.d_model ** -0.5)
+    if decode and is_cross:
+      k = self.variable("cache", "cached_key", lambda: layers.split_heads(k_proj(memory), c.num_heads)).value
+      v = self.variable("cache", "cached_value", lambda: layers.split_heads(v_proj(memory), c.num_heads)).value
+    else:
+      k = layers.split_heads(k_proj(memory), c.num_heads)
+      v = layers.split_heads(v_proj(memory), c.num_heads)
+    if decode and not is_cross:
+      shape = (x.shape[0], cache_len, c.num_heads, c.d_kv)
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+      cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k, cache_index, axis=1)
+      cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v, cache_index, axis=1)
+      k, v = cached_k.value, cached_v.value
     drop = nn.Dropout(c.dropout_rate)
     out = layers.attend(q, k, v, bias, scale=1.0,
                         probs_dropout=(lambda p: drop(p, deterministic=False)) if train else None)
@@ -107,15 +125,18 @@ class T5Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, self_bias, memory, cross_bias, task, *, train=False):
+  def __call__(self, x, self_bias, memory, cross_bias, task, *, train=False, decode=False, cache_len=0,
+               cache_index=None):
     c = self.config
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=not train)
     norm = lambda name: layers.RMSNorm(c.ln_eps, name=name)
     h = norm("self_attention_norm")(x)
-    x = x + drop(T5Attention(c, self.dtype, name="self_attention")(h, h, self_bias, train=train))
+    x = x + drop(T5Attention(c, self.dtype, name="self_attention")(
+        h, h, self_bias, train=train, decode=decode, cache_len=cache_len, cache_index=cache_index))
     if self.is_decoder:
       h = norm("cross_attention_norm")(x)
-      x = x + drop(T5Attention(c, self.dtype, name="cross_attention")(h, memory, cross_bias, train=train))
+      x = x + drop(T5Attention(c, self.dtype, name="cross_attention")(
+          h, memory, cross_bias, train=train, decode=decode, is_cross=True))
     h = norm("ffn_norm")(x)
     out = x + drop(T5FeedForward(c, self.dtype, name="ffn")(h, train=train))
     if self.num_adapters:
@@ -131,14 +152,26 @@ class T5Stack(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, memory, memory_mask, task, *, train=False):
-    """`x`: embedded inputs [B, T, d]; `mask`: [B, T] key padding (encoder only)."""
+  def __call__(self, x, mask, memory, memory_mask, task, *, train=False, cache_len=0, cache_index=None):
+    """`x`: embedded inputs [B, T, d]; `mask`: [B, T] key padding (encoder only).
+
+    Incremental decoding (decoder only): `cache_len` > 0 and `x` is the one new position
+    `cache_index`; keys and values of earlier positions come from the 'cache' collection.
+    """
     c = self.config
     t = x.shape[1]
-    bias = RelativePositionBias(c, bidirectional=not self.is_decoder, name="relative_position_bias")(t, t)
+    decode = cache_len > 0
+    position_bias = RelativePositionBias(c, bidirectional=not self.is_decoder, name="relative_position_bias")
+    if decode:
+      bias = position_bias(1, cache_len, cache_index)
+      visible = jnp.arange(cache_len)[None, :] <= cache_index
+      bias = bias + jnp.where(visible, 0.0, jnp.finfo(jnp.float32).min)[None, None]
+    else:
+      bias = position_bias(t, t)
     if self.is_decoder:
-      causal = np.tril(np.ones((t, t), bool))
-      bias = bias + jnp.where(causal, 0.0, jnp.finfo(jnp.float32).min)[None, None]
+      if not decode:
+        causal = np.tril(np.ones((t, t), bool))
+        bias = bias + jnp.where(causal, 0.0, jnp.finfo(jnp.float32).min)[None, None]
       cross_bias = layers.padding_bias(memory_mask)
     else:
       bias = bias + layers.padding_bias(mask)
@@ -147,7 +180,8 @@ class T5Stack(nn.Module):
     num_layers = c.num_decoder_layers if self.is_decoder else c.num_layers
     for i in range(num_layers):
       x = T5Block(c, self.num_adapters, self.is_decoder, self.dtype, name=f"layers_{i}")(
-          x, bias, memory, cross_bias, task, train=train)
+          x, bias, memory, cross_bias, task, train=train, decode=decode, cache_len=cache_len,
+          cache_index=cache_index)
     x = layers.RMSNorm(c.ln_eps, name="final_norm")(x)
     return nn.Dropout(c.dropout_rate)(x, deterministic=not train)
 
@@ -176,9 +210,12 @@ class T5(nn.Module):
   def encode(self, inputs_embeds, mask, task, *, train=False):
     return self.encoder(inputs_embeds, mask, None, None, task, train=train)
 
-  def decode(self, decoder_input_ids, encoded, encoder_mask, task, *, train=False):
-    """Decoder hidden states -> logits [B, T, V] (float32)."""
-    x = self.decoder(self.embed(decoder_input_ids), None, encoded, encoder_mask, task, train=train)
+  def decode(self, decoder_input_ids, encoded, encoder_mask, task, *, train=False, cache_len=0,
+             cache_index=None):
+    """Decoder -> logits [B, T, V] (float32). With `cache_len`, one step of incremental decoding:
+    `decoder_input_ids` [B, 1] is position `cache_index` (call with mutable=['cache'])."""
+    x = self.decoder(self.embed(decoder_input_ids), None, encoded, encoder_mask, task, train=train,
+                     cache_len=cache_len, cache_index=cache_index)
     if self.config.tie_word_embeddings:
       x = x * (self.config.d_model ** -0.5)
       logits = jnp.dot(x, self.shared.T.astype(self.dtype))

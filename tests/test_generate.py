@@ -1,0 +1,126 @@
+"""Generation equals HF transformers' `generate` id for id; the KV cache equals the full decoder."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lion_jax.convert.hf import load_hf_instructblip
+from lion_jax.inference import generate, score_candidates
+from lion_jax.models import Lion
+from tests.conftest import require
+from tests.reference import save_safetensors_sharded, state_dict_numpy
+
+EOS, PAD, NEW_TOKENS = 1, 0, 12
+
+
+@pytest.fixture(scope="module", params=["plain", "eos_heavy"])
+def converted(request, tmp_path_factory):
+  """A random InstructBLIP-T5 (HF) and its conversion; 'eos_heavy' ends some sequences early."""
+  torch, transformers = require("torch"), require("transformers")
+  from tests.test_parity_hf import make_instructblip
+  model = make_instructblip(transformers, torch, num_decoder_layers=2)
+  if request.param == "eos_heavy":
+    with torch.no_grad():
+      model.language_model.lm_head.weight[EOS] *= 4
+  directory = tmp_path_factory.mktemp(request.param)
+  save_safetensors_sharded(state_dict_numpy(model), directory, num_shards=1)
+  model.config.save_pretrained(directory)
+  config, params = load_hf_instructblip(directory)
+  return model, config, params
+
+
+def inputs(b=3, seed=0):
+  rng = np.random.default_rng(seed)
+  q = rng.integers(3, 90, (b, 6)).astype(np.int32)
+  q_mask = np.ones_like(q)
+  q_mask[1, 4:] = 0
+  text = rng.integers(3, 110, (b, 9)).astype(np.int32)
+  mask = np.ones_like(text)
+  mask[0, 7:] = 0
+  return dict(image=rng.normal(size=(b, 28, 28, 3)).astype(np.float32), qformer_ids=q, qformer_mask=q_mask,
+              input_ids=text, input_mask=mask, task=np.ones((b,), np.int32))
+
+
+def hf_generate(model, batch, **kwargs) -> np.ndarray:
+  """HF ids without the start token, as [B, NEW_TOKENS] with pad after the first EOS (HF's beam search
+  fills finished T5 rows with EOS instead; the ids up to EOS are what is compared)."""
+  import torch
+  b = batch["input_ids"].shape[0]
+  ids = np.concatenate([np.full((b, 4), 119, np.int32), batch["input_ids"]], 1)  # query placeholders
+  mask = np.concatenate([np.ones((b, 4), np.int32), batch["input_mask"]], 1)
+  with torch.no_grad():
+    out = model.generate(pixel_values=torch.from_numpy(batch["image"].transpose(0, 3, 1, 2)),
+                         qformer_input_ids=torch.from_numpy(batch["qformer_ids"]).long(),
+                         qformer_attention_mask=torch.from_numpy(batch["qformer_mask"]).long(),
+                         input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
+                         do_sample=False, max_new_tokens=NEW_TOKENS, **kwargs).numpy()[:, 1:]
+  padded = np.full((b, NEW_TOKENS), PAD, np.int32)
+  padded[:, :out.shape[1]] = out
+  for row in padded:
+    eos = np.flatnonzero(row == EOS)
+    if eos.size:
+      row[eos[0] + 1:] = PAD
+  return padded
+
+
+@pytest.mark.parametrize("num_beams", [1, 3, 5])
+@pytest.mark.parametrize("repetition_penalty", [1.0, 1.5])
+def test_ids_equal_hf_generate(converted, num_beams, repetition_penalty):
+  model, config, params = converted
+  batch = inputs()
+  settings = dict(num_beams=num_beams, repetition_penalty=repetition_penalty, min_length=1, length_penalty=1.0)
+  expected = hf_generate(model, batch, **settings)
+  ours = np.asarray(generate(config, params, batch, max_new_tokens=NEW_TOKENS, **settings))
+  assert ours.dtype == np.int32 and ours.shape == (3, NEW_TOKENS)
+  np.testing.assert_array_equal(ours, expected)
+  assert len({tuple(r) for r in ours}) > 1  # a real comparison, not three identical rows
+
+
+def test_eos_heavy_model_finishes_some_sequences_early(converted):
+  model, config, params = converted
+  ours = np.asarray(generate(config, params, inputs(), num_beams=3, max_new_tokens=NEW_TOKENS))
+  if np.any(ours == EOS):
+    row = ours[np.any(ours == EOS, axis=1)][0]
+    assert (row[np.flatnonzero(row == EOS)[0] + 1:] == PAD).all()
+
+
+def test_cached_decoding_equals_the_full_decoder(converted):
+  _, config, params = converted
+  batch = inputs()
+  model = Lion(config)
+  encoded, mask = model.apply({"params": params}, batch, method=Lion.encode)
+  tokens = np.random.default_rng(1).integers(2, 120, (3, 7)).astype(np.int32)
+  full = model.apply({"params": params}, tokens, encoded, mask, batch["task"], method=Lion.decode)
+  cache = None
+  for t in range(tokens.shape[1]):
+    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+    step, updated = model.apply(variables, tokens[:, t:t + 1], encoded, mask, batch["task"], cache_len=7,
+                                cache_index=t, method=Lion.decode, mutable=["cache"])
+    cache = updated["cache"]
+    np.testing.assert_allclose(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
+
+
+def test_candidate_scores_are_target_log_likelihoods(converted):
+  _, config, params = converted
+  batch = inputs(b=2)
+  candidates = np.array([[[5, 6, EOS, 0], [7, EOS, 0, 0]], [[9, 9, 9, EOS], [3, EOS, 0, 0]]], np.int32)
+  mask = (np.cumsum(candidates == EOS, axis=2) - (candidates == EOS) == 0).astype(np.int32)
+  total, count = score_candidates(config, params, batch, candidates, mask)
+  for i in range(2):
+    for c in range(2):
+      single = {k: v[i:i + 1] for k, v in batch.items()}
+      ids = candidates[i:i + 1, c]
+      dec = np.concatenate([[[0]], ids[:, :-1]], axis=1).astype(np.int32)
+      logits = Lion(config).apply({"params": params}, {**single, "decoder_input_ids": dec})
+      lp = jax.nn.log_softmax(logits, -1)[0, np.arange(4), ids[0]]
+      assert float(total[i, c]) == pytest.approx(float((lp * mask[i, c]).sum()), rel=1e-5)
+      assert int(count[i, c]) == mask[i, c].sum()
+
+
+def test_bad_arguments_are_refused(converted):
+  _, config, params = converted
+  with pytest.raises(ValueError, match="num_beams=0"):
+    generate(config, params, inputs(), num_beams=0)
