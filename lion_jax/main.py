@@ -60,6 +60,34 @@ def prepare_synthetic_data(config, workdir: Path) -> None:
   config.model.qformer.vocab_size = bert.vocab_size
 
 
+def evaluate_synthetic(config, workdir: Path) -> dict:
+  """The demo's last step: the final export on the synthetic validation split (caption CIDEr, VQA and
+  REC accuracy), printed as a table and written to WORKDIR/results.json."""
+  import json
+
+  from lion_jax.convert.converted import load_converted
+  from lion_jax.data.records import load_records
+  from lion_jax.evaluation import runner
+
+  last_stage = [s.strip() for s in config.run_stages.split(",")][-1]
+  export = workdir / last_stage / config.export_dir_name
+  model_config, params = load_converted(export)
+  t5, bert = T5Tokenizer(config.data.t5_vocab), BertTokenizer(config.data.bert_vocab)
+  records, _ = load_records(workdir / "data" / "val.jsonl")
+  rows = {}
+  for task, kind in (("caption", "caption"), ("vqa", "exact_match"), ("rec", "rec")):
+    subset = [r for r in records if r.task == task][: config.synthetic.eval_limit]
+    predictions = runner.predict_records(
+        model_config, params, t5, bert, subset, workdir / "data", batch_size=16,
+        max_input_len=config.data.max_input_len, max_qformer_len=config.data.max_qformer_len, progress=False,
+        num_beams=config.synthetic.eval_num_beams, max_new_tokens=config.data.max_target_len, repetition_penalty=1.0)
+    rows[f"synthetic_{task}"] = runner.score(kind, subset, predictions)
+    runner.write_results(workdir / "eval", f"synthetic_{task}", subset, predictions, rows[f"synthetic_{task}"])
+  (workdir / "results.json").write_text(json.dumps(rows, indent=2))
+  print(runner.format_table(rows))
+  return rows
+
+
 def main(argv) -> int:
   del argv
   logging.getLogger().setLevel(logging.INFO)
@@ -80,6 +108,8 @@ def main(argv) -> int:
     if losses:
       head, tail = losses[: max(1, len(losses) // 10)], losses[-max(1, len(losses) // 10):]
       log.info("%s: %d steps, loss %.4f -> %.4f", s["stage"], s["steps"], sum(head) / len(head), sum(tail) / len(tail))
+  if config.synthetic.enabled and config.synthetic.eval_limit and jax.process_index() == 0:
+    evaluate_synthetic(config, workdir)
   return 0
 
 

@@ -79,7 +79,10 @@ def base_config(size: str = "xl") -> ml_collections.ConfigDict:
   config.export_dir_name = "export"  # the last stage writes a converted checkpoint here
   config.peak_flops_per_device = 0.0  # e.g. 197e12 for TPU v5e bf16; 0 = report FLOP/s, not MFU
   config.distributed = False  # call jax.distributed.initialize() (multi-host)
-  config.synthetic = ml_collections.ConfigDict(dict(enabled=False, num_images=0, image_size=0))
+  # The demo's embedded data: generated into WORKDIR/data; eval_limit > 0 evaluates the final export on
+  # that many validation records per task at the end.
+  config.synthetic = ml_collections.ConfigDict(dict(enabled=False, num_images=0, image_size=0, eval_limit=0,
+                                                    eval_num_beams=3))
   config.stages = lion_stages(num_steps=60_000)
   config.run_stages = "stage1,stage2,stage3"
   return config

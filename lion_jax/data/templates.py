@@ -80,11 +80,12 @@ def most_common(answers: Sequence[str]) -> str:
   return max(counts, key=counts.get)  # max keeps the first of equal counts; Counter keeps order
 
 
-def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
-  return options[int(rng.integers(len(options)))]
+def _pick(rng: np.random.Generator | None, options: Sequence[str]) -> str:
+  """A seeded draw in training; the first option (a fixed prompt) when `rng` is None (evaluation)."""
+  return options[0] if rng is None else options[int(rng.integers(len(options)))]
 
 
-def build_text(record: Record, rng: np.random.Generator, width: int, height: int,
+def build_text(record: Record, rng: np.random.Generator | None, width: int, height: int,
                *, use_tags: bool = True) -> ExampleText:
   """(instruction, T5 input, target) for one record; `width`/`height` normalise its boxes."""
   task = record.task

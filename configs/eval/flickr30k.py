@@ -1,0 +1,8 @@
+"""Benchmark flickr30k: python -m lion_jax.evaluate --config=configs/eval/flickr30k.py --checkpoint=DIR \
+    --config.records=RECORDS.jsonl --config.image_root=IMAGES"""
+
+from lion_jax.evaluation.benchmarks import eval_config
+
+
+def get_config():
+  return eval_config("flickr30k")

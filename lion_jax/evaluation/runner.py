@@ -1,0 +1,113 @@
+"""Batched evaluation: records -> generated answers -> the benchmark's metric.
+
+Every record is prompted with the first (fixed) template of its task, images are preprocessed
+without augmentation, and generation uses the given beam settings. Predictions are written next to
+the scores, so a number can always be traced back to the answers that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from lion_jax.data import images, templates
+from lion_jax.data.records import BadRecord, Record
+from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
+from lion_jax.evaluation import metrics
+from lion_jax.inference.generate import generate
+
+log = logging.getLogger(__name__)
+
+
+def _prepare(record: Record, image_root: Path, image_size: int, use_tags: bool):
+  source = record.image_bytes if record.image_bytes is not None else image_root / record.image
+  image = images.decode_image(source)
+  text = templates.build_text(record, None, image.width, image.height, use_tags=use_tags)
+  return images.to_model_input(image, image_size), text, image.size
+
+
+def predict_records(config, params, t5: T5Tokenizer, bert: BertTokenizer, records: Sequence[Record],
+                    image_root: str | Path, *, batch_size: int = 16, max_input_len: int = 128,
+                    max_qformer_len: int = 128, use_tags: bool = True, progress: bool = True,
+                    **generate_settings) -> list[str | None]:
+  """Generated text per record (None for a record whose image cannot be read; counted and logged)."""
+  image_root = Path(image_root)
+  outputs: list[str | None] = [None] * len(records)
+  iterator = range(0, len(records), batch_size)
+  if progress:
+    from tqdm import tqdm
+    iterator = tqdm(iterator, desc="evaluating", unit="batch")
+  for start in iterator:
+    chunk = list(range(start, min(start + batch_size, len(records))))
+    prepared, kept = [], []
+    for i in chunk:
+      try:
+        prepared.append(_prepare(records[i], image_root, config.vit.image_size, use_tags))
+        kept.append(i)
+      except BadRecord as e:
+        log.warning("skipping record %d (%s): %s", i, records[i].image, e)
+    if not kept:
+      continue
+    n = len(kept)
+    pad = batch_size - n  # the last batch is padded to the same shape, then trimmed
+    pixels = np.stack([p[0] for p in prepared] + [prepared[0][0]] * pad)
+    t5_inputs = [p[1].t5_input for p in prepared] + [prepared[0][1].t5_input] * pad
+    questions = [p[1].instruction for p in prepared] + [prepared[0][1].instruction] * pad
+    input_ids, input_mask = t5.encode_batch(t5_inputs, max_length=max_input_len, truncation_side="left")
+    q_ids, q_mask = bert.encode_batch(questions, max_length=max_qformer_len, truncation_side="left")
+    task = np.array([records[i].task_id for i in kept] + [records[kept[0]].task_id] * pad, np.int32)
+    batch = dict(image=pixels, qformer_ids=q_ids, qformer_mask=q_mask, input_ids=input_ids, input_mask=input_mask,
+                 task=task)
+    ids = np.asarray(jax.device_get(generate(config, params, batch, **generate_settings)))
+    for row, i in zip(ids[:n], kept):
+      outputs[i] = t5.decode(row.tolist())
+  return outputs
+
+
+def score(kind: str, records: Sequence[Record], predictions: Sequence[str | None]) -> dict[str, float]:
+  """The benchmark metric(s), x100 as the paper prints them; unreadable records count as wrong."""
+  preds = [p or "" for p in predictions]
+  if kind == "caption":
+    refs = {str(i): r.answers for i, r in enumerate(records)}
+    hyps = {str(i): p for i, p in enumerate(preds)}
+    return {"CIDEr": 100 * metrics.cider(refs, hyps), "BLEU-4": 100 * metrics.bleu4(refs, hyps)}
+  if kind == "vqa":
+    return {"accuracy": 100 * metrics.vqa_accuracy(preds, [r.answers for r in records])}
+  if kind == "exact_match":
+    return {"accuracy": 100 * metrics.exact_match_accuracy(preds, [r.answers for r in records])}
+  if kind == "rec":
+    unsized = [r.id or r.image for r in records if not (r.width and r.height)]
+    if unsized:
+      raise ValueError(f"REC records need width and height to normalise their boxes; missing in {unsized[:5]}")
+    gts = [[b[0] / r.width, b[1] / r.height, b[2] / r.width, b[3] / r.height] for r in records for b in r.boxes[:1]]
+    return {"accuracy": 100 * metrics.rec_accuracy(preds, gts)}
+  if kind == "pope":
+    scores = metrics.pope_scores(preds, [r.answers[0].strip().lower() for r in records])
+    return {k: (100 * v if k != "yes_ratio" else v) for k, v in scores.items()}
+  raise ValueError(f"unknown benchmark kind {kind!r}")
+
+
+def write_results(directory: str | Path, name: str, records: Sequence[Record], predictions, scores) -> Path:
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  with open(directory / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
+    for r, p in zip(records, predictions):
+      f.write(json.dumps({"id": r.id, "image": r.image, "prediction": p, "answers": r.answers}) + "\n")
+  path = directory / f"{name}_results.json"
+  path.write_text(json.dumps(scores, indent=2))
+  return path
+
+
+def format_table(rows: dict[str, dict[str, float]], paper: dict[str, dict[str, float]] | None = None) -> str:
+  """A plain-text table: one row per benchmark, its scores, and the paper's LION numbers when known."""
+  lines = []
+  for name, scores in rows.items():
+    ours = ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if k != "yes_ratio")
+    theirs = ", ".join(f"{k} {v:.2f}" for k, v in (paper or {}).get(name, {}).items())
+    lines.append(f"{name:<20s} {ours}" + (f"   | paper: {theirs}" if theirs else ""))
+  return "\n".join(lines)
