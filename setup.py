@@ -21,6 +21,9 @@ TEST = [
     "safetensors==0.8.0",
     "pycocotools==2.0.11",
     "pycocoevalcap==1.2",
+    "nbclient==0.11.0",  # executes notebooks/ in the tests
+    "nbformat==5.11.1",
+    "ipykernel==7.4.0",
 ]
 
 setup(

@@ -71,6 +71,9 @@ def evaluate_synthetic(config, workdir: Path) -> dict:
 
   last_stage = [s.strip() for s in config.run_stages.split(",")][-1]
   export = workdir / last_stage / config.export_dir_name
+  if not (export / "config.json").exists():
+    log.info("%s wrote no export (stages.%s.export is off): nothing to evaluate", last_stage, last_stage)
+    return {}
   model_config, params = load_converted(export)
   t5, bert = T5Tokenizer(config.data.t5_vocab), BertTokenizer(config.data.bert_vocab)
   records, _ = load_records(workdir / "data" / "val.jsonl")

@@ -37,6 +37,7 @@ def predict_records(config, params, t5: T5Tokenizer, bert: BertTokenizer, record
                     **generate_settings) -> list[str | None]:
   """Generated text per record (None for a record whose image cannot be read; counted and logged)."""
   image_root = Path(image_root)
+  max_qformer_len = min(max_qformer_len, config.qformer.max_positions)  # the model's position table
   outputs: list[str | None] = [None] * len(records)
   iterator = range(0, len(records), batch_size)
   if progress:

@@ -62,8 +62,9 @@ class Predictor:
     prompt = templates.tag_prompt(tags) + question if tags else question
     t5_ids = self.t5.encode(prompt)
     input_ids, input_mask = self.t5.encode_batch([prompt], max_length=_bucket(len(t5_ids)))
-    q_ids = self.bert.encode(question, max_length=self.max_qformer_len, truncation_side="left")
-    qformer_ids, qformer_mask = self.bert.encode_batch([question], max_length=_bucket(len(q_ids)),
+    limit = min(self.max_qformer_len, self.config.qformer.max_positions)
+    q_ids = self.bert.encode(question, max_length=limit, truncation_side="left")
+    qformer_ids, qformer_mask = self.bert.encode_batch([question], max_length=min(_bucket(len(q_ids)), limit),
                                                         truncation_side="left")
     return dict(image=pixels[None], qformer_ids=qformer_ids, qformer_mask=qformer_mask, input_ids=input_ids,
                 input_mask=input_mask, task=np.array([TASK_TYPES.index(task)], np.int32))

@@ -1,0 +1,124 @@
+"""Predictor, predict CLI, evaluation runner and CLI, and the notebook, on a tiny converted checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from lion_jax.convert import save_converted
+from lion_jax.data import synthetic
+from lion_jax.data.records import load_records
+from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
+from lion_jax.evaluation import runner
+from lion_jax.inference import Predictor
+from lion_jax.models import Lion, example_batch, presets
+from lion_jax.predict import main as predict_main
+from tests.conftest import require
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  """A random tiny LION (stage-3 layout) with the synthetic dataset's tokenizers, as a converted dir."""
+  root = tmp_path_factory.mktemp("inference")
+  synthetic.generate(root / "data", num_images=24, seed=0, image_size=64)
+  t5, bert = T5Tokenizer(root / "data" / "spiece.model"), BertTokenizer(root / "data" / "bert_vocab.txt")
+  config = presets.tiny("all", t5_vocab_size=-(-t5.vocab_size // 8) * 8, qformer_vocab_size=bert.vocab_size)
+  config.soft_prompt_token_id = t5.sentinel_id(0)
+  params = nn.unbox(jax.jit(Lion(config).init)(jax.random.key(0), example_batch(config))["params"])
+  save_converted(root / "ckpt", config, params, t5_vocab=root / "data" / "spiece.model",
+                 bert_vocab=root / "data" / "bert_vocab.txt")
+  return root
+
+
+def test_predictor_answers_with_text_and_pixel_boxes(checkpoint):
+  predictor = Predictor.load(checkpoint / "ckpt", num_beams=2, max_new_tokens=8)
+  image = checkpoint / "data" / "images" / "000000.png"
+  result = predictor(image, "What color is the circle?", tags="red, circle")
+  assert isinstance(result.text, str)
+  same = predictor(Image.open(image), "What color is the circle?", tags=["red", "circle"])
+  assert same == result  # path, PIL image, tag string and tag list are the same request
+  # Boxes are parsed from the text and scaled to the original image size.
+  predictor.t5.decode = lambda ids: "Answer: [0.250,0.500,0.750,1.000]"
+  rec = predictor(np.zeros((40, 80, 3), np.uint8), "Where is it?", task="region_level")
+  assert rec.boxes == [(20.0, 20.0, 60.0, 40.0)]
+  with pytest.raises(ValueError, match="task="):
+    predictor(image, "?", task="pixel_level")
+
+
+def test_predict_cli_prints_and_draws(checkpoint, tmp_path, capsys):
+  out = tmp_path / "boxes.png"
+  args = ["--checkpoint", str(checkpoint / "ckpt"), "--image", str(checkpoint / "data" / "images" / "000001.png"),
+          "--question", "Where is the red circle?", "--task", "region_level", "--draw", str(out),
+          "--num_beams", "1", "--max_new_tokens", "6"]
+  assert predict_main(args) == 0
+  assert "saved" in capsys.readouterr().out and Image.open(out).size == (64, 64)
+  assert predict_main(args[:2] + ["--image", str(tmp_path / "missing.png"), "--question", "q"]) == 1
+  assert "missing.png" in capsys.readouterr().err
+
+
+def test_runner_scores_each_benchmark_kind(checkpoint, tmp_path):
+  records, _ = load_records(checkpoint / "data" / "val.jsonl")
+  ckpt = checkpoint / "ckpt"
+  from lion_jax.convert import load_converted
+  config, params = load_converted(ckpt)
+  t5, bert = T5Tokenizer(ckpt / "tokenizer" / "spiece.model"), BertTokenizer(ckpt / "tokenizer" / "bert_vocab.txt")
+  for task, kind in (("caption", "caption"), ("vqa", "exact_match"), ("rec", "rec")):
+    subset = [r for r in records if r.task == task][:5]
+    predictions = runner.predict_records(config, params, t5, bert, subset, checkpoint / "data", batch_size=4,
+                                         max_input_len=64, max_qformer_len=32, progress=False, num_beams=1,
+                                         max_new_tokens=6)
+    assert len(predictions) == len(subset) and all(isinstance(p, str) for p in predictions)
+    scores = runner.score(kind, subset, predictions)
+    assert all(0.0 <= v <= 100.0 * 10 for v in scores.values())
+  # Perfect predictions score perfectly: the metric plumbing, not the tiny model, is under test here.
+  rec = [r for r in records if r.task == "rec"][:4]
+  from lion_jax.data.boxes import format_boxes
+  perfect = ["Answer: " + format_boxes(r.boxes, r.width, r.height) for r in rec]
+  assert runner.score("rec", rec, perfect) == {"accuracy": 100.0}
+  vqa = [r for r in records if r.task == "vqa"][:6]
+  assert runner.score("exact_match", vqa, [r.answers[0] for r in vqa]) == {"accuracy": 100.0}
+
+
+def test_evaluate_cli_writes_predictions_and_results(checkpoint, tmp_path):
+  import subprocess
+  import sys
+  records, _ = load_records(checkpoint / "data" / "val.jsonl")
+  pope = tmp_path / "pope.jsonl"
+  yes_no = [r for r in records if r.task == "vqa" and r.answers[0] in ("yes", "no")][:6]
+  assert len(yes_no) >= 2
+  with open(pope, "w") as f:
+    for r in yes_no:
+      f.write(json.dumps(r.to_json()) + "\n")
+  result = subprocess.run(
+      [sys.executable, "-m", "lion_jax.evaluate", f"--config={REPO / 'configs' / 'eval' / 'pope_random.py'}",
+       f"--checkpoint={checkpoint / 'ckpt'}", f"--config.records={pope}", f"--config.image_root={checkpoint / 'data'}",
+       "--config.num_beams=1", "--config.max_new_tokens=4", "--config.batch_size=4", f"--output={tmp_path / 'out'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "pope_random" in result.stdout and "paper: LION 88.33" in result.stdout
+  scores = json.loads((tmp_path / "out" / "pope_random_results.json").read_text())
+  assert set(scores) == {"accuracy", "precision", "recall", "f1", "yes_ratio"}
+  assert len((tmp_path / "out" / "pope_random_predictions.jsonl").read_text().splitlines()) == len(yes_no)
+
+
+def test_notebook_runs_end_to_end(checkpoint):
+  nbformat, nbclient = require("nbformat"), require("nbclient")
+  notebook = nbformat.read(REPO / "notebooks" / "inference.ipynb", as_version=4)
+  parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+  parameters.source = (f"CHECKPOINT_DIR = {str(checkpoint / 'ckpt')!r}\n"
+                       f"IMAGE_PATH = {str(checkpoint / 'data' / 'images' / '000002.png')!r}\n"
+                       "QUESTION = 'What color is the circle?'\nREC_EXPRESSION = 'the red circle'\n"
+                       "TAGS = 'red, circle'\nNUM_BEAMS, MAX_NEW_TOKENS = 2, 6")
+  nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                          resources={"metadata": {"path": str(REPO)}}).execute()
+  outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  assert not [o for o in outputs if o.output_type == "error"]
+  assert any(o.output_type == "display_data" and "image/png" in o.get("data", {}) for o in outputs)

@@ -1,0 +1,243 @@
+"""The launchers in launch/: syntax, shellcheck, usage, the commands the TPU VM and SLURM launchers
+would run (--dry-run, with fake gcloud / srun / scontrol), and a real 2-process CPU run of local.sh."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "launch"
+SCRIPTS = ["local.sh", "tpu_vm.sh", "slurm_gpu.sh"]
+
+
+def clean_env(**extra) -> dict[str, str]:
+  """The test environment without launcher settings (or SLURM variables) from the caller's shell."""
+  launcher_vars = {"TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "GPUS_PER_NODE", "PYTHON"}
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("LION_", "SLURM_")) and k not in launcher_vars}
+  env.update(extra)
+  return env
+
+
+def run(args, env=None, timeout=60, **kwargs) -> subprocess.CompletedProcess:
+  return subprocess.run(args, cwd=REPO, env=env or clean_env(), capture_output=True, text=True, timeout=timeout,
+                        **kwargs)
+
+
+def fake_bin(directory: Path, name: str, body: str) -> Path:
+  path = directory / name
+  path.write_text("#!/usr/bin/env bash\n" + body)
+  path.chmod(0o755)
+  return path
+
+
+def command_lines(stdout: str) -> list[list[str]]:
+  """The '+ command' lines a --dry-run printed, each split into its words."""
+  return [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("+ ")]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bash_syntax(script):
+  result = run(["bash", "-n", str(LAUNCH / script)])
+  assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_shellcheck_clean(script):
+  if shutil.which("shellcheck") is None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+      pytest.fail("shellcheck is required in CI (apt-get install shellcheck)")
+    pytest.skip("shellcheck not installed")
+  result = run(["shellcheck", str(LAUNCH / script)])
+  assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_prints_usage(script, flag):
+  result = run(["bash", str(LAUNCH / script), flag])
+  assert result.returncode == 0, result.stderr
+  assert "Usage" in result.stdout and "lion_jax.main" in result.stdout
+
+
+def test_local_without_n_prints_usage_and_fails():
+  for args in ([], ["two"], ["0"]):
+    result = run([str(LAUNCH / "local.sh"), *args])
+    assert result.returncode == 2 and "Usage: launch/local.sh N" in result.stderr, args
+
+
+def test_slurm_outside_slurm_needs_dry_run():
+  result = run(["bash", str(LAUNCH / "slurm_gpu.sh"), "--config=configs/demo.py", "--workdir=/tmp/x"])
+  assert result.returncode == 2 and "sbatch" in result.stderr
+
+
+# --- tpu_vm.sh --dry-run ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_gcloud(tmp_path):
+  """PATH with a gcloud that records any call: a dry run must not call it."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  marker = tmp_path / "gcloud-called"
+  fake_bin(bin_dir, "gcloud", f'touch {shlex.quote(str(marker))}; exit 1\n')
+  yield clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+  assert not marker.exists(), "--dry-run called gcloud"
+
+
+def jax_pin() -> str:
+  return next(l.split("==")[1].split()[0] for l in (REPO / "requirements.txt").read_text().splitlines()
+              if l.startswith("jax=="))
+
+
+def remote_command(words: list[str]) -> str:
+  return next(w[len("--command="):] for w in words if w.startswith("--command="))
+
+
+TPU_ARGS = ["--tpu", "lion-test", "--zone", "us-west4-a", "--project", "my-proj", "--type", "v5litepod-16",
+            "--runtime-version", "v2-alpha-tpuv5-lite"]
+MAIN_ARGS = ["--config=configs/stage1.py", "--workdir=/mnt/lion-bucket/run1", "--config.note=a b'c"]
+
+
+def test_tpu_vm_dry_run_prints_create_copy_install_run_delete(no_gcloud):
+  result = run([str(LAUNCH / "tpu_vm.sh"), "--dry-run", *TPU_ARGS, "--", *MAIN_ARGS], env=no_gcloud)
+  assert result.returncode == 0, result.stderr
+  lines = command_lines(result.stdout)
+  gcloud = [l for l in lines if l[0] == "gcloud"]
+  assert [l[4] for l in gcloud] == ["create", "scp", "ssh", "ssh", "ssh", "delete"]
+  for words in gcloud:
+    assert "--zone=us-west4-a" in words and "--project=my-proj" in words
+  create, scp, unpack, install, train, delete = gcloud
+  assert create[5] == "lion-test" and "--accelerator-type=v5litepod-16" in create
+  assert "--version=v2-alpha-tpuv5-lite" in create
+  archive = next(l for l in lines if l[0] == "git")
+  assert "archive" in archive and archive[-1] == "HEAD"
+  tarball = next(w.split("=", 1)[1] for w in archive if w.startswith("--output="))
+  assert scp[5] == tarball and scp[6].startswith("lion-test:") and "--worker=all" in scp
+  assert "tar -xzf" in remote_command(unpack) and "--worker=all" in unpack
+  setup = remote_command(install)
+  assert "--worker=all" in install and "-m venv ~/lion-venv" in setup and "pip install --quiet -e ." in setup
+  assert f'"jax[tpu]=={jax_pin()}" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html' in setup
+  assert setup.index("install --quiet -e .") < setup.index("jax[tpu]")
+  assert "--worker=all" in train
+  words = shlex.split(remote_command(train))
+  start = words.index("lion_jax.main")
+  assert words[start + 1:start + 5] == [*MAIN_ARGS, "--config.distributed=True"]  # quoting survives ssh
+  assert "JAX_COORDINATOR_PORT=8482" in words
+  assert delete[5] == "lion-test" and "--quiet" in delete
+
+
+def test_tpu_vm_dry_run_clone_keep_and_env_vars(no_gcloud):
+  env = {**no_gcloud, "TPU_NAME": "env-tpu", "ZONE": "europe-west4-b", "PROJECT": "env-proj",
+         "ACCELERATOR_TYPE": "v6e-8"}
+  result = run([str(LAUNCH / "tpu_vm.sh"), "--dry-run", "--keep", "--port", "9000", "--repo",
+                "https://github.com/example/lion-jax.git", "--ref", "v1.0", "--", *MAIN_ARGS], env=env)
+  assert result.returncode == 0, result.stderr
+  gcloud = [l for l in command_lines(result.stdout) if l[0] == "gcloud"]
+  assert [l[4] for l in gcloud] == ["create", "ssh", "ssh", "ssh"]  # no scp, no delete (--keep)
+  assert all(l[5] == "env-tpu" and "--zone=europe-west4-b" in l and "--project=env-proj" in l for l in gcloud)
+  assert "--version=v2-alpha-tpuv6e" in gcloud[0] and "--accelerator-type=v6e-8" in gcloud[0]
+  clone = remote_command(gcloud[1])
+  assert "git clone" in clone and "https://github.com/example/lion-jax.git" in clone
+  assert "checkout --quiet v1.0" in clone
+  assert "jax[tpu]==$(sed" in remote_command(gcloud[2])  # the clone's own pin
+  assert "JAX_COORDINATOR_PORT=9000" in remote_command(gcloud[3])
+
+
+def test_tpu_vm_steps_and_errors(no_gcloud):
+  result = run([str(LAUNCH / "tpu_vm.sh"), "--dry-run", *TPU_ARGS, "delete"], env=no_gcloud)
+  assert result.returncode == 0 and [l[4] for l in command_lines(result.stdout)] == ["delete"]
+  result = run([str(LAUNCH / "tpu_vm.sh"), "--dry-run", "--zone", "z"], env=no_gcloud)
+  assert result.returncode == 2 and "--tpu" in result.stderr
+  result = run([str(LAUNCH / "tpu_vm.sh"), "--dry-run", *TPU_ARGS, "--bogus"], env=no_gcloud)
+  assert result.returncode == 2 and "--bogus" in result.stderr
+
+
+# --- slurm_gpu.sh ---------------------------------------------------------------------------------------------
+
+
+def test_slurm_dry_run_prints_srun():
+  result = run(["bash", str(LAUNCH / "slurm_gpu.sh"), "--dry-run", *MAIN_ARGS])
+  assert result.returncode == 0, result.stderr
+  srun = next(l for l in command_lines(result.stdout) if l[0] == "srun")
+  assert "--nodes=2" in srun and "--ntasks-per-node=8" in srun and "--kill-on-bad-exit=1" in srun  # #SBATCH defaults
+  assert srun[-6:] == ["-m", "lion_jax.main", *MAIN_ARGS, "--config.distributed=True"]
+  assert "LION_COORDINATOR=FIRST_NODE:12355" in result.stdout
+  host = run(["bash", str(LAUNCH / "slurm_gpu.sh"), "--dry-run", *MAIN_ARGS],
+             env=clean_env(LION_PROCESS_PER="host", LION_PORT="23456"))
+  srun = next(l for l in command_lines(host.stdout) if l[0] == "srun")
+  assert "--ntasks-per-node=1" in srun and "LION_COORDINATOR=FIRST_NODE:23456" in host.stdout
+
+
+def test_slurm_tasks_get_ranks_coordinator_and_one_gpu_each(tmp_path):
+  """The srun'd task script, run by a fake srun (2 nodes x tasks) and scontrol, with a fake python."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  fake_bin(bin_dir, "srun", """nodes=1; tpn=1
+while [[ $1 == --* ]]; do case $1 in --nodes=*) nodes=${1#*=};; --ntasks-per-node=*) tpn=${1#*=};; esac; shift; done
+for ((n = 0; n < nodes; n++)); do for ((l = 0; l < tpn; l++)); do
+  SLURM_PROCID=$((n * tpn + l)) SLURM_NTASKS=$((nodes * tpn)) SLURM_LOCALID=$l "$@" || exit
+done; done
+""")
+  fake_bin(bin_dir, "scontrol", 'printf "gpu-a01\\ngpu-a02\\n"\n')
+  python = fake_bin(bin_dir, "fakepython", 'echo "$LION_PROCESS_ID $LION_NUM_PROCESSES $LION_COORDINATOR '
+                    '$CUDA_VISIBLE_DEVICES $JAX_LOCAL_DEVICE_IDS $*"\n')
+  slurm = dict(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=str(python), SLURM_JOB_ID="42",
+               SLURM_JOB_NODELIST="gpu-a[01-02]", SLURM_JOB_NUM_NODES="2", SLURM_GPUS_PER_NODE="h100:4",
+               CUDA_VISIBLE_DEVICES="4,5,6,7")
+  result = run(["bash", str(LAUNCH / "slurm_gpu.sh"), "--config=c.py", "--workdir=/w"], env=clean_env(**slurm))
+  assert result.returncode == 0, result.stderr
+  tail = "-m lion_jax.main --config=c.py --workdir=/w --config.distributed=True"
+  assert result.stdout.splitlines() == [f"{r} 8 gpu-a01:12355 {4 + r % 4} 0 {tail}" for r in range(8)]
+  result = run(["bash", str(LAUNCH / "slurm_gpu.sh"), "--config=c.py", "--workdir=/w"],
+               env=clean_env(**slurm, LION_PROCESS_PER="host"))
+  assert result.stdout.splitlines() == [f"{r} 2 gpu-a01:12355 4,5,6,7 0,1,2,3 {tail}" for r in range(2)]
+
+
+# --- local.sh -------------------------------------------------------------------------------------------------
+
+
+def test_local_stops_the_others_when_one_fails(tmp_path):
+  python = fake_bin(tmp_path, "fakepython", """echo "process $LION_PROCESS_ID of $LION_NUM_PROCESSES at \\
+$LION_COORDINATOR: $XLA_FLAGS"
+if [[ $LION_PROCESS_ID == 1 ]]; then echo "boom" >&2; exit 3; fi
+exec sleep 60
+""")
+  start = time.monotonic()
+  result = run([str(LAUNCH / "local.sh"), "3", "--config=x"],
+               env=clean_env(PYTHON=str(python), LION_PORT="23999",
+                             XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  assert result.returncode == 3, result.stdout + result.stderr
+  assert time.monotonic() - start < 30
+  assert "[1] boom" in result.stdout and "process 1 exited with status 3" in result.stderr
+  assert "[0] process 0 of 3 at 127.0.0.1:23999: --xla_force_host_platform_device_count=2" in result.stdout
+
+
+DEMO_ARG = "steps=3,images=40,eval=0"  # 3 steps on 40 images, no final evaluation
+
+
+def test_local_two_processes_train_and_write_one_checkpoint(tmp_path):
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  env = clean_env(PYTHON=sys.executable, LION_LOG_DIR=str(logs))  # keeps JAX_COMPILATION_CACHE_DIR if set
+  result = run([str(LAUNCH / "local.sh"), "2", f"--config=configs/demo.py:{DEMO_ARG}", f"--workdir={workdir}",
+                "--config.run_stages=stage1", "--config.log_every_steps=1"], env=env, timeout=600)
+  assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
+  assert "[0] " in result.stdout and "[1] " in result.stdout
+  assert {p.name for p in logs.iterdir()} == {"process_0.log", "process_1.log"}
+  assert not (logs / "process_1.log").read_text().startswith("[1] ")
+  assert (workdir / "data" / "dataset.json").exists()  # generated by process 0
+  checkpoints = workdir / "stage1" / "checkpoints"
+  assert [p.name for p in checkpoints.iterdir() if p.is_dir() and p.name.isdigit()] == ["3"]
+  data_state = {p.name for p in (checkpoints / "3" / "data").iterdir()}
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= data_state
+  lines = (workdir / "stage1" / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in lines] == [1, 2, 3]  # process 0 alone writes metrics
