@@ -8,11 +8,8 @@ Stages 2 and 3 start from the earlier stages' final checkpoints in the same --wo
 --config.stages.stage3.init_from.<stage>=OTHER_WORKDIR/<stage>).
 """
 
-from lion_jax import run_config as common
+from lion_jax import run_config
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, size="xl")
-  config = common.base_config(args.size)
-  config.run_stages = "stage3"
-  return config
+  return run_config.stage_config("stage3", arg)

@@ -86,3 +86,11 @@ def base_config(size: str = "xl") -> ml_collections.ConfigDict:
   config.stages = lion_stages(num_steps=60_000)
   config.run_stages = "stage1,stage2,stage3"
   return config
+
+
+def stage_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
+  """configs/stageN.py: the LION config at `size` (xl or xxl) running one stage."""
+  args = parse_arg(arg, size="xl")
+  config = base_config(args.size)
+  config.run_stages = stage
+  return config

@@ -89,12 +89,19 @@ def make_instructblip(transformers, torch, *, activation="gelu", tied=False, ima
   return model
 
 
-def test_vit_every_block_matches_hf(transformers, torch):
+@pytest.fixture(scope="module")
+def vit_pair(transformers, torch):
+  """(HF InstructBLIP, our ViT config, our ViT params converted from it)."""
   model = make_instructblip(transformers, torch)
   config = jax_config(model.config, has_lm_head=True)
   params = convert(mapping.vit_hf(config), subset(state_dict_numpy(model), "vision_model.",
                                                   exclude=["vision_model.post_layernorm"]),
                    config, ["vit/"])["vit"]
+  return model, config, params
+
+
+def test_vit_every_block_matches_hf(vit_pair, torch):
+  model, config, params = vit_pair
   image = np.random.default_rng(0).normal(size=(2, 28, 28, 3)).astype(np.float32)
   with torch.no_grad():
     ref = model.vision_model(torch.from_numpy(image.transpose(0, 3, 1, 2)), output_hidden_states=True)
@@ -104,13 +111,9 @@ def test_vit_every_block_matches_hf(transformers, torch):
     assert max_relative_error(h, ref.hidden_states[i + 1].numpy()) <= TOL, f"block {i + 1}"
 
 
-def test_vit_position_interpolation_matches_hf(transformers, torch):
+def test_vit_position_interpolation_matches_hf(vit_pair, torch):
   """Images larger than the trained grid: positions resized like torch bicubic (align_corners=False)."""
-  model = make_instructblip(transformers, torch)
-  config = jax_config(model.config, has_lm_head=True)
-  params = convert(mapping.vit_hf(config), subset(state_dict_numpy(model), "vision_model.",
-                                                  exclude=["vision_model.post_layernorm"]),
-                   config, ["vit/"])["vit"]
+  model, config, params = vit_pair
   image = np.random.default_rng(1).normal(size=(1, 42, 49, 3)).astype(np.float32)
   with torch.no_grad():
     ref = model.vision_model(torch.from_numpy(image.transpose(0, 3, 1, 2)), output_hidden_states=True,
