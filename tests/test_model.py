@@ -196,3 +196,42 @@ def test_mesh_validation_messages():
   with pytest.raises(ValueError, match="at most one axis may be -1"):
     sharding.make_mesh(data=-1, fsdp=-1)
   assert dict(sharding.make_mesh(data=-1, fsdp=2, tensor=2).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+def test_remat_gives_the_same_gradients():
+  config = presets.tiny("all")
+  rng = np.random.default_rng(0)
+  ids, dec = rng.integers(2, 200, (2, 7)).astype(np.int32), rng.integers(2, 200, (2, 4)).astype(np.int32)
+  mask, task = np.ones_like(ids), np.array([0, 1], np.int32)
+  params = nn.unbox(T5(config.t5, 2).init(jax.random.key(0), ids, mask, dec, task)["params"])
+  grads = []
+  for remat in (False, True):
+    c = config.t5.copy_and_resolve_references()
+    c.remat = remat
+    loss = lambda p: T5(c, 2).apply({"params": p}, ids, mask, dec, task, train=True,
+                                    rngs={"dropout": jax.random.key(1)}).sum()
+    grads.append(jax.jit(jax.grad(loss))(params))
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+  """With equal target lengths and no dropout, 2 micro-batches give the full batch's update."""
+  from lion_jax import optim, train
+  config = presets.tiny("qformer")
+  config.t5.dropout_rate = config.qformer.dropout_rate = 0.0
+  batch = random_batch(config)
+  batch.update(target_ids=batch["decoder_input_ids"], target_mask=np.ones_like(batch["decoder_input_ids"]))
+  trainable, frozen = train.split_frozen(init(config))
+  opt = ml_collections.ConfigDict(dict(lr=1e-2, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
+                                       schedule="constant", steps_per_epoch=1, warmup_steps=0, clip_grad_norm=0.0))
+  tx, schedule = optim.make_optimizer(opt, 10)
+  results = []
+  for accum in (1, 2):
+    state = train.TrainState(jnp.zeros((), jnp.int32), trainable, tx.init(trainable))
+    step = jax.jit(train.make_train_step(Lion(config), tx, schedule, accum, seed=0))
+    new_state, metrics = step(state, frozen, batch)
+    results.append((float(metrics["loss"]), train.flatten(jax.device_get(new_state.params))))
+  assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+  for k, v in results[0][1].items():
+    np.testing.assert_allclose(v, results[1][1][k], rtol=1e-4, atol=1e-6, err_msg=k)

@@ -39,7 +39,7 @@ def _t5(**overrides) -> ml_collections.ConfigDict:
   t = dict(vocab_size=32128, d_model=2048, d_kv=64, num_heads=32, d_ff=5120, num_layers=24,
            num_decoder_layers=24, relative_buckets=32, relative_max_distance=128, ln_eps=1e-6,
            dropout_rate=0.1, activation="gelu", gated=True, tie_word_embeddings=False,
-           adapter_bottleneck=64, num_task_types=2)
+           adapter_bottleneck=64, num_task_types=2, remat=False)
   t.update(overrides)
   return ml_collections.ConfigDict(t)
 

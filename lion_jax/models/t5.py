@@ -125,7 +125,7 @@ class T5Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, self_bias, memory, cross_bias, task, *, train=False, decode=False, cache_len=0,
+  def __call__(self, x, self_bias, memory, cross_bias, task, train=False, *, decode=False, cache_len=0,
                cache_index=None):
     c = self.config
     drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=not train)
@@ -178,10 +178,15 @@ class T5Stack(nn.Module):
       cross_bias = None
     x = nn.Dropout(c.dropout_rate)(x, deterministic=not train)
     num_layers = c.num_decoder_layers if self.is_decoder else c.num_layers
+    # `remat`: keep only each block's input for the backward pass and recompute the rest (memory
+    # for compute); `train` (argument 6, counting self) stays a Python bool.
+    block = nn.remat(T5Block, static_argnums=(6,)) if c.get("remat", False) and not decode else T5Block
     for i in range(num_layers):
-      x = T5Block(c, self.num_adapters, self.is_decoder, self.dtype, name=f"layers_{i}")(
-          x, bias, memory, cross_bias, task, train=train, decode=decode, cache_len=cache_len,
-          cache_index=cache_index)
+      layer = block(c, self.num_adapters, self.is_decoder, self.dtype, name=f"layers_{i}")
+      if decode:
+        x = layer(x, bias, memory, cross_bias, task, train, decode=True, cache_len=cache_len, cache_index=cache_index)
+      else:
+        x = layer(x, bias, memory, cross_bias, task, train)
     x = layers.RMSNorm(c.ln_eps, name="final_norm")(x)
     return nn.Dropout(c.dropout_rate)(x, deterministic=not train)
 
