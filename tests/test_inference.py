@@ -122,3 +122,32 @@ def test_notebook_runs_end_to_end(checkpoint):
   outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
   assert not [o for o in outputs if o.output_type == "error"]
   assert any(o.output_type == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_evaluate_on_real_format_fixtures(checkpoint, tmp_path):
+  """COCO Karpathy, VQAv2 and RefCOCO files in their original formats -> adapters -> evaluate."""
+  from lion_jax.data.adapters import convert_to_jsonl
+  from lion_jax.evaluate import evaluate
+  from lion_jax.evaluation.benchmarks import eval_config
+  from tests.test_adapters import KARPATHY, refcoco_files, vqa_files, write_json
+
+  images = tmp_path / "coco"
+  sizes = {"train2014/COCO_train2014_000000000009.jpg": (640, 480), "train2014/COCO_train2014_000000000025.jpg": (500, 375),
+           "val2014/COCO_val2014_000000000042.jpg": (320, 240), "val2014/COCO_val2014_000000000073.jpg": (320, 240)}
+  for name, size in sizes.items():
+    (images / name).parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (200, 30, 30)).save(images / name)
+  karpathy = write_json(tmp_path / "dataset_coco.json", KARPATHY)
+  questions, annotations = vqa_files(tmp_path, "train2014")
+  refs, instances = refcoco_files(tmp_path)
+  jobs = {"coco_caption": ("coco_karpathy", dict(path=karpathy, split="train")),
+          "okvqa": ("vqa_v2", dict(questions_path=questions, annotations_path=annotations)),
+          "refcoco_val": ("refcoco", dict(refs_path=refs, instances_path=instances, split="train"))}
+  for benchmark, (adapter, kwargs) in jobs.items():
+    records = tmp_path / f"{benchmark}.jsonl"
+    assert convert_to_jsonl(adapter, records, **kwargs) > 0
+    config = eval_config(benchmark)
+    config.update(records=str(records), image_root=str(images), num_beams=1, max_new_tokens=6, batch_size=4)
+    scores = evaluate(config, checkpoint / "ckpt", tmp_path / "results")
+    assert scores and all(np.isfinite(v) for v in scores.values())
+    assert (tmp_path / "results" / f"{benchmark}_results.json").exists()

@@ -1,0 +1,137 @@
+"""Plan a run before paying for it: compile the train step ahead of time for N simulated devices.
+
+  python -m lion_jax.plan --config=configs/stage3.py:size=xxl --devices=64 --mesh=data:8,fsdp:8,tensor:1 [--batch=64]
+
+Nothing is allocated: parameters, optimizer state and the batch are abstract arrays with their
+shardings, the step is lowered and compiled by XLA for a mesh of N fake CPU devices, and the report
+gives per-device memory (arguments, outputs, temporaries: XLA's memory analysis), FLOPs per step and
+per example (XLA's cost analysis; the frozen ViT is forward-only, the frozen T5 has no weight
+gradients), and the collectives in the compiled program. Compiling for CPU approximates a TPU/GPU
+compile: layouts and fusion differ, so treat memory as an estimate with a safety margin.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+# The device count must be fixed before jax is imported.
+_DEVICES = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), None)
+if _DEVICES:
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={_DEVICES}"
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import time  # noqa: E402
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from lion_jax import optim, sharding, train  # noqa: E402
+from lion_jax.models import Lion, example_batch, is_frozen  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config, e.g. configs/stage3.py:size=xxl.")
+flags.DEFINE_integer("devices", 8, "Number of simulated devices.")
+_MESH = flags.DEFINE_string("mesh", "data:-1", "Mesh, e.g. data:2,fsdp:4,tensor:1 (-1 = the rest).")
+_BATCH = flags.DEFINE_integer("batch", 0, "Global batch (default: the config's).")
+_STAGE = flags.DEFINE_string("stage", "", "Stage to plan (default: the last one the config runs).")
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1, "f64": 8, "s64": 8}
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+  for part in filter(None, text.split(",")):
+    name, _, size = part.partition(":")
+    if name not in mesh:
+      raise ValueError(f"--mesh: unknown axis {name!r}; axes are data, fsdp, tensor")
+    mesh[name] = int(size)
+  return mesh
+
+
+def collective_bytes(hlo_text: str) -> dict[str, dict[str, float]]:
+  """Count and result size (bytes, per device) of each collective op in the compiled HLO."""
+  out = {}
+  for line in hlo_text.splitlines():
+    for op in COLLECTIVES:
+      if f" {op}(" in line or f" {op}-start(" in line:
+        lhs = line.split("=", 1)[1] if "=" in line else line
+        shapes = re.findall(r"(f32|bf16|f16|s32|u32|pred|s8|u8|f64|s64)\[([\d,]*)\]", lhs.split(op)[0])
+        size = sum(_DTYPE_BYTES[t] * eval("*".join(d.split(",")) or "1") for t, d in shapes)
+        entry = out.setdefault(op, {"count": 0, "bytes": 0.0})
+        entry["count"] += 1
+        entry["bytes"] += size
+  return out
+
+
+def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int) -> dict:
+  stage = config.stages[stage_name]
+  model_config = config.model.copy_and_resolve_references()
+  model_config.visual_input = stage.visual_input
+  mesh = sharding.make_mesh(**mesh_sizes)
+  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+  model = Lion(model_config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example_batch(model_config))["params"])
+    shardings = sharding.logical_shardings(boxed, mesh, rules)
+  frozen_dtype = jnp.dtype(config.frozen_dtype)
+  flat = {k: jax.ShapeDtypeStruct(v.shape, frozen_dtype if is_frozen(k) else v.dtype, sharding=s)
+          for (k, v), s in zip(train.flatten(nn.unbox(boxed)).items(), train.flatten(shardings).values())}
+  trainable, frozen = train.split_frozen(train.unflatten(flat))
+  tx, schedule = optim.make_optimizer(config.optimizer, 1000)
+  with jax.set_mesh(mesh):
+    opt_state = jax.eval_shape(jax.jit(tx.init), trainable)
+  opt_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), opt_state)
+  state = train.TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec())), trainable, opt_state)
+  batch_sharding = sharding.batch_sharding(mesh, rules)
+  local = train._example_local_batch(config.data, global_batch)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in local.items()}
+  step = train.make_train_step(model, tx, schedule, config.grad_accum_steps, config.seed)
+  start = time.perf_counter()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    lowered = jax.jit(step, donate_argnums=(0,)).lower(state, frozen, batch)
+    compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  flops = train._flops(compiled)
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  return {"stage": stage_name, "visual_input": stage.visual_input, "devices": mesh.size, "mesh": dict(mesh.shape),
+          "global_batch": global_batch, "trainable_params": count(trainable), "frozen_params": count(frozen),
+          "compile_s": compile_s,
+          "memory_gib_per_device": {
+              "arguments": memory.argument_size_in_bytes / 2 ** 30, "outputs": memory.output_size_in_bytes / 2 ** 30,
+              "temporaries": memory.temp_size_in_bytes / 2 ** 30,
+              "peak_estimate": (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2 ** 30},
+          "flops_per_step_per_device": flops, "flops_per_example": flops * mesh.size / global_batch,
+          "collectives": collective_bytes(compiled.as_text())}
+
+
+def main(argv) -> int:
+  del argv
+  config = _CONFIG.value
+  stage = _STAGE.value or [s.strip() for s in config.run_stages.split(",")][-1]
+  try:
+    report = plan(config, stage, parse_mesh(_MESH.value), _BATCH.value or config.global_batch_size)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  m = report["memory_gib_per_device"]
+  print(f"{report['stage']} ({report['visual_input']}) on {report['devices']} devices, mesh {report['mesh']}, "
+        f"global batch {report['global_batch']}: compiled in {report['compile_s']:.0f} s")
+  print(f"  parameters: {report['trainable_params'] / 1e6:,.1f}M trainable, {report['frozen_params'] / 1e6:,.1f}M frozen")
+  print(f"  memory per device (GiB): arguments {m['arguments']:.2f}, outputs {m['outputs']:.2f}, "
+        f"temporaries {m['temporaries']:.2f}, peak ~{m['peak_estimate']:.2f}")
+  print(f"  FLOPs: {report['flops_per_step_per_device'] / 1e12:.2f} TFLOP per step per device, "
+        f"{report['flops_per_example'] / 1e12:.3f} TFLOP per example")
+  for op, c in sorted(report["collectives"].items()):
+    print(f"  {op}: {c['count']} ops, {c['bytes'] / 2 ** 20:,.1f} MiB per device per step")
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))
