@@ -124,3 +124,21 @@ def test_bad_arguments_are_refused(converted):
   _, config, params = converted
   with pytest.raises(ValueError, match="num_beams=0"):
     generate(config, params, inputs(), num_beams=0)
+
+
+def test_generation_on_a_sharded_mesh_equals_one_device(converted):
+  import flax.linen as nn
+
+  from lion_jax import sharding
+  from lion_jax.models import example_batch
+  _, config, params = converted
+  batch = inputs(b=4)
+  expected = np.asarray(generate(config, params, batch, num_beams=3, max_new_tokens=NEW_TOKENS))
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+    boxed = jax.eval_shape(lambda: Lion(config).init(jax.random.key(0), example_batch(config))["params"])
+    sharded = jax.device_put(params, sharding.logical_shardings(boxed, mesh))
+    sharded_batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+    out = generate(config, sharded, sharded_batch, num_beams=3, max_new_tokens=NEW_TOKENS)
+  assert any(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(sharded))
+  np.testing.assert_array_equal(np.asarray(out), expected)
