@@ -189,6 +189,16 @@ def test_sharded_forward_on_2x2x2_mesh_equals_one_device(stage3):
   np.testing.assert_allclose(np.asarray(out), np.asarray(single), rtol=1e-5, atol=1e-5)
 
 
+def test_dimensions_the_mesh_does_not_divide_stay_replicated():
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  boxed = {"odd_vocab": nn.Partitioned(jax.ShapeDtypeStruct((30523, 8), jnp.float32), ("vocab", "embed")),
+           "even": nn.Partitioned(jax.ShapeDtypeStruct((30522, 8), jnp.float32), ("vocab", "embed"))}
+  specs = sharding.logical_shardings(boxed, mesh)
+  assert specs["odd_vocab"].spec == jax.sharding.PartitionSpec(None, "fsdp")
+  assert specs["even"].spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+  assert len(sharding.describe_fallbacks(boxed, mesh)) == 1
+
+
 def test_mesh_validation_messages():
   with pytest.raises(ValueError, match="needs 12 devices"):
     sharding.make_mesh(data=3, fsdp=2, tensor=2)

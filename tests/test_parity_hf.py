@@ -8,7 +8,6 @@ Tolerance: max relative error (max abs diff / max abs reference) <= 1e-4.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
