@@ -154,9 +154,9 @@ def init_params(config, model_config, mesh, rules, previous_trainables):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(init, jax.random.key(config.seed))
     shardings = sharding.logical_shardings(boxed, mesh, rules)
+    params = jax.jit(lambda key: nn.unbox(init(key)), out_shardings=shardings)(jax.random.key(config.seed))
   for note in sharding.describe_fallbacks(boxed, mesh, rules):
     log.info("replicated instead of sharded (dimension not divisible): %s", note)
-    params = jax.jit(lambda key: nn.unbox(init(key)), out_shardings=shardings)(jax.random.key(config.seed))
   params, shardings = flatten(params), flatten(shardings)
   overrides: dict[str, np.ndarray] = {}
   if config.pretrained:
