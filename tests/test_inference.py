@@ -127,7 +127,6 @@ def test_notebook_runs_end_to_end(checkpoint):
 def test_evaluate_on_real_format_fixtures(checkpoint, tmp_path):
   """COCO Karpathy, VQAv2 and RefCOCO files in their original formats -> adapters -> evaluate."""
   from lion_jax.data.adapters import convert_to_jsonl
-  from lion_jax.evaluate import evaluate
   from lion_jax.evaluation.benchmarks import eval_config
   from tests.test_adapters import KARPATHY, refcoco_files, vqa_files, write_json
 
@@ -148,6 +147,6 @@ def test_evaluate_on_real_format_fixtures(checkpoint, tmp_path):
     assert convert_to_jsonl(adapter, records, **kwargs) > 0
     config = eval_config(benchmark)
     config.update(records=str(records), image_root=str(images), num_beams=1, max_new_tokens=6, batch_size=4)
-    scores = evaluate(config, checkpoint / "ckpt", tmp_path / "results")
+    scores = runner.run_benchmark(config, checkpoint / "ckpt", tmp_path / "results")
     assert scores and all(np.isfinite(v) for v in scores.values())
     assert (tmp_path / "results" / f"{benchmark}_results.json").exists()

@@ -24,7 +24,7 @@ from configs import demo
 from lion_jax import checkpoints, sharding, stages, train
 from lion_jax.convert import load_converted
 from lion_jax.data import synthetic
-from lion_jax.main import prepare_synthetic_data
+from lion_jax.demo import prepare_synthetic_data
 from lion_jax.models import Lion
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,9 +16,10 @@ import jax
 import numpy as np
 
 from lion_jax.data import images, templates
-from lion_jax.data.records import BadRecord, Record
+from lion_jax.convert.converted import load_converted, tokenizer_files
+from lion_jax.data.records import BadRecord, Record, load_records
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
-from lion_jax.evaluation import metrics
+from lion_jax.evaluation import benchmarks, metrics
 from lion_jax.inference.generate import generate
 
 log = logging.getLogger(__name__)
@@ -112,3 +113,27 @@ def format_table(rows: dict[str, dict[str, float]], paper: dict[str, dict[str, f
     theirs = ", ".join(f"{k} {v:.2f}" for k, v in (paper or {}).get(name, {}).items())
     lines.append(f"{name:<20s} {ours}" + (f"   | paper: {theirs}" if theirs else ""))
   return "\n".join(lines)
+
+
+def run_benchmark(config, checkpoint: str | Path, output: str | Path | None = None) -> dict[str, float]:
+  """One benchmark config (lion_jax.evaluation.benchmarks.eval_config) on a checkpoint directory:
+  predictions and scores written to `output` (default: the checkpoint), a table printed."""
+  if not config.records or not config.image_root:
+    raise ValueError(f"set --config.records and --config.image_root for {config.name}")
+  model_config, params = load_converted(checkpoint)
+  files = tokenizer_files(checkpoint)
+  if set(files) != {"t5", "bert"}:
+    raise FileNotFoundError(f"{checkpoint}/tokenizer must hold spiece.model and bert_vocab.txt")
+  records, _ = load_records(config.records)
+  if config.limit:
+    records = records[: config.limit]
+  predictions = predict_records(
+      model_config, params, T5Tokenizer(files["t5"]), BertTokenizer(files["bert"]), records, config.image_root,
+      batch_size=config.batch_size, max_input_len=config.max_input_len, max_qformer_len=config.max_qformer_len,
+      use_tags=config.use_tags, num_beams=config.num_beams, max_new_tokens=config.max_new_tokens,
+      repetition_penalty=config.repetition_penalty, length_penalty=config.length_penalty)
+  scores = score(config.kind, records, predictions)
+  write_results(output or checkpoint, config.name, records, predictions, scores)
+  paper = {config.name: benchmarks.BENCHMARKS[config.name][1]}
+  print(format_table({config.name: scores}, paper))
+  return scores
