@@ -23,6 +23,7 @@ from lion_jax.convert import mapping
 from lion_jax.convert.sources import SafetensorsSource
 from lion_jax.models import abstract_params, num_adapters, presets
 from lion_jax.models.adapters import MixtureOfAdapters
+from lion_jax.models.t5 import T5
 
 # HF writes only non-default values into config.json, so absent keys take the class defaults.
 VISION_DEFAULTS = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39,
@@ -146,9 +147,9 @@ def load_hf_t5(path: str | os.PathLike, *, progress: bool = False
   text = read_json(path / "config.json")
   source = SafetensorsSource(path)
   t5 = t5_config_from_hf(text, has_lm_head="lm_head.weight" in source, where=str(path / "config.json"))
-  config = presets._lion(presets._vit(), presets._qformer(), presets._aggregator(), t5,
-                         visual_input="qformer")
-  shapes = mapping.select(mapping.flat_shapes(abstract_params(config)), ["t5/"], ["/moa/"])
-  flat = mapping.assemble(mapping.t5_body(config), source, shapes, source_name=str(path),
-                          ignore=HF_IGNORED, progress=progress)
+  ids = jnp.zeros((1, 2), jnp.int32)
+  boxed = jax.eval_shape(lambda: T5(t5).init(jax.random.key(0), ids, ids, ids)["params"])
+  shapes = {f"t5/{k}": v for k, v in mapping.flat_shapes(nn.unbox(boxed)).items()}
+  flat = mapping.assemble(mapping.t5_body(ml_collections.ConfigDict({"t5": t5})), source, shapes,
+                          source_name=str(path), ignore=HF_IGNORED, progress=progress)
   return t5, flat

@@ -49,7 +49,7 @@ def _truncate(content: list[int], max_length: int | None, num_special: int,
   return content[len(content) - budget:] if truncation_side == "left" else content[:budget]
 
 
-def _pad_batch(rows: list[list[int]], max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(rows: list[list[int]], max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   """Right-pads to exactly `max_length` so every batch has the same shape."""
   ids = np.full((len(rows), max_length), pad_id, np.int32)
   mask = np.zeros((len(rows), max_length), np.int32)
@@ -144,7 +144,7 @@ class T5Tokenizer:
     _check_batch(texts)
     rows = [self.encode(t, max_length=max_length, truncation_side=truncation_side, add_eos=add_eos)
             for t in texts]
-    return _pad_batch(rows, max_length, self.pad_id)
+    return pad_batch(rows, max_length, self.pad_id)
 
   def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
     """Text of `ids` as HF decodes it; pad and eos are always dropped, nothing stops at eos.
@@ -232,7 +232,7 @@ class BertTokenizer:
     """(ids, mask), int32 [len(texts), max_length], right-padded with `[PAD]`."""
     _check_batch(texts)
     rows = [self.encode(t, max_length=max_length, truncation_side=truncation_side) for t in texts]
-    return _pad_batch(rows, max_length, self.pad_id)
+    return pad_batch(rows, max_length, self.pad_id)
 
 
 def train_t5_sentencepiece(sentences: Iterable[str], path_prefix: str | os.PathLike,
