@@ -12,6 +12,7 @@ compile: layouts and fusion differ, so treat memory as an estimate with a safety
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -61,7 +62,7 @@ def collective_bytes(hlo_text: str) -> dict[str, dict[str, float]]:
       if f" {op}(" in line or f" {op}-start(" in line:
         lhs = line.split("=", 1)[1] if "=" in line else line
         shapes = re.findall(r"(f32|bf16|f16|s32|u32|pred|s8|u8|f64|s64)\[([\d,]*)\]", lhs.split(op)[0])
-        size = sum(_DTYPE_BYTES[t] * eval("*".join(d.split(",")) or "1") for t, d in shapes)
+        size = sum(_DTYPE_BYTES[t] * math.prod(int(n) for n in d.split(",") if n) for t, d in shapes)
         entry = out.setdefault(op, {"count": 0, "bytes": 0.0})
         entry["count"] += 1
         entry["bytes"] += size
