@@ -79,12 +79,18 @@ def test_released_presets_have_the_papers_trainable_counts():
   assert count_params(presets.flant5xxl())["trainable"] == 320_439_392
 
 
-def test_zero_initialised_adapters_leave_t5_exactly_unchanged():
+def t5_text_inputs():
+  """(tiny config, input ids, mask, decoder ids, task ids, T5 params with two adapters per FFN)."""
   config = presets.tiny("all")
   rng = np.random.default_rng(0)
   ids, dec = rng.integers(2, 200, (2, 7)).astype(np.int32), rng.integers(2, 200, (2, 4)).astype(np.int32)
   mask, task = np.ones_like(ids), np.array([0, 1], np.int32)
-  with_moa = nn.unbox(T5(config.t5, 2).init(jax.random.key(0), ids, mask, dec, task)["params"])
+  params = nn.unbox(T5(config.t5, 2).init(jax.random.key(0), ids, mask, dec, task)["params"])
+  return config, ids, mask, dec, task, params
+
+
+def test_zero_initialised_adapters_leave_t5_exactly_unchanged():
+  config, ids, mask, dec, task, with_moa = t5_text_inputs()
   flat = traverse_util.flatten_dict(with_moa, sep="/")
   plain = traverse_util.unflatten_dict({k: v for k, v in flat.items() if "/moa/" not in k}, sep="/")
   a = T5(config.t5, 2).apply({"params": with_moa}, ids, mask, dec, task)
@@ -209,11 +215,7 @@ def test_mesh_validation_messages():
 
 
 def test_remat_gives_the_same_gradients():
-  config = presets.tiny("all")
-  rng = np.random.default_rng(0)
-  ids, dec = rng.integers(2, 200, (2, 7)).astype(np.int32), rng.integers(2, 200, (2, 4)).astype(np.int32)
-  mask, task = np.ones_like(ids), np.array([0, 1], np.int32)
-  params = nn.unbox(T5(config.t5, 2).init(jax.random.key(0), ids, mask, dec, task)["params"])
+  config, ids, mask, dec, task, params = t5_text_inputs()
   grads = []
   for remat in (False, True):
     c = config.t5.copy_and_resolve_references()
