@@ -25,15 +25,8 @@ from lion_jax.data.records import BadRecord, Record, load_records
 
 def check_record(record: Record, image_root: Path, rng: np.random.Generator) -> templates.ExampleText:
   """Decodes the image and builds the text, as training would; raises BadRecord."""
-  source = record.image_bytes if record.image_bytes is not None else image_root / record.image
-  width, height = images.decode_image(source).size
-  for box in record.boxes:
-    if box[2] > width or box[3] > height:
-      raise BadRecord("box_outside_image", f"box {box} is outside the {width}x{height} image")
-  text = templates.build_text(record, rng, width, height)
-  if not text.target.strip():
-    raise BadRecord("empty_target", "the target text is empty")
-  return text
+  width, height = images.decode_image(record.image_source(image_root)).size
+  return templates.build_checked_text(record, rng, width, height)
 
 
 def inspect_file(records_path: Path, image_root: Path, num_examples: int = 3, seed: int = 0) -> dict:

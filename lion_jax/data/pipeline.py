@@ -74,15 +74,10 @@ class ExamplePreparer:
 
   def _prepare_one(self, record: Record, rng: np.random.Generator) -> dict[str, np.ndarray]:
     c = self.config
-    image_ref = record.image_bytes if record.image_bytes is not None else self.source.image_root / record.image
     augment = c.augment and record.task_type == "image_level"
-    pixels, (width, height) = images.load_example_image(image_ref, c.image_size, rng, augment)
-    for box in record.boxes:
-      if box[2] > width or box[3] > height:
-        raise BadRecord("box_outside_image", f"box {box} is outside the {width}x{height} image")
-    text = templates.build_text(record, rng, width, height, use_tags=c.use_tags)
-    if not text.target.strip():
-      raise BadRecord("empty_target", "the target text is empty")
+    pixels, (width, height) = images.load_example_image(record.image_source(self.source.image_root),
+                                                        c.image_size, rng, augment)
+    text = templates.build_checked_text(record, rng, width, height, use_tags=c.use_tags)
     input_ids, input_mask = self.t5.encode_batch([text.t5_input], max_length=c.max_input_len,
                                                   truncation_side="left")
     target_ids, target_mask = self.t5.encode_batch([text.target], max_length=c.max_target_len,

@@ -66,6 +66,10 @@ class Record:
   def task_id(self) -> int:
     return TASK_TYPES.index(self.task_type)
 
+  def image_source(self, image_root: str | os.PathLike) -> bytes | Path:
+    """What to decode: the embedded bytes (TFDS) or the file under `image_root`."""
+    return self.image_bytes if self.image_bytes is not None else Path(image_root) / self.image
+
   def to_json(self) -> dict[str, Any]:
     d = {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, "", [])}
     d.pop("image_bytes", None)

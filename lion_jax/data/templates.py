@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lion_jax.data.boxes import REC_ANSWER_PREFIX, format_boxes
-from lion_jax.data.records import BOXES_PLACEHOLDER, Record
+from lion_jax.data.records import BOXES_PLACEHOLDER, BadRecord, Record
 
 # LION's tag prompt (lion_t5.py): the soft-prompt sentinel, the tags inside brackets, a trailing
 # space, then the instruction.
@@ -111,3 +111,16 @@ def build_text(record: Record, rng: np.random.Generator | None, width: int, heig
     raise ValueError(f"unknown task {task!r}")
   t5_input = tag_prompt(record.tags) + instruction if use_tags and record.tags else instruction
   return ExampleText(instruction, t5_input, target)
+
+
+def build_checked_text(record: Record, rng: np.random.Generator | None, width: int, height: int,
+                       *, use_tags: bool = True) -> ExampleText:
+  """`build_text` for a decoded image of `width` x `height`: a box outside it or an empty target
+  raises BadRecord (what loading could not check without the image)."""
+  for box in record.boxes:
+    if box[2] > width or box[3] > height:
+      raise BadRecord("box_outside_image", f"box {box} is outside the {width}x{height} image")
+  text = build_text(record, rng, width, height, use_tags=use_tags)
+  if not text.target.strip():
+    raise BadRecord("empty_target", "the target text is empty")
+  return text

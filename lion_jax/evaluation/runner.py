@@ -26,8 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _prepare(record: Record, image_root: Path, image_size: int, use_tags: bool):
-  source = record.image_bytes if record.image_bytes is not None else image_root / record.image
-  image = images.decode_image(source)
+  image = images.decode_image(record.image_source(image_root))
   text = templates.build_text(record, None, image.width, image.height, use_tags=use_tags)
   return images.to_model_input(image, image_size), text, image.size
 
