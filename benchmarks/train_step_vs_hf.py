@@ -79,7 +79,7 @@ def main() -> None:
                task=np.ones((b,), np.int32), target_ids=target, target_mask=np.ones_like(target))
   step = jax.jit(train.make_train_step(Lion(config), tx, schedule, 1, seed=0), donate_argnums=(0,))
   compiled = step.lower(state, frozen, batch).compile()
-  flops = train._flops(compiled)
+  flops = train.compiled_flops(compiled)
   holder = {"state": state}
 
   def jax_step():

@@ -90,7 +90,7 @@ def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int)
   state = train.TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec())), trainable, opt_state)
   batch_sharding = sharding.batch_sharding(mesh, rules)
-  local = train._example_local_batch(config.data, global_batch)
+  local = train.example_local_batch(config.data, global_batch)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in local.items()}
   step = train.make_train_step(model, tx, schedule, config.grad_accum_steps, config.seed)
   start = time.perf_counter()
@@ -99,7 +99,7 @@ def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int)
     compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
-  flops = train._flops(compiled)
+  flops = train.compiled_flops(compiled)
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   return {"stage": stage_name, "visual_input": stage.visual_input, "devices": mesh.size, "mesh": dict(mesh.shape),
           "global_batch": global_batch, "trainable_params": count(trainable), "frozen_params": count(frozen),

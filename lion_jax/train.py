@@ -240,11 +240,11 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: Pat
   step_fn = make_train_step(model, tx, schedule, config.grad_accum_steps, config.seed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     example = {k: jax.ShapeDtypeStruct((config.global_batch_size,) + v.shape[1:], v.dtype, sharding=batch_sharding)
-               for k, v in _example_local_batch(data_config, local_batch).items()}
+               for k, v in example_local_batch(data_config, local_batch).items()}
     jitted = jax.jit(step_fn, in_shardings=(state_shard, f_shard, batch_sharding),
                      out_shardings=(state_shard, None), donate_argnums=(0,))
     compiled = jitted.lower(state, frozen, example).compile()
-  flops = _flops(compiled)
+  flops = compiled_flops(compiled)
 
   # Loop.
   writer = MetricWriter(stage_dir)
@@ -294,7 +294,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: Pat
   return {"stage": stage_name, "steps": step, "first_step": first_step, "losses": losses, "flops_per_step": flops}
 
 
-def _example_local_batch(data_config, local_batch) -> dict[str, np.ndarray]:
+def example_local_batch(data_config, local_batch) -> dict[str, np.ndarray]:
   """Zero arrays with the pipeline's shapes and dtypes (for compiling before data arrives)."""
   c = data_config
   ids = lambda n: np.zeros((local_batch, n), np.int32)
@@ -305,7 +305,7 @@ def _example_local_batch(data_config, local_batch) -> dict[str, np.ndarray]:
               target_ids=ids(c.max_target_len), target_mask=ids(c.max_target_len))
 
 
-def _flops(compiled) -> float:
+def compiled_flops(compiled) -> float:
   try:
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
