@@ -166,6 +166,29 @@ def test_dropout_only_with_train_and_an_rng(stage3):
   assert np.abs(c - a).max() > 1e-3 and np.abs(c - d).max() > 1e-3
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_keep_mask_is_an_unbiased_independent_bernoulli(rate):
+  from lion_jax.models.layers import keep_mask
+  shape = (64, 9, 257)  # a last dimension that is not a multiple of the 4 draws per hash
+  mask = np.asarray(keep_mask(jax.random.key(0), rate, shape))
+  n = mask.size
+  assert abs(mask.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / n)
+  # No structure along any axis: per-column and per-row keep rates, and neighbours uncorrelated.
+  assert np.abs(mask.mean((0, 1)) - (1 - rate)).max() < 6 * np.sqrt(rate * (1 - rate) / (64 * 9))
+  assert np.abs(mask.reshape(-1, 257).mean(1) - (1 - rate)).max() < 6 * np.sqrt(rate * (1 - rate) / 257)
+  flat = mask.reshape(-1).astype(np.float64)
+  assert abs(np.corrcoef(flat[:-1], flat[1:])[0, 1]) < 0.02
+  assert not np.array_equal(mask, np.asarray(keep_mask(jax.random.key(1), rate, shape)))
+
+
+def test_keep_mask_is_the_same_on_a_device_mesh():
+  from lion_jax.models.layers import keep_mask
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), "tensor"))
+  sharded = jax.jit(lambda k: keep_mask(k, 0.3, (8, 6, 33)), out_shardings=out)(jax.random.key(3))
+  np.testing.assert_array_equal(np.asarray(sharded), np.asarray(keep_mask(jax.random.key(3), 0.3, (8, 6, 33))))
+
+
 def test_bf16_compute_with_bf16_frozen_towers_tracks_fp32(stage3):
   config, params = stage3
   batch = random_batch(config)

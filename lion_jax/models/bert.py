@@ -36,7 +36,7 @@ class BertAttention(nn.Module):
     q = layers.split_heads(heads("query")(x), self.num_heads)
     k = layers.split_heads(heads("key")(memory), self.num_heads)
     v = layers.split_heads(heads("value")(memory), self.num_heads)
-    drop = nn.Dropout(self.dropout_rate)
+    drop = layers.Dropout(self.dropout_rate)
     probs_dropout = None if not train else (lambda p: drop(p, deterministic=False))
     out = layers.attend(q, k, v, bias, scale=layers.head_scale(self.width // self.num_heads),
                         probs_dropout=probs_dropout)
@@ -63,5 +63,5 @@ class BertFeedForward(nn.Module):
     y = layers.activation("gelu")(y)
     out_init = nn.initializers.zeros if self.zero_init_output else layers.normal_002
     y = layers.Dense(self.width, ("mlp", "embed"), kernel_init=out_init, dtype=self.dtype, name="fc2")(y)
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+    y = layers.Dropout(self.dropout_rate)(y, deterministic=not train)
     return layers.LayerNorm(self.ln_eps, name="norm")(y + x)

@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.extend.random import threefry2x32_p
 
 Array = jax.Array
 Dtype = Any
@@ -41,6 +43,42 @@ def activation(name: str) -> Callable[[Array], Array]:
   if name not in table:
     raise ValueError(f"unknown activation {name!r}; expected one of {sorted(table)}")
   return table[name]
+
+
+def keep_mask(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
+  """Boolean mask, each element True with probability 1 - rate (rate rounded to a multiple of 2^-16).
+
+  `jax.random.bernoulli` spends one threefry2x32 hash (64 bits) per element, a tenth of the CPU
+  training step. Here each hash gives four 16-bit uniforms. Counters are the element's index along
+  the leading dimensions, so the mask depends only on the key and the position, never on the device
+  mesh (the same property as JAX's partitionable threefry). Keys of other PRNG implementations fall
+  back to `jax.random.bernoulli`.
+  """
+  data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  if data.shape != (2,) or not shape:
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
+  *lead, last = shape
+  words = -(-last // 4)  # hashes per row; each yields 2 x 32 bits = 4 x 16 bits
+  counters = jax.lax.iota(jnp.uint32, math.prod(lead) * words).reshape(*lead, words)
+  bits1, bits2 = threefry2x32_p.bind(data[0], data[1], counters, jnp.zeros_like(counters))
+  bits16 = jax.lax.bitcast_convert_type(jnp.stack([bits1, bits2], -1), jnp.uint16)
+  bits16 = bits16.reshape(*lead, 4 * words)[..., :last]
+  return bits16 >= np.uint16(round(rate * 65536))
+
+
+class Dropout(nn.Module):
+  """Inverted dropout (as `nn.Dropout`) drawing its mask from `keep_mask`; needs the 'dropout' rng."""
+
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    if self.rate >= 1.0:
+      return jnp.zeros_like(x)
+    keep = keep_mask(self.make_rng("dropout"), self.rate, x.shape)
+    return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
 
 
 class Dense(nn.Module):

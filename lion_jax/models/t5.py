@@ -88,7 +88,7 @@ class T5Attention(nn.Module):
       cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k, cache_index, axis=1)
       cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v, cache_index, axis=1)
       k, v = cached_k.value, cached_v.value
-    drop = nn.Dropout(c.dropout_rate)
+    drop = layers.Dropout(c.dropout_rate)
     out = layers.attend(q, k, v, bias, scale=1.0,
                         probs_dropout=(lambda p: drop(p, deterministic=False)) if train else None)
     return layers.Dense(c.d_model, ("heads", "embed"), use_bias=False,
@@ -110,7 +110,7 @@ class T5FeedForward(nn.Module):
                                    dtype=self.dtype, name=name)
     act = layers.activation(c.activation)
     y = act(wi("wi_0")(x)) * wi("wi_1")(x) if c.gated else act(wi("wi")(x))
-    y = nn.Dropout(c.dropout_rate)(y, deterministic=not train)
+    y = layers.Dropout(c.dropout_rate)(y, deterministic=not train)
     return layers.Dense(c.d_model, ("mlp", "embed"), use_bias=False,
                         kernel_init=nn.initializers.normal(c.d_ff ** -0.5), dtype=self.dtype,
                         name="wo")(y)
@@ -128,7 +128,7 @@ class T5Block(nn.Module):
   def __call__(self, x, self_bias, memory, cross_bias, task, train=False, *, decode=False, cache_len=0,
                cache_index=None):
     c = self.config
-    drop = lambda y: nn.Dropout(c.dropout_rate)(y, deterministic=not train)
+    drop = lambda y: layers.Dropout(c.dropout_rate)(y, deterministic=not train)
     norm = lambda name: layers.RMSNorm(c.ln_eps, name=name)
     h = norm("self_attention_norm")(x)
     x = x + drop(T5Attention(c, self.dtype, name="self_attention")(
@@ -176,7 +176,7 @@ class T5Stack(nn.Module):
     else:
       bias = bias + layers.padding_bias(mask)
       cross_bias = None
-    x = nn.Dropout(c.dropout_rate)(x, deterministic=not train)
+    x = layers.Dropout(c.dropout_rate)(x, deterministic=not train)
     num_layers = c.num_decoder_layers if self.is_decoder else c.num_layers
     # `remat`: keep only each block's input for the backward pass and recompute the rest (memory
     # for compute); `train` (argument 6, counting self) stays a Python bool.
@@ -188,7 +188,7 @@ class T5Stack(nn.Module):
       else:
         x = layer(x, bias, memory, cross_bias, task, train)
     x = layers.RMSNorm(c.ln_eps, name="final_norm")(x)
-    return nn.Dropout(c.dropout_rate)(x, deterministic=not train)
+    return layers.Dropout(c.dropout_rate)(x, deterministic=not train)
 
 
 class T5(nn.Module):
