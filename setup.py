@@ -36,5 +36,6 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["lion_jax", "lion_jax.*"]),
     install_requires=read_requirements("requirements.txt"),
-    extras_require={"test": TEST},
+    # gcs: filesystem driver for gs:// workdirs (etils epath, tensorboardX); cloud hosts only.
+    extras_require={"test": TEST, "gcs": ["gcsfs==2026.10.1"]},
 )

@@ -12,7 +12,8 @@ Runs on your workstation (needs gcloud, authenticated). STEPs, in the order give
   copy      copy the code to every worker: a `git archive HEAD` tarball of this repository (committed
             files only) by scp --worker=all, or `git clone` of --repo at --ref on every worker
   install   on every worker: venv ~/lion-venv (Python 3.11, apt-installed if missing),
-            pip install -e ., then jax[tpu]==<jax pin from requirements.txt> (libtpu find-links)
+            pip install -e '.[gcs]' (gcsfs for gs:// workdirs), then jax[tpu]==<jax pin from
+            requirements.txt> (libtpu find-links)
   run       on every worker (--worker=all): python -m lion_jax.main ARGS --config.distributed=True,
             output streamed here and kept in ~/lion-run.log on each worker
   logs      tail -f ~/lion-run.log on worker --log-worker (for --detach runs)
@@ -42,11 +43,11 @@ Options (environment variable in brackets):
 
 Everything after `--` (and any --config..., --workdir... argument) goes to lion_jax.main. The
 workdir must be storage every worker sees (every worker writes its part of each checkpoint): a
-bucket mounted with gcsfuse, or Filestore/NFS, at the same path on every worker (launch/README.md).
+gs:// bucket path, a bucket mounted with gcsfuse, or Filestore/NFS (launch/README.md).
 
 Example:
   launch/tpu_vm.sh --tpu lion-v5e --zone us-west4-a --project my-proj --type v5litepod-16 -- \
-      --config=configs/stage1.py --workdir=/mnt/lion-bucket/run1
+      --config=configs/stage1.py --workdir=gs://my-bucket/lion/run1
 EOF
 }
 
@@ -202,19 +203,12 @@ step_install() {
 if ! command -v $python_pkg >/dev/null; then sudo apt-get update -qq; sudo apt-get install -y -qq $python_pkg $python_pkg-venv; fi; \
 $remote_python -m venv ~/$remote_venv; \
 ~/$remote_venv/bin/pip install --quiet --upgrade pip; \
-~/$remote_venv/bin/pip install --quiet -e .; \
+~/$remote_venv/bin/pip install --quiet -e '.[gcs]'; \
 ~/$remote_venv/bin/pip install --quiet \"$jax_spec\" -f $libtpu_links; \
 ~/$remote_venv/bin/python -c 'import jax; print(jax.__version__, jax.device_count(), jax.local_device_count())'"
 }
 
 step_run() {
-  local arg
-  for arg in "${main_args[@]}"; do
-    if [[ "$arg" == --workdir=gs://* || "$arg" == gs://* ]]; then
-      echo "tpu_vm.sh: warning: lion_jax handles the workdir as a local path (pathlib), so a gs:// workdir" \
-           "does not reach GCS yet: mount the bucket on every worker (gcsfuse) and pass the mount path" >&2
-    fi
-  done
   local python_cmd
   python_cmd="cd ~/$remote_dir && JAX_COORDINATOR_PORT=$port ~/$remote_venv/bin/python -m lion_jax.main$(quote_args "${main_args[@]}" --config.distributed=True)"
   if $detach; then

@@ -6,13 +6,12 @@
                                  meta        JSON: stage, step, num_steps, final
 Saves are asynchronous and atomic: a run killed mid-save leaves the previous checkpoint as the
 newest complete one. Restoring takes abstract arrays carrying the *current* shardings, so a run can
-resume on a different mesh or number of devices.
+resume on a different mesh or number of devices. DIR may be a bucket (`gs://...`, see `lion_jax.paths`).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import grain
@@ -21,10 +20,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from lion_jax import paths
+
 
 class StageCheckpoints:
   def __init__(self, directory: str | os.PathLike, *, keep: int = 2, async_save: bool = True):
-    self.directory = Path(directory).absolute()
+    self.directory = paths.as_path(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -56,7 +57,7 @@ class StageCheckpoints:
 
 def read_meta(directory: str | os.PathLike, step: int | None = None) -> tuple[int | None, dict | None]:
   """(step, meta) of the newest (or given) checkpoint in `directory`, (None, None) if there is none."""
-  directory = Path(directory).absolute()
+  directory = paths.as_path(directory)
   if not directory.exists():
     return None, None
   with ocp.CheckpointManager(directory) as manager:
@@ -73,7 +74,7 @@ def load_final_trainables(directory: str | os.PathLike, stage: str) -> dict[str,
   Raises FileNotFoundError / ValueError naming the directory when the stage has no checkpoint or
   did not reach its last step, so a later stage never starts from half-trained weights by accident.
   """
-  directory = Path(directory).absolute()
+  directory = paths.as_path(directory)
   step, meta = read_meta(directory)
   if step is None:
     raise FileNotFoundError(f"no {stage} checkpoint in {directory}: run {stage} first, or point "

@@ -17,12 +17,12 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from lion_jax import train
+from lion_jax import paths, train
 from lion_jax.demo import evaluate_synthetic, prepare_synthetic_data
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/stage1.py[:size=xxl].",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports: local or a bucket (gs://...).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 log = logging.getLogger("lion_jax")
@@ -43,11 +43,15 @@ def main(argv) -> int:
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file operation at INFO
   config = _CONFIG.value
-  workdir = Path(_WORKDIR.value).absolute()
+  workdir = paths.as_path(_WORKDIR.value)
+  if config.synthetic.enabled and paths.is_cloud(workdir):
+    log.error("the synthetic demo generates its images into the workdir and reads them back with local "
+              "file access: give a local --workdir (got %s)", workdir)
+    return 1
   if config.distributed:
     start_distributed()
   if config.synthetic.enabled:
-    prepare_synthetic_data(config, workdir)
+    prepare_synthetic_data(config, Path(workdir))
   try:
     summaries = train.run(config, workdir)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
@@ -59,7 +63,7 @@ def main(argv) -> int:
       head, tail = losses[: max(1, len(losses) // 10)], losses[-max(1, len(losses) // 10):]
       log.info("%s: %d steps, loss %.4f -> %.4f", s["stage"], s["steps"], sum(head) / len(head), sum(tail) / len(tail))
   if config.synthetic.enabled and config.synthetic.eval_limit and jax.process_index() == 0:
-    evaluate_synthetic(config, workdir)
+    evaluate_synthetic(config, Path(workdir))
   return 0
 
 

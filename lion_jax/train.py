@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import zlib
-from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from flax import traverse_util
 
-from lion_jax import checkpoints, optim, sharding, stages
+from lion_jax import checkpoints, optim, paths, sharding, stages
 from lion_jax.convert.converted import load_converted, save_converted
 from lion_jax.data import pipeline
 from lion_jax.metrics import MetricWriter, Progress
@@ -185,7 +186,7 @@ def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.
 
 # ---------------------------------------------------------------------------------- a stage ---
 
-def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: Path) -> dict[str, Any]:
+def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epath.Path) -> dict[str, Any]:
   """Trains (or resumes) one stage in `workdir/<stage>`; returns a summary of the run."""
   stage = config.stages[stage_name]
   stage_dir = workdir / stage_name
@@ -207,7 +208,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: Pat
   model = Lion(model_config)
   previous = {}
   for prev_name, prev_dir in stage.init_from.items():
-    path = Path(prev_dir) if prev_dir else workdir / prev_name
+    path = paths.as_path(prev_dir) if prev_dir else workdir / prev_name
     previous[prev_name] = checkpoints.load_final_trainables(path / "checkpoints", prev_name)
   trainable, frozen, t_shard, f_shard = init_params(config, model_config, mesh, rules, previous)
 
@@ -340,9 +341,9 @@ def _summarise(fetched, seconds, steps, config, flops, data_iter) -> dict[str, f
 
 # ------------------------------------------------------------------------------------- run ---
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> list[dict[str, Any]]:
-  """Runs `config.run_stages` in order, each in `workdir/<stage>`; re-running resumes."""
-  workdir = Path(workdir).absolute()
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """Runs `config.run_stages` in order, each in `workdir/<stage>` (local or `gs://`); re-running resumes."""
+  workdir = paths.as_path(workdir)
   names = [s.strip() for s in config.run_stages.split(",") if s.strip()]
   unknown = [n for n in names if n not in config.stages]
   if unknown:

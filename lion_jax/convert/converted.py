@@ -4,21 +4,23 @@
   DIR/params/             the parameter tree, an Orbax checkpoint (restorable onto any mesh)
   DIR/tokenizer/spiece.model, DIR/tokenizer/bert_vocab.txt   when given
   DIR/conversion.json     where the weights came from
+DIR may be local or a bucket (`gs://...`, see `lion_jax.paths`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
+
+from lion_jax import paths
 
 T5_VOCAB_NAME = "spiece.model"
 BERT_VOCAB_NAME = "bert_vocab.txt"
@@ -26,9 +28,9 @@ BERT_VOCAB_NAME = "bert_vocab.txt"
 
 def save_converted(directory: str | os.PathLike, config: ml_collections.ConfigDict, params: Any, *,
                    t5_vocab: str | os.PathLike | None = None, bert_vocab: str | os.PathLike | None = None,
-                   sources: dict[str, str] | None = None) -> Path:
+                   sources: dict[str, str] | None = None) -> epath.Path:
   """Writes DIR; refuses to overwrite an existing params checkpoint (nothing saved is ever lost)."""
-  directory = Path(directory).absolute()
+  directory = paths.as_path(directory)
   if (directory / "params").exists():
     raise FileExistsError(f"{directory / 'params'} already exists; choose a new output directory")
   directory.mkdir(parents=True, exist_ok=True)
@@ -36,10 +38,10 @@ def save_converted(directory: str | os.PathLike, config: ml_collections.ConfigDi
   tok = directory / "tokenizer"
   for src, name in ((t5_vocab, T5_VOCAB_NAME), (bert_vocab, BERT_VOCAB_NAME)):
     if src is not None:
-      if not Path(src).is_file():
+      if not epath.Path(src).is_file():
         raise FileNotFoundError(f"tokenizer file not found: {src}")
       tok.mkdir(exist_ok=True)
-      shutil.copyfile(src, tok / name)
+      epath.Path(src).copy(tok / name, overwrite=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(directory / "params", jax.tree.map(jnp.asarray, params))
     ckptr.wait_until_finished()
@@ -50,7 +52,7 @@ def save_converted(directory: str | os.PathLike, config: ml_collections.ConfigDi
 
 
 def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
-  path = Path(directory) / "config.json"
+  path = paths.as_path(directory) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: {directory} is not a converted LION checkpoint")
   try:
@@ -63,7 +65,7 @@ def load_converted(directory: str | os.PathLike, shardings: Any = None
                    ) -> tuple[ml_collections.ConfigDict, Any]:
   """Reads DIR -> (config, params). With `shardings` (a tree of NamedShardings matching the params)
   every array is restored straight onto its devices."""
-  directory = Path(directory).absolute()
+  directory = paths.as_path(directory)
   config = load_config(directory)
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(directory / "params").item_metadata
@@ -75,8 +77,8 @@ def load_converted(directory: str | os.PathLike, shardings: Any = None
   return config, params
 
 
-def tokenizer_files(directory: str | os.PathLike) -> dict[str, Path]:
+def tokenizer_files(directory: str | os.PathLike) -> dict[str, epath.Path]:
   """{'t5': path, 'bert': path} for the tokenizer files the directory holds."""
-  tok = Path(directory) / "tokenizer"
+  tok = paths.as_path(directory) / "tokenizer"
   files = {"t5": tok / T5_VOCAB_NAME, "bert": tok / BERT_VOCAB_NAME}
   return {k: v for k, v in files.items() if v.exists()}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
@@ -72,7 +73,7 @@ class T5Tokenizer:
   """
 
   def __init__(self, model_file: str | os.PathLike, num_extra_ids: int = 100):
-    path = Path(model_file)
+    path = epath.Path(model_file)  # local or a bucket
     try:
       proto = path.read_bytes()
     except FileNotFoundError:
@@ -172,7 +173,7 @@ class BertTokenizer:
   """The Q-Former's `bert-base-uncased` WordPiece plus LAVIS's `[DEC]` bos token (id = vocab size)."""
 
   def __init__(self, vocab_file: str | os.PathLike):
-    path = Path(vocab_file)
+    path = epath.Path(vocab_file)  # local or a bucket
     try:
       with path.open(encoding="utf-8") as f:
         lines = f.readlines()
