@@ -30,27 +30,54 @@ def matmul_gflops(n: int = 2048) -> dict[str, float]:
   return {"torch": 2 * n ** 3 / t_torch / 1e9, "xla": 2 * n ** 3 / t_jax / 1e9}
 
 
+def benchmark_arrays(b: int = 8, lq: int = 32, lt: int = 32, lout: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+  """The step's inputs: images, Q-Former ids, T5 input ids and targets (random, fixed seed)."""
+  rng = np.random.default_rng(seed)
+  return dict(image=rng.normal(size=(b, 224, 224, 3)).astype(np.float32),
+              q_ids=rng.integers(1000, 30000, (b, lq)).astype(np.int32),
+              text=rng.integers(3, 32000, (b, lt)).astype(np.int32),
+              target=rng.integers(3, 32000, (b, lout)).astype(np.int32))
+
+
+def jax_train_step(config, params, arrays: dict[str, np.ndarray]):
+  """The trainer's own step function, compiled: returns (compiled, state, frozen, batch)."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+
+  from lion_jax import optim, train
+  from lion_jax.models import Lion
+
+  image, q_ids, text, target = arrays["image"], arrays["q_ids"], arrays["text"], arrays["target"]
+  b = image.shape[0]
+  trainable, frozen = train.split_frozen(params)
+  opt_config = ml_collections.ConfigDict(dict(lr=1e-5, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
+                                              schedule="constant", steps_per_epoch=1, warmup_steps=0,
+                                              clip_grad_norm=0.0))
+  tx, schedule = optim.make_optimizer(opt_config, 100)
+  state = train.TrainState(jnp.zeros((), jnp.int32), trainable, tx.init(trainable))
+  batch = dict(image=image, qformer_ids=q_ids, qformer_mask=np.ones_like(q_ids), input_ids=text,
+               input_mask=np.ones_like(text), decoder_input_ids=np.concatenate([np.zeros((b, 1), np.int32), target[:, :-1]], 1),
+               task=np.ones((b,), np.int32), target_ids=target, target_mask=np.ones_like(target))
+  step = jax.jit(train.make_train_step(Lion(config), tx, schedule, 1, seed=0), donate_argnums=(0,))
+  return step.lower(state, frozen, batch).compile(), state, frozen, batch
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
 
   import jax
-  import jax.numpy as jnp
-  import ml_collections
   import torch
 
-  from lion_jax import optim, train
-  from lion_jax.models import Lion
+  from lion_jax import train
 
-  b, lq, lt, lout = 8, 32, 32, 16
   model = hf_instructblip()
   config, params = convert_to_jax(model)
-  rng = np.random.default_rng(0)
-  image = rng.normal(size=(b, 224, 224, 3)).astype(np.float32)
-  q_ids = rng.integers(1000, 30000, (b, lq)).astype(np.int32)
-  text = rng.integers(3, 32000, (b, lt)).astype(np.int32)
-  target = rng.integers(3, 32000, (b, lout)).astype(np.int32)
+  arrays = benchmark_arrays()
+  image, q_ids, text, target = arrays["image"], arrays["q_ids"], arrays["text"], arrays["target"]
+  b, lq, lt = image.shape[0], q_ids.shape[1], text.shape[1]
 
   # HF: freeze the ViT and the LM, AdamW on the Q-Former, queries and projection.
   for name, p in model.named_parameters():
@@ -67,18 +94,7 @@ def main() -> None:
     model(**hf_inputs).loss.backward()
     hf_opt.step()
 
-  # JAX: the trainer's own step function.
-  trainable, frozen = train.split_frozen(params)
-  opt_config = ml_collections.ConfigDict(dict(lr=1e-5, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
-                                              schedule="constant", steps_per_epoch=1, warmup_steps=0,
-                                              clip_grad_norm=0.0))
-  tx, schedule = optim.make_optimizer(opt_config, 100)
-  state = train.TrainState(jnp.zeros((), jnp.int32), trainable, tx.init(trainable))
-  batch = dict(image=image, qformer_ids=q_ids, qformer_mask=np.ones_like(q_ids), input_ids=text,
-               input_mask=np.ones_like(text), decoder_input_ids=np.concatenate([np.zeros((b, 1), np.int32), target[:, :-1]], 1),
-               task=np.ones((b,), np.int32), target_ids=target, target_mask=np.ones_like(target))
-  step = jax.jit(train.make_train_step(Lion(config), tx, schedule, 1, seed=0), donate_argnums=(0,))
-  compiled = step.lower(state, frozen, batch).compile()
+  compiled, state, frozen, batch = jax_train_step(config, params, arrays)
   flops = train.compiled_flops(compiled)
   holder = {"state": state}
 
