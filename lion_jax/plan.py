@@ -1,13 +1,16 @@
 """Plan a run before paying for it: compile the train step ahead of time for N simulated devices.
 
   python -m lion_jax.plan --config=configs/stage3.py:size=xxl --devices=64 --mesh=data:8,fsdp:8,tensor:1 [--batch=64]
+      [--memory_gib=95]
 
 Nothing is allocated: parameters, optimizer state and the batch are abstract arrays with their
 shardings, the step is lowered and compiled by XLA for a mesh of N fake CPU devices, and the report
 gives per-device memory (arguments, outputs, temporaries: XLA's memory analysis), FLOPs per step and
 per example (XLA's cost analysis; the frozen ViT is forward-only, the frozen T5 has no weight
-gradients), and the collectives in the compiled program. Compiling for CPU approximates a TPU/GPU
-compile: layouts and fusion differ, so treat memory as an estimate with a safety margin.
+gradients), and the collectives in the compiled program. With --memory_gib it compiles once more (at 1
+example per device) and reports the largest global batch whose linearly fitted peak fits. Compiling
+for CPU approximates a TPU/GPU compile: layouts, fusion and scheduling differ, so treat memory as an
+estimate (docs/scaling.md shows how far off it can be) and confirm on the target.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ flags.DEFINE_integer("devices", 8, "Number of simulated devices.")
 _MESH = flags.DEFINE_string("mesh", "data:-1", "Mesh, e.g. data:2,fsdp:4,tensor:1 (-1 = the rest).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch (default: the config's).")
 _STAGE = flags.DEFINE_string("stage", "", "Stage to plan (default: the last one the config runs).")
+_MEMORY = flags.DEFINE_float("memory_gib", 0.0, "Device memory in GiB: also estimate the largest global batch "
+                             "that fits (one more compile, a line through two batch sizes).")
+PROBE_PER_DEVICE = 8  # the fit's second point when --batch is already 1 example per device
+HEADROOM = 0.9  # the fit must leave 10% of device memory free
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1, "f64": 8, "s64": 8}
@@ -112,6 +119,34 @@ def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int)
           "collectives": collective_bytes(compiled.as_text())}
 
 
+def largest_per_device_batch(peaks: dict[int, float], memory_gib: float) -> int:
+  """Largest per-device batch whose peak, on the line through two {per-device batch: peak GiB}
+  estimates, stays within HEADROOM * memory (0: not even one example fits).
+
+  The intercept is what does not grow with the batch (sharded state, gathered weights), the slope
+  the activations of one example.
+  """
+  (b1, m1), (b2, m2) = sorted(peaks.items())
+  slope = max((m2 - m1) / (b2 - b1), 1e-9)
+  at_one, budget = m1 - (b1 - 1) * slope, HEADROOM * memory_gib
+  return 0 if at_one > budget else 1 + int((budget - at_one) // slope)
+
+
+def print_fit(config, stage: str, memory_gib: float, report: dict) -> None:
+  """The fit from the report's own compile plus one more, at 1 example per device (or at
+  PROBE_PER_DEVICE when the report is already at 1), on the report's mesh."""
+  mesh_sizes = dict(report["mesh"])
+  shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
+  reported = report["global_batch"] // shards
+  probe = 1 if reported != 1 else PROBE_PER_DEVICE
+  peaks = {reported: report["memory_gib_per_device"]["peak_estimate"],
+           probe: plan(config, stage, mesh_sizes, shards * probe)["memory_gib_per_device"]["peak_estimate"]}
+  per_device = largest_per_device_batch(peaks, memory_gib)
+  measured = ", ".join(f"~{peak:.2f} GiB at {b} per device" for b, peak in sorted(peaks.items()))
+  print(f"  fit for {memory_gib:g} GiB per device ({HEADROOM:.0%} usable) from peaks {measured}: "
+        f"largest global batch that fits: {per_device * shards} ({per_device} per device)")
+
+
 def main(argv) -> int:
   del argv
   config = _CONFIG.value
@@ -131,6 +166,12 @@ def main(argv) -> int:
         f"{report['flops_per_example'] / 1e12:.3f} TFLOP per example")
   for op, c in sorted(report["collectives"].items()):
     print(f"  {op}: {c['count']} ops, {c['bytes'] / 2 ** 20:,.1f} MiB per device per step")
+  if _MEMORY.value:
+    try:
+      print_fit(config, stage, _MEMORY.value, report)
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
   return 0
 
 

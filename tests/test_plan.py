@@ -14,7 +14,7 @@ def test_planner_reports_memory_flops_and_collectives_for_a_sharded_step(tmp_pat
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the planner sets the device count
   result = subprocess.run(
       [sys.executable, "-m", "lion_jax.plan", f"--config={REPO / 'configs' / 'demo.py'}", "--devices=4",
-       "--mesh=data:2,fsdp:2", "--batch=8", "--stage=stage3",
+       "--mesh=data:2,fsdp:2", "--batch=8", "--stage=stage3", "--memory_gib=16",
        # the demo's vocabularies come from its generated data; the planner only needs sizes
        "--config.model.t5.vocab_size=256", "--config.model.qformer.vocab_size=128"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -23,3 +23,16 @@ def test_planner_reports_memory_flops_and_collectives_for_a_sharded_step(tmp_pat
   assert "stage3 (all) on 4 devices" in out and "'data': 2, 'fsdp': 2" in out
   assert "memory per device (GiB): arguments" in out and "TFLOP per example" in out
   assert "all-reduce" in out or "all-gather" in out  # data/FSDP parallel steps communicate
+  # The tiny model fits 16 GiB many times over; the fit's batch is a multiple of data*fsdp = 4.
+  fit = next(line for line in out.splitlines() if "largest global batch that fits" in line)
+  global_batch = int(fit.split("fits: ")[1].split(" ")[0])
+  assert global_batch >= 4 * 8 and global_batch % 4 == 0
+
+
+def test_largest_batch_fit_is_linear_between_the_probes_and_keeps_headroom():
+  from lion_jax.plan import largest_per_device_batch
+  # 10 GiB at 1 example, 24 GiB at 8: 2 GiB per example; 90% of 80 GiB = 72 -> 1 + 31 examples.
+  assert largest_per_device_batch({1: 10.0, 8: 24.0}, 80.0) == 32
+  assert largest_per_device_batch({8: 24.0, 2: 12.0}, 80.0) == 32  # any two points, any order
+  assert largest_per_device_batch({1: 75.0, 8: 80.0}, 80.0) == 0  # the fixed part alone is over 90%
+  assert largest_per_device_batch({1: 10.0, 8: 10.0}, 80.0) > 10 ** 6  # no growth with the batch
