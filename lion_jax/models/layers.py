@@ -52,13 +52,13 @@ def keep_mask(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
   training step. Here each hash gives four 16-bit uniforms. Counters are the element's index along
   the leading dimensions, so the mask depends only on the key and the position, never on the device
   mesh (the same property as JAX's partitionable threefry). Keys of other PRNG implementations fall
-  back to `jax.random.bernoulli`.
+  back to `jax.random.bernoulli`, as do masks of 2^34 or more elements.
   """
   data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-  if data.shape != (2,) or not shape:
-    return jax.random.bernoulli(key, 1.0 - rate, shape)
-  *lead, last = shape
+  *lead, last = shape or (1,)
   words = -(-last // 4)  # hashes per row; each yields 2 x 32 bits = 4 x 16 bits
+  if data.shape != (2,) or not shape or math.prod(lead) * words >= 2 ** 32:  # counters are uint32
+    return jax.random.bernoulli(key, 1.0 - rate, shape)
   counters = jax.lax.iota(jnp.uint32, math.prod(lead) * words).reshape(*lead, words)
   bits1, bits2 = threefry2x32_p.bind(data[0], data[1], counters, jnp.zeros_like(counters))
   bits16 = jax.lax.bitcast_convert_type(jnp.stack([bits1, bits2], -1), jnp.uint16)
@@ -154,7 +154,8 @@ def attend(q: Array, k: Array, v: Array, bias: Array | None, *, scale: float,
   (1.7x on the benchmark ViT's attention forward; benchmarks/RESULTS.md).
   """
   if scale != 1.0:
-    q = q * jnp.asarray(scale, q.dtype)  # on q, as EVA does: a pass over Tq x D, not Tq x Tk
+    # On q, as EVA does (a pass over Tq x D, not Tq x Tk), rounded once from float32 as torch does.
+    q = (q.astype(jnp.float32) * scale).astype(q.dtype)
   logits = jnp.einsum("bqhd,bkhd->bqhk", q, k).astype(jnp.float32)
   if bias is not None:
     logits = logits + jnp.swapaxes(bias, 1, 2).astype(jnp.float32)
