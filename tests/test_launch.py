@@ -138,9 +138,9 @@ def test_tpu_vm_dry_run_prints_create_copy_install_run_delete(no_gcloud):
   assert scp[5] == tarball and scp[6].startswith("lion-test:") and "--worker=all" in scp
   assert "tar -xzf" in remote_command(unpack) and "--worker=all" in unpack
   setup = remote_command(install)
-  assert "--worker=all" in install and "-m venv ~/lion-venv" in setup and "pip install --quiet -e ." in setup
+  assert "--worker=all" in install and "-m venv ~/lion-venv" in setup and "pip install --quiet -e '.[gcs]'" in setup
   assert f'"jax[tpu]=={jax_pin()}" -f https://storage.googleapis.com/jax-releases/libtpu_releases.html' in setup
-  assert setup.index("install --quiet -e .") < setup.index("jax[tpu]")
+  assert setup.index("install --quiet -e") < setup.index("jax[tpu]")
   assert "--worker=all" in train
   words = shlex.split(remote_command(train))
   start = words.index("lion_jax.main")
