@@ -166,7 +166,7 @@ def test_resume_on_a_different_mesh_continues_the_run(data_dir, three_stages, tm
     np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-5, err_msg=k)
 
 
-def _main_command(workdir: Path, *overrides: str) -> list[str]:
+def _main_command(workdir: Path | str, *overrides: str) -> list[str]:
   return [sys.executable, "-m", "lion_jax.main", f"--config={REPO / 'configs' / 'demo.py'}:steps={STEPS},images=40",
           f"--workdir={workdir}", "--config.run_stages=stage1", *overrides]
 
@@ -222,6 +222,8 @@ def test_config_errors_come_before_compiling(data_dir, tmp_path):
   result = subprocess.run(_main_command(tmp_path / "cli", "--config.optimizer.lrr=1"), cwd=REPO,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and "no field" in result.stderr and "lrr" in result.stderr
+  result = subprocess.run(_main_command("gs://my-bucket/demo"), cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1 and "give a local --workdir (got gs://my-bucket/demo)" in result.stderr
 
 
 def test_demo_three_stages_loss_goes_down_and_export_loads(three_stages):
