@@ -8,7 +8,8 @@ Q-Former + aggregator + two adapters per FFN trainable, AdamW) with a fresh rand
 device. Reports the median step time over --steps timed steps (after 2 warm-up steps), examples/s,
 XLA's FLOPs per step, MFU = FLOPs / step time / peak (H100 and H200: 989 TFLOP/s dense bf16 unless
 --peak-tflops says otherwise) and the device's peak memory; then beam-5 decode (min_length keeps
-every sequence at --new-tokens) in tokens/s. One JSON line goes to benchmarks/results/stage3_step_and_decode.jsonl.
+every sequence at --new-tokens) in seconds and tokens/s (no decode MFU: XLA's cost analysis counts
+a while-loop body once, and decode is bound by memory, not FLOPs). One JSON line goes to benchmarks/results/stage3_step_and_decode.jsonl.
 `--size tiny` runs the same code on a CPU in a minute (a check of the script, not a measurement).
 """
 
