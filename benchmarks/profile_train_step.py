@@ -32,14 +32,20 @@ def op_paths(hlo_text: str) -> dict[str, str]:
   return {m.group(1): m.group(2) for m in re.finditer(r"^\s*%([\w.\-]+) = .*?op_name=\"([^\"]+)\"", hlo_text, re.M)}
 
 
-def readable(op_name: str, depth: int) -> str:
-  """'jit(step_fn)/transpose(jvp(Lion))/Lion.encode/.../layers_3/ffn/dot_general' -> 'bwd Lion.encode/.../L/ffn/...'."""
+def readable(op_name: str) -> str:
+  """'jit(step_fn)/transpose(jvp(Lion))/Lion.encode/.../layers_3/ffn/dot_general' -> 'bwd Lion/Lion.encode/.../L/ffn/dot_general'."""
   direction = "bwd" if "transpose(" in op_name else "fwd"
   path = re.sub(r"^jit\([^)]*\)/", "", op_name)
-  path = re.sub(r"(transpose|jvp)\(([^()]*)\)", r"\2", path)
-  path = re.sub(r"(transpose|jvp)\(([^()]*)\)", r"\2", path)
-  path = re.sub(r"\b(blocks|layers|block|layer)_\d+\b", "L", path)
-  return f"{direction} " + "/".join(path.split("/")[:depth])
+  unwrapped = None
+  while unwrapped != path:  # nested transforms, innermost first, until nothing changes
+    unwrapped, path = path, re.sub(r"(transpose|jvp)\(([^()]*)\)", r"\2", path)
+  return f"{direction} " + re.sub(r"\b(blocks|layers|block|layer)_\d+\b", "L", path)
+
+
+def shorten(path: str, depth: int) -> str:
+  """The direction and the first `depth` components of a `readable` path."""
+  direction, rest = path.split(" ", 1)
+  return f"{direction} " + "/".join(rest.split("/")[:depth])
 
 
 def main() -> None:
@@ -71,13 +77,13 @@ def main() -> None:
           continue
         for event in line.events:
           if event.name in paths:
-            by_path[readable(paths[event.name], depth=99)] += event.duration_ns / 1e6 / args.steps
+            by_path[readable(paths[event.name])] += event.duration_ns / 1e6 / args.steps
           elif not event.name.startswith(("ThunkExecutor", "Slinky")):
             unknown += event.duration_ns / 1e6 / args.steps
   by_category, by_short_path = collections.Counter(), collections.Counter()
   for path, ms in by_path.items():
     by_category[next((name for name, pattern in CATEGORIES if re.search(pattern, path)), "other")] += ms
-    by_short_path[" ".join([path.split(" ")[0], "/".join(path.split(" ", 1)[1].split("/")[:args.depth])])] += ms
+    by_short_path[shorten(path, args.depth)] += ms
   print(f"op time per step, summed over threads: {sum(by_path.values()) + unknown:.0f} ms "
         f"({unknown:.0f} ms in ops without model metadata)")
   for name, ms in by_category.most_common():

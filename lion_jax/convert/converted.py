@@ -38,10 +38,11 @@ def save_converted(directory: str | os.PathLike, config: ml_collections.ConfigDi
   tok = directory / "tokenizer"
   for src, name in ((t5_vocab, T5_VOCAB_NAME), (bert_vocab, BERT_VOCAB_NAME)):
     if src is not None:
-      if not epath.Path(src).is_file():
+      src = epath.Path(src)
+      if not src.is_file():
         raise FileNotFoundError(f"tokenizer file not found: {src}")
       tok.mkdir(exist_ok=True)
-      epath.Path(src).copy(tok / name, overwrite=True)
+      src.copy(tok / name, overwrite=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(directory / "params", jax.tree.map(jnp.asarray, params))
     ckptr.wait_until_finished()
