@@ -74,6 +74,30 @@ def test_template_choice_is_seeded():
   assert len({t.instruction for t in draws(0)}) > 3 and len({t.target for t in draws(0)}) == 3
 
 
+@pytest.mark.parametrize("text,mirrored", [
+    ("a red circle left of a blue square", "a red circle right of a blue square"),
+    ("Is the circle right of the square?", "Is the circle left of the square?"),
+    ("Left of the dog, RIGHT of the cat.", "Right of the dog, LEFT of the cat."),
+    ("the leftmost cup and the Rightmost plate", "the rightmost cup and the Leftmost plate"),
+    ("his left-hand side", "his right-hand side"),
+    ("a red circle above a blue square", "a red circle above a blue square"),
+    ("leftover rice, bright lights, copyright", "leftover rice, bright lights, copyright"),
+])
+def test_mirror_text_swaps_left_and_right_as_whole_words(text, mirrored):
+  assert templates.mirror_text(text) == mirrored
+  assert templates.mirror_text(mirrored) == text
+
+
+def test_mirror_record_mirrors_question_expression_and_answers_only():
+  rec = Record(task_type="image_level", task="vqa", image="x", question="What is left of the cup?",
+               expression="the left cup", answers=["the right plate", "a fork"], tags=["left"], id="7")
+  mirrored = templates.mirror_record(rec)
+  assert mirrored.question == "What is right of the cup?" and mirrored.expression == "the right cup"
+  assert mirrored.answers == ["the left plate", "a fork"]
+  assert mirrored.tags == ["left"] and mirrored.id == "7" and mirrored.task == "vqa"
+  assert rec.question == "What is left of the cup?" and rec.answers == ["the right plate", "a fork"]
+
+
 @pytest.mark.parametrize("raw,reason", [
     ({"task_type": "pixel_level", "task": "caption", "image": "a.jpg", "answers": ["x"]}, "unknown_task_type"),
     ({"task_type": "image_level", "task": "caption", "image": "a.jpg", "answers": [" "]}, "empty_answer"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -54,8 +55,8 @@ def test_resize_and_clip_normalisation():
 def test_augmentation_only_when_asked_and_deterministic():
   rng = np.random.default_rng(0)
   data = _png(Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)))
-  plain, size = images.load_example_image(data, 16, np.random.default_rng(1), augment=False)
-  assert size == (60, 40)
+  plain, size, flipped = images.load_example_image(data, 16, np.random.default_rng(1), augment=False)
+  assert size == (60, 40) and not flipped
   np.testing.assert_array_equal(plain, images.load_example_image(data, 16, None, augment=True)[0])
   a = images.load_example_image(data, 16, np.random.default_rng(1), augment=True)[0]
   b = images.load_example_image(data, 16, np.random.default_rng(1), augment=True)[0]
@@ -70,3 +71,16 @@ def test_random_resized_crop_stays_inside_and_covers_half_the_area_or_more():
     crop = images.random_resized_crop(image, rng)
     assert 0 < crop.size[0] <= 100 and 0 < crop.size[1] <= 80
     assert crop.size[0] * crop.size[1] >= 0.5 * 8000 * 0.9
+
+
+def test_a_flip_is_reported_and_matches_the_pixels():
+  data = _png(Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)))
+  seen = set()
+  for seed in range(20):
+    rng = np.random.default_rng(seed)
+    crop = images.random_resized_crop(images.decode_image(data), copy.deepcopy(rng))  # the crop it draws
+    example = images.load_example_image(data, 16, rng, augment=True)
+    mirrored = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    np.testing.assert_array_equal(example.pixels, images.to_model_input(mirrored if example.flipped else crop, 16))
+    seen.add(example.flipped)
+  assert seen == {True, False}

@@ -1,17 +1,23 @@
-"""The Grain pipeline on the embedded synthetic dataset: shapes, mixing, resumption, sharding, bad input."""
+"""The Grain pipeline on the embedded synthetic dataset: shapes, mixing, resumption, sharding, bad input,
+augmentation that keeps the text true, counted truncation."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import re
 import shutil
 
 import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
-from lion_jax.data import pipeline, synthetic
+from lion_jax.data import images, pipeline, synthetic, templates
 from lion_jax.data.inspect import main as inspect_main
-from lion_jax.data.tokenizers import T5Tokenizer
+from lion_jax.data.records import load_records, write_jsonl
+from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +46,17 @@ def take(it, n):
   return [next(it) for _ in range(n)]
 
 
+def preparer_of(config, name):
+  source = pipeline.load_source(name, config.sources[name])
+  return pipeline.ExamplePreparer(source, 0, config, T5Tokenizer(config.t5_vocab), BertTokenizer(config.bert_vocab))
+
+
 def test_batches_have_fixed_shapes_and_shifted_targets(dataset):
   it = pipeline.make_iterator(data_config(dataset), batch_size=4)
   for batch in take(it, 3):
+    assert set(pipeline.MODEL_KEYS) <= set(batch)
     assert batch["image"].shape == (4, 28, 28, 3) and batch["image"].dtype == np.float32
+    assert batch["truncated"].shape == (4, len(pipeline.TRUNCATION_LIMITS)) and batch["truncated"].dtype == np.int32
     assert batch["input_ids"].shape == (4, 48) and batch["qformer_ids"].shape == (4, 32)
     assert batch["target_ids"].shape == batch["decoder_input_ids"].shape == (4, 24)
     for k in ("input_ids", "input_mask", "qformer_ids", "decoder_input_ids", "target_ids", "task"):
@@ -149,6 +162,94 @@ def test_tokenised_text_round_trips(dataset):
   assert (batch["task"] == 0).all()
   for text, ids, mask in zip(targets, batch["target_ids"], batch["target_mask"]):
     assert text and t5.encode(text, max_length=24, truncation_side="right") == ids[mask > 0].tolist()
+
+
+def test_a_flipped_image_gets_left_and_right_swapped_in_its_target(dataset):
+  config = data_config(dataset, max_target_len=128)
+  config.sources["image"]["tasks"] = ["caption"]
+  preparer = preparer_of(config, "image")
+  records, root = preparer.source.records, preparer.source.image_root
+  spatial = [i for i, r in enumerate(records) if any(re.search(r"\b(left|right) of\b", a) for a in r.answers)]
+  seen = set()
+  for seed in range(40):
+    i = spatial[seed % len(spatial)]
+    rng = np.random.default_rng(seed)
+    crop = images.random_resized_crop(images.decode_image(records[i].image_source(root)), copy.deepcopy(rng))
+    example = preparer(i, rng)
+    # Which of the two images did the preparer produce (the crop is its first draw from rng)?
+    flipped = np.array_equal(example["image"],
+                             images.to_model_input(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 28))
+    assert flipped or np.array_equal(example["image"], images.to_model_input(crop, 28))
+    target = preparer.t5.decode(example["target_ids"][example["target_mask"] > 0])
+    expected = [templates.mirror_text(a) for a in records[i].answers] if flipped else records[i].answers
+    assert target in expected, (flipped, target, records[i].answers)
+    if re.search(r"\b(left|right) of\b", target):
+      seen.add(flipped)
+  assert seen == {True, False}  # spatial targets both mirrored and kept
+
+
+def test_region_level_examples_keep_their_geometry_under_augment(dataset):
+  preparer = preparer_of(data_config(dataset, augment=True), "region")
+  records, root = preparer.source.records, preparer.source.image_root
+  for seed in range(30):
+    i = 7 * seed % len(records)
+    example = preparer(i, np.random.default_rng(seed))
+    plain = images.to_model_input(images.decode_image(records[i].image_source(root)), 28)
+    np.testing.assert_array_equal(example["image"], plain)
+
+
+def test_encode_batch_reports_untruncated_lengths(dataset):
+  t5, bert = T5Tokenizer(dataset / "spiece.model"), BertTokenizer(dataset / "bert_vocab.txt")
+  text = "a red circle left of a blue square, which is above a green triangle"
+  ids, mask, lengths = t5.encode_batch([text, "a"], max_length=6, truncation_side="right", return_lengths=True)
+  assert lengths.tolist() == [len(t5.encode(text)), len(t5.encode("a"))] and lengths[0] > 6
+  assert mask.sum(1).tolist() == [6, lengths[1]] and ids[0].tolist() == t5.encode(text, max_length=6,
+                                                                                    truncation_side="right")
+  ids, mask, lengths = bert.encode_batch([text], max_length=5, return_lengths=True)
+  assert lengths.tolist() == [len(bert.encode(text))] and mask.sum() == 5
+
+
+def test_truncated_texts_are_counted_per_source_and_survive_a_restore(dataset, tmp_path, caplog):
+  records, _ = load_records(dataset / "train.jsonl")
+  caption = next(r for r in records if r.task == "caption")
+  vqa = next(r for r in records if r.task == "vqa")
+  long = dataclasses.replace(caption, answers=[", ".join([caption.answers[0]] * 4)], id="long-caption")
+  path = str(write_jsonl([long, vqa], tmp_path / "two.jsonl"))
+  config = data_config(dataset, mixture={"long": 1.0, "short": 1.0}, max_input_len=256, max_qformer_len=256,
+                       max_target_len=12)
+  config.sources = {"long": dict(records=path, image_root=str(dataset), tasks=["caption"]),
+                    "short": dict(records=path, image_root=str(dataset), tasks=["vqa"])}
+  it = pipeline.make_iterator(config, batch_size=2)
+  take(it, 6)
+  counters = it.counters()
+  n = counters["long"]["seen"]
+  assert n > 0 and counters["long"] == {"seen": n, "truncated_target": n}
+  assert counters["short"] == {"seen": counters["short"]["seen"]} and counters["short"]["seen"] > 0
+  warnings = [r.getMessage() for r in caplog.records if "max_target_len" in r.getMessage()]
+  assert 1 <= len(warnings) < n  # warned about, not once per example
+  assert all("source long" in w and "long-caption" in w and "max_target_len=12" in w for w in warnings)
+  state = json.loads(json.dumps(it.get_state()))
+  take(it, 4)
+  it.close()
+  resumed = pipeline.make_iterator(config, batch_size=2)
+  resumed.set_state(state)
+  assert resumed.counters() == counters
+  take(resumed, 4)
+  assert resumed.counters() == it.counters() and it.counters()["long"]["truncated_target"] > n
+  resumed.close()
+
+
+def test_inspect_cli_counts_truncated_texts(dataset, capsys):
+  args = ["--records", str(dataset / "val.jsonl"), "--image-root", str(dataset), "--json",
+          "--t5-vocab", str(dataset / "spiece.model"), "--bert-vocab", str(dataset / "bert_vocab.txt")]
+  assert inspect_main(args) == 0
+  result = json.loads(capsys.readouterr().out)
+  assert result["valid"] > 0 and result["truncated"] == {"input": 0, "target": 0, "qformer": 0}
+  assert inspect_main(args + ["--max-target-len", "8"]) == 0
+  truncated = json.loads(capsys.readouterr().out)["truncated"]
+  assert 0 < truncated["target"] < result["valid"] and truncated["input"] == truncated["qformer"] == 0
+  with pytest.raises(SystemExit):
+    inspect_main(args[:-2])  # a T5 vocab without the BERT one
 
 
 def test_inspect_cli_counts_valid_and_invalid(dataset, tmp_path, capsys):

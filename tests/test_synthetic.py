@@ -160,7 +160,9 @@ def test_tokenizers_cover_every_built_instruction(dataset):
   t5 = T5Tokenizer(root / "spiece.model")
   bert = BertTokenizer(root / "bert_vocab.txt")
   bert_unk_id = (root / "bert_vocab.txt").read_text(encoding="utf-8").splitlines().index("[UNK]")
-  assert summary["t5_vocab_size"] == t5.vocab_size and 200 <= t5.vocab_size <= 400
+  coordinates = synthetic.coordinate_pieces(IMAGE_SIZE)
+  assert summary["t5_vocab_size"] == t5.vocab_size
+  assert len(coordinates) + 100 + 150 <= t5.vocab_size <= len(coordinates) + 100 + synthetic.T5_VOCAB_SIZE
   assert summary["t5_sentinel_id"] == t5.sentinel_id(0) == t5.vocab_size - 1
   assert summary["bert_vocab_size"] == bert.vocab_size == bert.dec_id + 1
 
@@ -174,9 +176,15 @@ def test_tokenizers_cover_every_built_instruction(dataset):
       assert t5.decode(t5.encode(part)) == part
     assert bert_unk_id not in bert.encode(text.instruction), text.instruction
 
-  # `<image>` (REC/REG templates) is no special token: it is learnt from the templates as pieces.
+  # Every coordinate is one piece, and whole words are pieces (BPE), so box text and captions are short.
   sp = spm.SentencePieceProcessor(model_file=str(root / "spiece.model"))
-  assert sp.encode("<image>", out_type=str) == ["▁", "<", "image", ">"]
+  for value in coordinates:
+    assert sp.encode(f"[{value},", out_type=str)[-2:] == [value, ","], value
+  assert sp.encode("which is left of", out_type=str) == ["▁which", "▁is", "▁left", "▁of"]
+  box = "Answer: [0.125,0.250,0.500,0.750]"
+  assert len(t5.encode(box)) == 12 and t5.decode(t5.encode(box)) == box
+  # `<image>` (REC/REG templates) is no special token: it is learnt from the templates as pieces.
+  assert sp.encode("<image>", out_type=str) == ["▁<", "image", ">"]
   instruction = REC_TEMPLATES[0].format(expr="the red circle")
   assert T5_UNK_ID not in t5.encode(instruction) and t5.decode(t5.encode(instruction)) == instruction
 

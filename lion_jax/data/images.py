@@ -3,7 +3,8 @@
 Decode with PIL to RGB (grayscale, RGBA, palette and CMYK converted), resize bicubically to the
 model size without keeping the aspect ratio, normalise with CLIP's mean and std, NHWC float32.
 Training augmentation (random resized crop with scale (0.5, 1), horizontal flip) is for image-level
-examples only: region-level targets are boxes, so their geometry is never changed.
+examples only: region-level targets are boxes, so their geometry is never changed. A flip is
+reported to the caller, which swaps "left" and "right" in the text.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import math
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -67,13 +69,22 @@ def random_resized_crop(image: Image.Image, rng: np.random.Generator, scale=(0.5
   return image.crop((left, top, left + w, top + h))
 
 
+class ExampleImage(NamedTuple):
+  pixels: np.ndarray  # [size, size, 3] float32
+  original_size: tuple[int, int]  # (width, height) of the decoded image, before any crop
+  flipped: bool  # mirrored left-right: the caller mirrors the text too (templates.mirror_record)
+
+
 def load_example_image(path_or_bytes: str | Path | bytes, size: int, rng: np.random.Generator | None,
-                       augment: bool) -> tuple[np.ndarray, tuple[int, int]]:
-  """(pixels [size, size, 3], original (width, height)); augments only when `augment` and `rng`."""
+                       augment: bool) -> ExampleImage:
+  """The model input of one example; augments (crop, then a 50% flip, both from `rng`) only when
+  `augment` and `rng`, and says whether it flipped so the text can follow."""
   image = decode_image(path_or_bytes)
   original = image.size
+  flipped = False
   if augment and rng is not None:
     image = random_resized_crop(image, rng)
-    if rng.random() < 0.5:
+    flipped = bool(rng.random() < 0.5)
+    if flipped:
       image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-  return to_model_input(image, size), original
+  return ExampleImage(to_model_input(image, size), original, flipped)

@@ -1,11 +1,15 @@
 """Validate a record file before a run: every record parsed, every image decoded, every text built.
 
   python -m lion_jax.data.inspect --records FILE --image-root DIR [--strict] [--json]
+      [--t5-vocab spiece.model --bert-vocab vocab.txt [--max-input-len N] [--max-target-len N]
+       [--max-qformer-len N]]
 
 Prints the number of valid records, the invalid ones per reason and a few rendered examples
-(instruction, T5 input with the tag prompt, target). With --json it prints only
-`{"valid": N, "invalid": {reason: count, ...}}`. Exit status 1 when nothing is valid, or under
---strict when anything is invalid.
+(instruction, T5 input with the tag prompt, target). With both vocabularies it also counts the
+valid records whose T5 input, target or Q-Former text the length limits would cut (for the template
+drawn for each record; limits default to the pipeline's). With --json it prints only
+`{"valid": N, "invalid": {reason: count, ...}}`, plus `"truncated": {text: count}` with the
+vocabularies. Exit status 1 when nothing is valid, or under --strict when anything is invalid.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import logging
 import sys
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 
-from lion_jax.data import images, templates
+from lion_jax.data import images, pipeline, templates
 from lion_jax.data.records import BadRecord, Record, load_records
+from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
 
 
 def check_record(record: Record, image_root: Path, rng: np.random.Generator) -> templates.ExampleText:
@@ -29,13 +35,19 @@ def check_record(record: Record, image_root: Path, rng: np.random.Generator) -> 
   return templates.build_checked_text(record, rng, width, height)
 
 
-def inspect_file(records_path: Path, image_root: Path, num_examples: int = 3, seed: int = 0) -> dict:
-  """{'valid': n, 'invalid': {reason: n}, 'examples': [...], 'problems': [...]} for one file."""
+def inspect_file(records_path: Path, image_root: Path, num_examples: int = 3, seed: int = 0,
+                 data_config: ml_collections.ConfigDict | None = None) -> dict:
+  """{'valid': n, 'invalid': {reason: n}, 'examples': [...], 'problems': [...]} for one file; with a
+  `data_config` (pipeline.default_config() with both vocabularies set) also 'truncated': {text: n},
+  the valid records cut by its length limits."""
   records, report = load_records(records_path, require_valid=False, logger=logging.getLogger("quiet"))
   invalid = collections.Counter(report.invalid)
   problems = list(report.first_errors)
   examples, valid = [], 0
   rng = np.random.default_rng(seed)
+  if data_config is not None:
+    t5, bert = T5Tokenizer(data_config.t5_vocab), BertTokenizer(data_config.bert_vocab)
+    truncated = dict.fromkeys(pipeline.TRUNCATION_LIMITS, 0)
   for i, record in enumerate(records):
     try:
       text = check_record(record, image_root, rng)
@@ -45,10 +57,16 @@ def inspect_file(records_path: Path, image_root: Path, num_examples: int = 3, se
         problems.append(f"{records_path} record {i} (image {record.image!r}): {e}")
       continue
     valid += 1
+    if data_config is not None:
+      for name in pipeline.encode_text(text, data_config, t5, bert)[1]:
+        truncated[name] += 1
     if len(examples) < num_examples:
       examples.append({"task": record.task, "instruction": text.instruction, "t5_input": text.t5_input,
                        "target": text.target})
-  return {"valid": valid, "invalid": dict(invalid), "examples": examples, "problems": problems}
+  result = {"valid": valid, "invalid": dict(invalid), "examples": examples, "problems": problems}
+  if data_config is not None:
+    result["truncated"] = truncated
+  return result
 
 
 def main(argv=None) -> int:
@@ -58,19 +76,34 @@ def main(argv=None) -> int:
   parser.add_argument("--image-root", required=True)
   parser.add_argument("--strict", action="store_true", help="exit 1 if any record is invalid")
   parser.add_argument("--json", action="store_true", help="print one JSON object with the counts")
+  parser.add_argument("--t5-vocab", help="T5 SentencePiece model; with --bert-vocab, count truncated texts")
+  parser.add_argument("--bert-vocab", help="Q-Former WordPiece vocab; with --t5-vocab, count truncated texts")
+  data_config = pipeline.default_config()
+  for key in pipeline.TRUNCATION_LIMITS.values():
+    parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=data_config[key],
+                        help=f"the pipeline's {key}, for the truncation counts (default {data_config[key]})")
   args = parser.parse_args(argv)
+  if bool(args.t5_vocab) != bool(args.bert_vocab):
+    parser.error("--t5-vocab and --bert-vocab go together")
+  if args.t5_vocab:
+    data_config.update(t5_vocab=args.t5_vocab, bert_vocab=args.bert_vocab,
+                       **{key: getattr(args, key) for key in pipeline.TRUNCATION_LIMITS.values()})
   logging.getLogger("quiet").setLevel(logging.ERROR)
   try:
-    result = inspect_file(Path(args.records), Path(args.image_root))
-  except (FileNotFoundError, ValueError) as e:
+    result = inspect_file(Path(args.records), Path(args.image_root),
+                          data_config=data_config if args.t5_vocab else None)
+  except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   if args.json:
-    print(json.dumps({"valid": result["valid"], "invalid": result["invalid"]}))
+    print(json.dumps({k: result[k] for k in ("valid", "invalid", "truncated") if k in result}))
   else:
     print(f"{args.records}: {result['valid']} valid, {sum(result['invalid'].values())} invalid")
     for reason, n in sorted(result["invalid"].items()):
       print(f"  {reason}: {n}")
+    for name, n in result.get("truncated", {}).items():
+      limit = pipeline.TRUNCATION_LIMITS[name]
+      print(f"  truncated {name} ({limit}={data_config[limit]}): {n}")
     for p in result["problems"][:10]:
       print(f"  e.g. {p}")
     for ex in result["examples"]:

@@ -1,7 +1,8 @@
 """The Grain input pipeline: per-source record streams, mixed per stage, batched to fixed shapes.
 
 For each source: record indices -> this host's shard -> seeded shuffle (a new order every epoch) ->
-repeat -> `prepare` (decode, augment, template, tokenise). Sources are mixed with the stage's
+repeat -> `prepare` (decode, augment, template, tokenise; a flipped image gets its text mirrored,
+"left" <-> "right"). Sources are mixed with the stage's
 weights, either example by example (mixed batches, per-example MoA routing) or batch by batch
 (task-homogeneous batches, the official routing). Everything up to the batch is a random-access
 `MapDataset`, so the iterator state is a position and restoring it replays exactly the same batches;
@@ -9,8 +10,9 @@ worker processes (`num_workers`) decode in parallel without changing the order.
 
 A record that fails when prepared (missing or corrupt image, box outside the image, ...) is replaced
 by the next record of the same source, and the skip is counted per reason in the batch's `skipped`
-field; `CountingIterator` sums those into per-source counters that travel with the iterator state.
-`strict=True` raises on the first bad record instead.
+field. A text cut to its length limit (T5 input, target, Q-Former text) is flagged in the `truncated`
+field and warned about once per source and limit. `CountingIterator` sums both into per-source
+counters that travel with the iterator state. `strict=True` raises on the first bad record instead.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
 
 # Reasons a record can be skipped while it is prepared (index = position in `skipped`).
 SKIP_REASONS = ("missing_image", "unreadable_image", "box_outside_image", "bad_box", "empty_target")
+# Texts cut to a configured length (index = position in `truncated`) -> the config key of the limit.
+TRUNCATION_LIMITS = {"input": "max_input_len", "target": "max_target_len", "qformer": "max_qformer_len"}
 MAX_CONSECUTIVE_FAILURES = 100
 MODEL_KEYS = ("image", "qformer_ids", "qformer_mask", "input_ids", "input_mask", "decoder_input_ids", "task")
 
@@ -63,6 +67,24 @@ def load_source(name: str, spec: ml_collections.ConfigDict, strict: bool = False
   return Source(name, records, Path(spec.image_root))
 
 
+def encode_text(text: templates.ExampleText, config: ml_collections.ConfigDict, t5: T5Tokenizer,
+                bert: BertTokenizer) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+  """The token arrays of one example, and {name: untruncated length} of the texts (names of
+  TRUNCATION_LIMITS) that were longer than their limit and so cut."""
+  input_ids, input_mask, input_len = t5.encode_batch(
+      [text.t5_input], max_length=config.max_input_len, truncation_side="left", return_lengths=True)
+  target_ids, target_mask, target_len = t5.encode_batch(
+      [text.target], max_length=config.max_target_len, truncation_side="right", return_lengths=True)
+  q_ids, q_mask, q_len = bert.encode_batch(
+      [text.instruction], max_length=config.max_qformer_len, truncation_side="left", return_lengths=True)
+  decoder_input_ids = np.concatenate([np.zeros((1, 1), np.int32), target_ids[:, :-1]], axis=1)
+  arrays = dict(qformer_ids=q_ids[0], qformer_mask=q_mask[0], input_ids=input_ids[0],
+                input_mask=input_mask[0], decoder_input_ids=decoder_input_ids[0], target_ids=target_ids[0],
+                target_mask=target_mask[0])
+  lengths = dict(input=int(input_len[0]), target=int(target_len[0]), qformer=int(q_len[0]))
+  return arrays, {name: n for name, n in lengths.items() if n > config[TRUNCATION_LIMITS[name]]}
+
+
 class ExamplePreparer:
   """Record index -> model-ready example (numpy arrays of fixed shapes). Picklable for workers."""
 
@@ -71,23 +93,31 @@ class ExamplePreparer:
     self.source, self.source_index, self.config = source, source_index, config
     self.t5, self.bert = t5, bert
     self._warned: set[int] = set()
+    self._warned_truncation: set[str] = set()
 
-  def _prepare_one(self, record: Record, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    c = self.config
+  def _prepare_one(self, i: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    c, record = self.config, self.source.records[i]
     augment = c.augment and record.task_type == "image_level"
-    pixels, (width, height) = images.load_example_image(record.image_source(self.source.image_root),
-                                                        c.image_size, rng, augment)
-    text = templates.build_checked_text(record, rng, width, height, use_tags=c.use_tags)
-    input_ids, input_mask = self.t5.encode_batch([text.t5_input], max_length=c.max_input_len,
-                                                  truncation_side="left")
-    target_ids, target_mask = self.t5.encode_batch([text.target], max_length=c.max_target_len,
-                                                    truncation_side="right")
-    q_ids, q_mask = self.bert.encode_batch([text.instruction], max_length=c.max_qformer_len,
-                                           truncation_side="left")
-    decoder_input_ids = np.concatenate([np.zeros((1, 1), np.int32), target_ids[:, :-1]], axis=1)
-    return dict(image=pixels, qformer_ids=q_ids[0], qformer_mask=q_mask[0], input_ids=input_ids[0],
-                input_mask=input_mask[0], decoder_input_ids=decoder_input_ids[0], target_ids=target_ids[0],
-                target_mask=target_mask[0], task=np.int32(record.task_id), source=np.int32(self.source_index))
+    image = images.load_example_image(record.image_source(self.source.image_root), c.image_size, rng, augment)
+    if image.flipped:  # the text must describe the pixels: "left of" becomes "right of"
+      record = templates.mirror_record(record)
+    text = templates.build_checked_text(record, rng, *image.original_size, use_tags=c.use_tags)
+    arrays, cut = encode_text(text, c, self.t5, self.bert)
+    self._warn_truncated(i, cut)
+    truncated = np.array([name in cut for name in TRUNCATION_LIMITS], np.int32)
+    return dict(image=image.pixels, **arrays, task=np.int32(record.task_id),
+                source=np.int32(self.source_index), truncated=truncated)
+
+  def _warn_truncated(self, i: int, cut: dict[str, int]) -> None:
+    """Once per source and limit, so a too-small limit is noticed; later cuts are only counted."""
+    for name, needed in cut.items():
+      if name not in self._warned_truncation:
+        self._warned_truncation.add(name)
+        limit = TRUNCATION_LIMITS[name]
+        log.warning("source %s, record %d (id %r): the %s text has %d tokens, over %s=%d, and is "
+                    "truncated; further cuts in this source are counted as truncated_%s",
+                    self.source.name, i, self.source.records[i].id, name, needed, limit, self.config[limit],
+                    name)
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     records = self.source.records
@@ -95,7 +125,7 @@ class ExamplePreparer:
     for attempt in range(MAX_CONSECUTIVE_FAILURES):
       i = (int(index) + attempt) % len(records)
       try:
-        example = self._prepare_one(records[i], rng)
+        example = self._prepare_one(i, rng)
       except BadRecord as e:
         where = f"source {self.source.name}, record {i} (id {records[i].id!r}, image {records[i].image!r})"
         if self.config.strict:
@@ -142,8 +172,8 @@ def build_dataset(config: ml_collections.ConfigDict, sources: list[Source], weig
 
 
 class CountingIterator(grain.DatasetIterator):
-  """Yields batches and keeps per-source counters (examples seen, skipped per reason) that are part
-  of the checkpointable state."""
+  """Yields batches and keeps per-source counters (examples seen, skipped per reason, truncated per
+  text) that are part of the checkpointable state."""
 
   def __init__(self, parent: grain.DatasetIterator, source_names: list[str]):
     super().__init__(parent)
@@ -152,12 +182,15 @@ class CountingIterator(grain.DatasetIterator):
 
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._parent)
-    for src, skipped in zip(batch["source"].tolist(), batch["skipped"]):
+    for src, skipped, truncated in zip(batch["source"].tolist(), batch["skipped"], batch["truncated"]):
       counter = self._counters[self.source_names[src]]
       counter["seen"] += 1
       for reason, n in zip(SKIP_REASONS, skipped.tolist()):
         if n:
           counter[f"skipped_{reason}"] += n
+      for name, n in zip(TRUNCATION_LIMITS, truncated.tolist()):
+        if n:
+          counter[f"truncated_{name}"] += n
     return batch
 
   def counters(self) -> dict[str, dict[str, int]]:

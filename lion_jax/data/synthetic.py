@@ -7,6 +7,7 @@ JSONL schema of `records.py`, boxes in pixels. The tokenizers are trained on the
 plus every instruction template, so the instructions built later tokenise without `<unk>`.
 
   python -m lion_jax.data.synthetic --out DIR --num-images N --seed S [--image-size 224] [--val-fraction 0.1]
+      [--max-shapes 4] [--size-range 0.12 0.32]
 
 writes DIR/images/NNNNNN.png, DIR/train.jsonl, DIR/val.jsonl (image paths relative to DIR; val holds
 the last images), DIR/spiece.model (+ .vocab), DIR/bert_vocab.txt and DIR/dataset.json (the summary).
@@ -56,9 +57,15 @@ PLACEMENT_TRIES = 100
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 T5_VOCAB_SIZE = 256  # SentencePiece pieces asked for; a small corpus may give fewer
 SENTINEL = "<extra_id_0>"
-# Box text is learnt as single characters: digit pieces would depend on which boxes the records
-# happen to hold and spend the small vocab on fragments like "679,0.".
+# Box text: every coordinate the images can produce (pixel k of an image of side n is `k/n` with
+# three decimals, so n + 1 values) is one T5 piece, as Pix2Seq quantises coordinates into tokens;
+# a box is then 9 pieces instead of 25 characters. The rest of box text is learnt as characters:
+# pieces learnt from the records would depend on which boxes they happen to hold ("679,0.").
 BOX_CHARACTERS_LINE = " ".join("0123456789[],.;")
+
+
+def coordinate_pieces(image_size: int) -> list[str]:
+  return [f"{k / image_size:.3f}" for k in range(image_size + 1)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,18 +96,20 @@ def _boxes_apart(a: Sequence[int], b: Sequence[int]) -> bool:
           a[3] + MIN_GAP <= b[1] or b[3] + MIN_GAP <= a[1])
 
 
-def sample_scene(rng: np.random.Generator, image_size: int) -> Scene:
-  """A background and 1-4 shapes; a shape that finds no free spot is dropped, so the scene's
-  shape count is whatever got placed (at least one: the first always fits)."""
+def sample_scene(rng: np.random.Generator, image_size: int, max_shapes: int = MAX_SHAPES,
+                 size_range: tuple[float, float] = SIZE_RANGE) -> Scene:
+  """A background and 1 to `max_shapes` shapes whose side is a `size_range` fraction of the image;
+  a shape that finds no free spot is dropped, so the scene's shape count is whatever got placed (at
+  least one: the first always fits)."""
   top = tuple(int(v) for v in rng.integers(*BACKGROUND_RANGE, size=3, endpoint=True))
   bottom = top if rng.random() < 0.5 else tuple(
       int(v) for v in rng.integers(*BACKGROUND_RANGE, size=3, endpoint=True))
   colors = list(COLORS)
   shapes: list[Shape] = []
-  for _ in range(int(rng.integers(1, MAX_SHAPES, endpoint=True))):
+  for _ in range(int(rng.integers(1, max_shapes, endpoint=True))):
     kind, color = SHAPES[rng.integers(len(SHAPES))], colors[rng.integers(len(colors))]
     for _ in range(PLACEMENT_TRIES):
-      side = int(rng.integers(round(SIZE_RANGE[0] * image_size), round(SIZE_RANGE[1] * image_size),
+      side = int(rng.integers(round(size_range[0] * image_size), round(size_range[1] * image_size),
                               endpoint=True))
       x1, y1 = (int(v) for v in rng.integers(0, image_size - side, size=2, endpoint=True))
       box = (x1, y1, x1 + side, y1 + side)
@@ -264,15 +273,21 @@ def _split_counts(records: Sequence[Record], num_images: int) -> dict[str, Any]:
 
 
 def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, image_size: int = 224,
-             val_fraction: float = 0.1) -> dict[str, Any]:
+             val_fraction: float = 0.1, max_shapes: int = MAX_SHAPES,
+             size_range: tuple[float, float] = SIZE_RANGE) -> dict[str, Any]:
   """Writes the dataset under `out_dir`; returns the summary (also in dataset.json, whose file paths
-  are relative to `out_dir`; the returned ones are full paths)."""
+  are relative to `out_dir`; the returned ones are full paths). `max_shapes` and `size_range` set
+  how crowded and how small the scenes are."""
   if num_images < 1:
     raise ValueError(f"num_images must be >= 1, got {num_images}")
   if not 0.0 <= val_fraction < 1.0:
     raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
   if image_size < 32:
     raise ValueError(f"image_size must be >= 32 to fit {MAX_SHAPES} shapes, got {image_size}")
+  if not 1 <= max_shapes <= len(NUMBER_WORDS) - 1:
+    raise ValueError(f"max_shapes must be in [1, {len(NUMBER_WORDS) - 1}], got {max_shapes}")
+  if not 0.0 < size_range[0] <= size_range[1] < 1.0:
+    raise ValueError(f"size_range must satisfy 0 < low <= high < 1, got {tuple(size_range)}")
   out = Path(out_dir)
   (out / "images").mkdir(parents=True, exist_ok=True)
   num_val = min(int(round(num_images * val_fraction)), num_images - 1)
@@ -280,7 +295,7 @@ def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, 
   splits: dict[str, list[Record]] = {"train": [], "val": []}
   for index in range(num_images):
     rng = np.random.default_rng([seed, index])
-    scene = sample_scene(rng, image_size)
+    scene = sample_scene(rng, image_size, max_shapes, tuple(size_range))
     image = f"images/{index:06d}.png"
     render(scene, image_size).save(out / image, format="PNG", compress_level=1)
     splits["train" if index < num_train else "val"] += scene_records(scene, image, index, image_size, rng)
@@ -288,12 +303,14 @@ def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, 
     write_jsonl(records, out / f"{name}.jsonl")
 
   corpus = tokenizer_corpus(splits["train"] + splits["val"])
-  spiece = train_t5_sentencepiece(corpus, out / "spiece", T5_VOCAB_SIZE)
+  coordinates = coordinate_pieces(image_size)
+  spiece = train_t5_sentencepiece(corpus, out / "spiece", T5_VOCAB_SIZE + len(coordinates), coordinates,
+                                  model_type="bpe")
   bert_vocab = write_bert_vocab(bert_words(corpus), out / "bert_vocab.txt")
   t5 = T5Tokenizer(spiece)
   summary = {
       "source": SOURCE, "seed": seed, "image_size": image_size, "num_images": num_images,
-      "val_fraction": val_fraction,
+      "val_fraction": val_fraction, "max_shapes": max_shapes, "size_range": list(size_range),
       "splits": {"train": _split_counts(splits["train"], num_train),
                  "val": _split_counts(splits["val"], num_val)},
       # The sizes the tokenizers report, i.e. what the embeddings need (T5's sentinels and the
@@ -316,11 +333,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--image-size", type=int, default=224)
   parser.add_argument("--val-fraction", type=float, default=0.1)
+  parser.add_argument("--max-shapes", type=int, default=MAX_SHAPES, help="at most this many shapes per image")
+  parser.add_argument("--size-range", type=float, nargs=2, default=SIZE_RANGE, metavar=("LOW", "HIGH"),
+                      help="shape side as a fraction of the image side")
   args = parser.parse_args(argv)
   start = time.perf_counter()
   try:
     summary = generate(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-                       val_fraction=args.val_fraction)
+                       val_fraction=args.val_fraction, max_shapes=args.max_shapes, size_range=tuple(args.size_range))
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -4,12 +4,14 @@ Captioning and VQA prompts follow InstructBLIP's style; referring-expression pro
 keeping the literal `<image>` in the text (LION prepends the visual tokens and passes `<image>`
 through the tokenizer unchanged). A template is drawn per example from a seeded generator.
 Tags go behind the soft prompt with LION's exact template; the Q-Former sees the instruction only.
+A horizontally flipped image gets its record mirrored ("left" <-> "right") before the text is built.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -63,6 +65,10 @@ GROUNDED_CAPTION_TEMPLATES = (
 )
 
 
+# "left"/"right" as whole words (also "leftmost", "left-hand"), not inside "leftover" or "bright".
+_SIDE_WORD = re.compile(r"\b(left|right)(most)?\b", re.IGNORECASE)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExampleText:
   instruction: str  # the task instruction (also the Q-Former text)
@@ -78,6 +84,31 @@ def most_common(answers: Sequence[str]) -> str:
   """The most frequent answer (VQA annotations have 10); ties go to the first seen."""
   counts = collections.Counter(a.strip() for a in answers)
   return max(counts, key=counts.get)  # max keeps the first of equal counts; Counter keeps order
+
+
+def _swap_side(match: re.Match) -> str:
+  word, suffix = match.group(1), match.group(2) or ""
+  other = "right" if word.lower() == "left" else "left"
+  if word.isupper():
+    other = other.upper()
+  elif word[0].isupper():
+    other = other.capitalize()
+  return other + suffix
+
+
+def mirror_text(text: str) -> str:
+  """`text` for the horizontally flipped image: "left" and "right" swapped as whole words, case kept
+  ("Left of" -> "Right of", "leftmost" -> "rightmost"). The verb "left" is swapped too; the spatial
+  sense is what captions and questions about a scene use."""
+  return _SIDE_WORD.sub(_swap_side, text)
+
+
+def mirror_record(record: Record) -> Record:
+  """A copy of `record` whose question, expression and answers describe the flipped image, so a
+  flip augmentation never teaches "left of" for what now is right of it."""
+  return dataclasses.replace(record, question=mirror_text(record.question),
+                             expression=mirror_text(record.expression),
+                             answers=[mirror_text(a) for a in record.answers])
 
 
 def _pick(rng: np.random.Generator | None, options: Sequence[str]) -> str:

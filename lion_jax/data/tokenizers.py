@@ -12,7 +12,8 @@ Both reproduce the HF tokenizers that LION uses, id for id, so checkpoints and p
   extra bos token `[DEC]`, built from the same `tokenizers` components HF uses.
 
 Truncation cuts the content and keeps the special tokens, as HF does with `truncation=True`. The
-batch methods pad to a fixed `max_length`, so a jitted step sees one shape and compiles once.
+batch methods pad to a fixed `max_length`, so a jitted step sees one shape and compiles once; with
+`return_lengths` they also give each text's untruncated length, so a caller can count what was cut.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ def pad_batch(rows: list[list[int]], max_length: int, pad_id: int) -> tuple[np.n
 def _check_batch(texts: Sequence[str]) -> None:
   if isinstance(texts, str):
     raise TypeError("encode_batch takes a sequence of strings; use encode for a single string")
+
+
+def _batch(rows: list[list[int]], full_lengths: list[int], max_length: int, pad_id: int,
+           return_lengths: bool) -> tuple[np.ndarray, ...]:
+  """(ids, mask), plus the untruncated lengths [len(rows)] int32 when `return_lengths`."""
+  ids, mask = pad_batch(rows, max_length, pad_id)
+  return (ids, mask, np.asarray(full_lengths, np.int32)) if return_lengths else (ids, mask)
 
 
 class T5Tokenizer:
@@ -129,23 +137,31 @@ class T5Tokenizer:
       raise ValueError(f"sentinel <extra_id_{n}> does not exist (num_extra_ids={self._num_extra_ids})")
     return self.vocab_size - 1 - n
 
-  def encode(self, text: str, *, max_length: int | None = None, truncation_side: str = "left",
-             add_eos: bool = True) -> list[int]:
-    """Ids of `text`, with `</s>` last (kept by truncation) when `add_eos`."""
+  def _content(self, text: str) -> list[int]:
     parts = self._special_pattern.split(text)  # the capturing group puts special tokens at odd indices
     content: list[int] = []
     for i, part in enumerate(parts):
       content += [self._special_ids[part]] if i % 2 else self._sp.encode(part)
+    return content
+
+  def _finish(self, content: list[int], max_length: int | None, truncation_side: str,
+              add_eos: bool) -> list[int]:
     content = _truncate(content, max_length, int(add_eos), truncation_side)
     return content + [self.eos_id] if add_eos else content
 
+  def encode(self, text: str, *, max_length: int | None = None, truncation_side: str = "left",
+             add_eos: bool = True) -> list[int]:
+    """Ids of `text`, with `</s>` last (kept by truncation) when `add_eos`."""
+    return self._finish(self._content(text), max_length, truncation_side, add_eos)
+
   def encode_batch(self, texts: Sequence[str], *, max_length: int, truncation_side: str = "left",
-                   add_eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, mask), int32 [len(texts), max_length], right-padded with the pad id."""
+                   add_eos: bool = True, return_lengths: bool = False) -> tuple[np.ndarray, ...]:
+    """(ids, mask), int32 [len(texts), max_length], right-padded with the pad id; with
+    `return_lengths` also the lengths before truncation ([len(texts)], `</s>` included)."""
     _check_batch(texts)
-    rows = [self.encode(t, max_length=max_length, truncation_side=truncation_side, add_eos=add_eos)
-            for t in texts]
-    return pad_batch(rows, max_length, self.pad_id)
+    contents = [self._content(t) for t in texts]
+    rows = [self._finish(c, max_length, truncation_side, add_eos) for c in contents]
+    return _batch(rows, [len(c) + int(add_eos) for c in contents], max_length, self.pad_id, return_lengths)
 
   def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
     """Text of `ids` as HF decodes it; pad and eos are always dropped, nothing stops at eos.
@@ -225,29 +241,41 @@ class BertTokenizer:
   def encode(self, text: str, *, max_length: int | None = None,
              truncation_side: str = "left") -> list[int]:
     """`[CLS] content [SEP]`; truncation keeps both and cuts the content from `truncation_side`."""
-    content = self._tokenizer.encode(text, add_special_tokens=False).ids
+    return self._finish(self._content(text), max_length, truncation_side)
+
+  def _content(self, text: str) -> list[int]:
+    return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+  def _finish(self, content: list[int], max_length: int | None, truncation_side: str) -> list[int]:
     return [self.cls_id, *_truncate(content, max_length, 2, truncation_side), self.sep_id]
 
-  def encode_batch(self, texts: Sequence[str], *, max_length: int,
-                   truncation_side: str = "left") -> tuple[np.ndarray, np.ndarray]:
-    """(ids, mask), int32 [len(texts), max_length], right-padded with `[PAD]`."""
+  def encode_batch(self, texts: Sequence[str], *, max_length: int, truncation_side: str = "left",
+                   return_lengths: bool = False) -> tuple[np.ndarray, ...]:
+    """(ids, mask), int32 [len(texts), max_length], right-padded with `[PAD]`; with `return_lengths`
+    also the lengths before truncation ([len(texts)], `[CLS]` and `[SEP]` included)."""
     _check_batch(texts)
-    rows = [self.encode(t, max_length=max_length, truncation_side=truncation_side) for t in texts]
-    return pad_batch(rows, max_length, self.pad_id)
+    contents = [self._content(t) for t in texts]
+    rows = [self._finish(c, max_length, truncation_side) for c in contents]
+    return _batch(rows, [len(c) + 2 for c in contents], max_length, self.pad_id, return_lengths)
 
 
 def train_t5_sentencepiece(sentences: Iterable[str], path_prefix: str | os.PathLike,
-                           vocab_size: int) -> Path:
-  """Trains a tiny T5-layout unigram model (pad 0, eos 1, unk 2, no bos) offline; returns the .model path.
+                           vocab_size: int, user_defined_symbols: Sequence[str] = (),
+                           model_type: str = "unigram") -> Path:
+  """Trains a tiny T5-layout SentencePiece model (pad 0, eos 1, unk 2, no bos) offline; returns the
+  .model path. T5's own is unigram; on a small deduplicated corpus BPE finds whole words where
+  unigram keeps fragments ("le", "f", "t" for "left").
 
-  `hard_vocab_limit=False` lets a small corpus yield fewer pieces than asked instead of failing.
+  `hard_vocab_limit=False` lets a small corpus yield fewer pieces than asked instead of failing;
+  `user_defined_symbols` are pieces of their own wherever they occur (counted in `vocab_size`).
   """
   prefix = Path(path_prefix)
   prefix.parent.mkdir(parents=True, exist_ok=True)
   spm.SentencePieceTrainer.train(
       sentence_iterator=iter(sentences), model_prefix=str(prefix), vocab_size=vocab_size,
-      model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-      hard_vocab_limit=False, num_threads=2, minloglevel=2)
+      model_type=model_type, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+      hard_vocab_limit=False, num_threads=2, minloglevel=2,
+      user_defined_symbols=list(user_defined_symbols) or None)
   return prefix.parent / f"{prefix.name}.model"
 
 
