@@ -36,28 +36,23 @@ def main() -> None:
   parser.add_argument("--dir", default="/tmp/lion-ckpt-bench")
   args = parser.parse_args()
 
-  import flax.linen as nn
   import grain
   import jax
   import jax.numpy as jnp
   import orbax.checkpoint as ocp
 
-  from lion_jax import optim, train
+  from lion_jax import sharding, train
   from lion_jax.checkpoints import StageCheckpoints
-  from lion_jax.models import Lion, example_batch
   from lion_jax.run_config import stage_config
 
   config = stage_config(args.stage, f"size={args.size}")
-  model_config = config.model.copy_and_resolve_references()
-  model_config.visual_input = config.stages[args.stage].visual_input
-  model = Lion(model_config)
-  abstract = nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), example_batch(model_config))["params"]))
+  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  abstract, frozen, _, _ = train.abstract_state(config, args.stage, mesh, sharding.config_rules(config), 1000)
   rng = np.random.default_rng(0)
-  trainable, frozen = train.split_frozen(abstract)
-  trainable = jax.tree.map(lambda a: jnp.asarray(random_like(a, np.float32, rng)), trainable)
-  tx, _ = optim.make_optimizer(config.optimizer, 1000)
-  opt_state = jax.tree.map(lambda x: jnp.abs(jnp.asarray(random_like(x, np.float32, rng))) if x.ndim else x,
-                           jax.jit(tx.init)(trainable))  # moments as after some steps: not compressible zeros
+  trainable = jax.tree.map(lambda a: jnp.asarray(random_like(a, np.float32, rng)), abstract.params)
+  # Moments as after some steps (not compressible zeros); the step counters stay scalars.
+  opt_state = jax.tree.map(lambda x: jnp.abs(jnp.asarray(random_like(x, np.float32, rng))) if x.ndim
+                           else jnp.zeros(x.shape, x.dtype), abstract.opt_state)
   data_iter = iter(grain.MapDataset.range(100).to_iter_dataset())
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 

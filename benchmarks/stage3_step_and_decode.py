@@ -54,25 +54,24 @@ def main() -> None:
   import jax.numpy as jnp
   import flax.linen as nn
 
-  from lion_jax import optim, sharding, train
+  from lion_jax import sharding, stages, train
   from lion_jax.inference import generate
-  from lion_jax.models import Lion
+  from lion_jax.models import Lion, param_paths
   from lion_jax.run_config import stage_config
 
   config = stage_config("stage3", f"size={args.size}")
   if args.size == "tiny":  # input lengths that fit the tiny towers' tables, as configs/demo.py
     config.data.update(image_size=28, max_input_len=64, max_target_len=24, max_qformer_len=32)
   config.model.t5.remat = args.remat
-  model_config = config.model.copy_and_resolve_references()
-  model_config.visual_input = config.stages.stage3.visual_input
+  model_config = stages.model_config(config, "stage3")
   device = jax.devices()[0]
   mesh = sharding.make_mesh(data=1, fsdp=1, tensor=1, devices=[device])
-  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+  rules = sharding.config_rules(config)
 
   start = time.perf_counter()
-  trainable, frozen, _, _ = train.init_params(config, model_config, mesh, rules, {})
+  abstract, abstract_frozen, tx, schedule = train.abstract_state(config, "stage3", mesh, rules, 1000)
+  trainable, frozen = train.init_params(config, "stage3", mesh, rules, [], (abstract.params, abstract_frozen))
   init_s = time.perf_counter() - start
-  tx, schedule = optim.make_optimizer(config.optimizer, 1000)
   with jax.set_mesh(mesh):
     state = train.TrainState(jnp.zeros((), jnp.int32), trainable, jax.jit(tx.init)(trainable))
   batch = random_batch(config.data, args.batch, model_config.t5.vocab_size, model_config.qformer.vocab_size)
@@ -93,7 +92,7 @@ def main() -> None:
   stats = device.memory_stats() or {}
   train_peak_gib = stats.get("peak_bytes_in_use", 0) / 2 ** 30
 
-  params = train.merge(holder["state"].params, frozen)
+  params = param_paths.merge(holder["state"].params, frozen)
   decode_batch = random_batch(config.data, args.decode_batch, model_config.t5.vocab_size,
                               model_config.qformer.vocab_size, seed=1)
   settings = dict(num_beams=5, max_new_tokens=args.new_tokens, min_length=args.new_tokens + 1)

@@ -30,12 +30,11 @@ import time  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from lion_jax import optim, sharding, train  # noqa: E402
-from lion_jax.models import Lion, example_batch, is_frozen  # noqa: E402
+from lion_jax import sharding, stages, train  # noqa: E402
+from lion_jax.models import Lion  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config, e.g. configs/stage3.py:size=xxl.")
 flags.DEFINE_integer("devices", 8, "Number of simulated devices.")
@@ -78,26 +77,13 @@ def collective_bytes(hlo_text: str) -> dict[str, dict[str, float]]:
 
 def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int) -> dict:
   stage = config.stages[stage_name]
-  model_config = config.model.copy_and_resolve_references()
-  model_config.visual_input = stage.visual_input
   mesh = sharding.make_mesh(**mesh_sizes)
-  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
-  model = Lion(model_config)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example_batch(model_config))["params"])
-    shardings = sharding.logical_shardings(boxed, mesh, rules)
-  frozen_dtype = jnp.dtype(config.frozen_dtype)
-  flat = {k: jax.ShapeDtypeStruct(v.shape, frozen_dtype if is_frozen(k) else v.dtype, sharding=s)
-          for (k, v), s in zip(train.flatten(nn.unbox(boxed)).items(), train.flatten(shardings).values())}
-  trainable, frozen = train.split_frozen(train.unflatten(flat))
-  tx, schedule = optim.make_optimizer(config.optimizer, 1000)
-  with jax.set_mesh(mesh):
-    opt_state = jax.eval_shape(jax.jit(tx.init), trainable)
-  opt_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), opt_state)
-  state = train.TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=jax.sharding.NamedSharding(
-      mesh, jax.sharding.PartitionSpec())), trainable, opt_state)
+  rules = sharding.config_rules(config)
+  state, frozen, tx, schedule = train.abstract_state(config, stage_name, mesh, rules, num_steps=1000)
+  trainable = state.params
+  model = Lion(stages.model_config(config, stage_name))
   batch_sharding = sharding.batch_sharding(mesh, rules)
-  local = train.example_local_batch(config.data, global_batch)
+  local = train.example_local_batch(stages.data_config(config, stage_name), global_batch)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in local.items()}
   step = train.make_train_step(model, tx, schedule, config.grad_accum_steps, config.seed)
   start = time.perf_counter()

@@ -31,6 +31,11 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def config_rules(config) -> tuple[tuple[str, Any], ...]:
+  """The run config's `sharding_rules` (lists, as ml_collections stores them) as flax wants them."""
+  return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one size may be -1, meaning all remaining devices."""

@@ -1,48 +1,107 @@
-"""Stage-wise training: which parameters each stage trains and where it takes them from.
+"""Stage-wise training: what each stage builds, what it trains, and where it starts from.
 
 LION trains in three stages (paper, Fig. 3; official modes in parentheses):
   stage 1 (`qformer`):    image-level data; Q-Former branch + one adapter per FFN (the image-level one)
   stage 2 (`aggregator`): region-level data; aggregator + one adapter per FFN (the region-level one)
   stage 3 (`all`):        both; Q-Former, aggregator, two adapters + gates per FFN
 
-`handoff` is the explicit map from earlier stages' final trainables to a stage's initial ones. In
-stage 3 the gates start one-hot with task 0 (region) on adapter 0 and task 1 (image) on adapter 1,
-so adapter 0 comes from stage 2 and adapter 1 from stage 1.
+A stage config (`config.stages.<name>`, built by `run_config.stage`) says:
+  visual_input   the layout above
+  frozen         whole-path regular expressions of the parameters it keeps fixed (models.param_paths;
+                 LION's rule by default: the ViT and the T5 body; `()` trains everything)
+  adapters       `moa` (LION's), `single` (one adapter shared by both levels) or `none` (plain T5)
+  soft_prompt    whether the model has the tag soft prompt (tags enter the prompt only behind it)
+  pretrained     '' = `config.pretrained`, 'random' = a fresh init, or a converted checkpoint directory
+  init_from      earlier stages whose final trainables start this one (`handoff`)
+  mixture, num_steps, export
+
+`handoff` is the explicit map from earlier stages' final trainables to a stage's initial values. A
+single-adapter stage trains the adapter of its task level: stage 1 the image-level one, stage 2 the
+region-level one. In stage 3 task t's gate starts one-hot on adapter t, so adapter 0 comes from
+stage 2 and adapter 1 from stage 1.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
+import ml_collections
 import numpy as np
 
-_MOA = re.compile(r"^(t5/(?:encoder|decoder)/layers_\d+/moa/)adapter_0/(.*)$")
+from lion_jax.models import adapters_per_ffn, param_paths
+from lion_jax.models.param_paths import FreezeRule
+
+# The task level whose adapter a single-adapter stage of this layout trains.
+_ADAPTER_OF_LAYOUT = {"qformer": param_paths.IMAGE_LEVEL, "aggregator": param_paths.REGION_LEVEL}
+RANDOM = "random"
 
 
-def handoff(visual_input: str, previous: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Flat trainable params for a stage, taken from `previous` = {'stage1': flat, 'stage2': flat}.
+def model_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """`config.model` with the stage's layout, adapters and soft prompt."""
+  stage = config.stages[name]
+  model = config.model.copy_and_resolve_references()
+  model.unlock()  # a converted checkpoint's config may predate `adapters`
+  model.visual_input = stage.visual_input
+  model.adapters = stage.get("adapters", "moa")
+  model.use_soft_prompt = bool(stage.get("soft_prompt", True)) and model.use_soft_prompt
+  return model
 
-  Only the entries returned are overwritten in the stage's fresh init; everything else (gates,
-  modules no earlier stage trained) keeps its initial value.
+
+def data_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """`config.data` with the stage's mixture; tags only where the model has the soft prompt for them."""
+  data = config.data.copy_and_resolve_references()
+  data.mixture = config.stages[name].mixture
+  data.use_tags = data.use_tags and model_config(config, name).use_soft_prompt
+  return data
+
+
+def freeze_rule(config: ml_collections.ConfigDict, name: str) -> FreezeRule:
+  return FreezeRule(config.stages[name].get("frozen", param_paths.LION_FROZEN), f"stages.{name}.frozen")
+
+
+def pretrained_dir(config: ml_collections.ConfigDict, name: str) -> str:
+  """The converted checkpoint a stage starts from ('' for a fresh init)."""
+  own = config.stages[name].get("pretrained", "")
+  chosen = own or config.pretrained
+  return "" if chosen == RANDOM else chosen
+
+
+def _levels_of_adapter(layout: str, adapters: str, index: int) -> tuple[int, ...]:
+  """The task levels adapter `index` serves in a stage of this layout and adapter mode."""
+  if adapters == "single":
+    return (param_paths.REGION_LEVEL, param_paths.IMAGE_LEVEL)
+  return (index,) if adapters_per_ffn(layout, adapters) == 2 else (_ADAPTER_OF_LAYOUT[layout],)
+
+
+def _adapter_for_level(layout: str, adapters: str, level: int) -> int | None:
+  """The adapter that serves `level` in a stage of this layout and mode (None: no adapter does)."""
+  if adapters == "none":
+    return None
+  if adapters == "single" or adapters_per_ffn(layout, adapters) == 2:
+    return 0 if adapters == "single" else level
+  return 0 if _ADAPTER_OF_LAYOUT[layout] == level else None
+
+
+def handoff(layout: str, adapters: str, previous: Sequence[tuple[str, str, Mapping[str, np.ndarray]]]
+            ) -> dict[str, np.ndarray]:
+  """Initial values for a stage of `layout` and adapter mode `adapters` from earlier stages, given as
+  (their layout, their adapter mode, their flat final trainables) in `init_from` order (a later
+  stage wins where two trained the same path).
+
+  Adapter weights go to the adapter of the same task level (stage 1's single adapter becomes stage
+  3's adapter 1, and has no place in stage 2; a shared adapter serves both levels); every other
+  trained path is carried over as it is. The caller drops, and reports, the paths this stage's model
+  does not have (e.g. stage 1's Q-Former in stage 2).
   """
   out: dict[str, np.ndarray] = {}
-  stage1, stage2 = previous.get("stage1", {}), previous.get("stage2", {})
-  for key in ("soft_prompt",):  # the newest stage that trained it wins
-    for prev in (stage1, stage2):
-      if key in prev:
-        out[key] = prev[key]
-  if visual_input == "aggregator":
-    return out
-  if visual_input == "all":
-    out.update({k: v for k, v in stage1.items() if k.startswith("qformer/")})
-    out.update({k: v for k, v in stage2.items() if k.startswith("aggregator/")})
-    for src, adapter in ((stage1, "adapter_1"), (stage2, "adapter_0")):
-      for k, v in src.items():
-        m = _MOA.match(k)
-        if m:
-          out[f"{m.group(1)}{adapter}/{m.group(2)}"] = v
-    return out
-  if visual_input == "qformer":
-    return out
-  raise ValueError(f"unknown visual_input {visual_input!r}")
+  for source_layout, source_adapters, trained in previous:
+    for path, value in trained.items():
+      index = param_paths.adapter_index(path)
+      if index is None:
+        out[path] = value
+        continue
+      for level in _levels_of_adapter(source_layout, source_adapters, index):
+        target = _adapter_for_level(layout, adapters, level)
+        if target is not None:
+          out[param_paths.rename_adapter(path, target)] = value
+  return out

@@ -14,7 +14,7 @@ import pytest
 from flax import traverse_util
 
 from lion_jax import sharding
-from lion_jax.models import Lion, example_batch, presets
+from lion_jax.models import Lion, example_batch, param_paths, presets
 from lion_jax.models.summary import count_params
 from lion_jax.models.t5 import T5
 
@@ -196,9 +196,9 @@ def test_bf16_compute_with_bf16_frozen_towers_tracks_fp32(stage3):
   bf16 = config.copy_and_resolve_references()
   bf16.dtype = "bfloat16"
   flat = traverse_util.flatten_dict(params, sep="/")
-  from lion_jax.models import is_frozen
+  from lion_jax.models.param_paths import LION
   stored = traverse_util.unflatten_dict(
-      {k: v.astype(jnp.bfloat16) if is_frozen(k) else v for k, v in flat.items()}, sep="/")
+      {k: v.astype(jnp.bfloat16) if LION.is_frozen(k) else v for k, v in flat.items()}, sep="/")
   out = np.asarray(apply(bf16, stored, batch))
   assert out.dtype == np.float32 and np.isfinite(out).all()
   assert np.abs(out - ref).max() / np.abs(ref).max() < 0.05
@@ -260,7 +260,7 @@ def test_gradient_accumulation_equals_one_big_batch():
   config.t5.dropout_rate = config.qformer.dropout_rate = 0.0
   batch = random_batch(config)
   batch.update(target_ids=batch["decoder_input_ids"], target_mask=np.ones_like(batch["decoder_input_ids"]))
-  trainable, frozen = train.split_frozen(init(config))
+  trainable, frozen = param_paths.LION.split(init(config))
   opt = ml_collections.ConfigDict(dict(lr=1e-2, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
                                        schedule="constant", steps_per_epoch=1, warmup_steps=0, clip_grad_norm=0.0))
   tx, schedule = optim.make_optimizer(opt, 10)

@@ -16,7 +16,7 @@ import numpy as np
 from lion_jax.convert import mapping
 from lion_jax.convert.hf import load_hf_t5
 from lion_jax.convert.sources import TorchSource
-from lion_jax.models import abstract_params, num_adapters, presets
+from lion_jax.models import abstract_params, num_adapters, param_paths, presets
 
 # Keys of the LION file the model does not read: a BERT buffer and T5's tied embedding copies.
 LION_IGNORED = (r"Qformer\.bert\.embeddings\.position_ids", r"t5_model\.(en|de)coder\.embed_tokens\.weight")
@@ -70,8 +70,8 @@ def load_lion_release(*, lion_pth: str | os.PathLike, eva_vit_pth: str | os.Path
                           source_name=str(eva_vit_pth), ignore=[rf"blocks\.(?!({kept_blocks})\.).*"],
                           dtype=frozen_dtype, progress=progress)
   flat.update({k: v.astype(frozen_dtype) for k, v in t5_flat.items()})
-  trainable_shapes = {k: v for k, v in shapes.items() if not k.startswith("vit/")
-                      and not (k.startswith("t5/") and "/moa/" not in k)}
+  # The release holds what the official code trained: everything LION's freezing rule does not fix.
+  trainable_shapes = {k: v for k, v in shapes.items() if not param_paths.LION.is_frozen(k)}
   flat.update(mapping.assemble(lion_trainable_entries(config), lion, trainable_shapes,
                                source_name=str(lion_pth), ignore=LION_IGNORED, progress=progress))
   missing = sorted(set(shapes) - set(flat))

@@ -1,6 +1,6 @@
 """Flax modules of LION; `Lion` is the assembled model (see lion.py for the batch contract)."""
 
-from lion_jax.models.lion import Lion, VISUAL_INPUTS, abstract_params, example_batch, is_frozen, num_adapters
+from lion_jax.models.lion import Lion, adapters_per_ffn, VISUAL_INPUTS, abstract_params, example_batch, num_adapters
 from lion_jax.models.presets import PRESETS, get as get_preset
 
-__all__ = ["Lion", "VISUAL_INPUTS", "abstract_params", "example_batch", "is_frozen", "num_adapters", "PRESETS", "get_preset"]
+__all__ = ["Lion", "adapters_per_ffn", "VISUAL_INPUTS", "abstract_params", "example_batch", "num_adapters", "PRESETS", "get_preset"]

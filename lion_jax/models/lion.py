@@ -37,8 +37,22 @@ from lion_jax.models.vit import VisionTransformer
 VISUAL_INPUTS = ("qformer", "aggregator", "all")
 
 
+ADAPTER_MODES = ("moa", "single", "none")
+
+
+def adapters_per_ffn(visual_input: str, adapters: str = "moa") -> int:
+  """`moa` (LION): two gated adapters in the `all` layout, one otherwise; `single`: one adapter
+  shared by both task levels (an ablation); `none`: a plain InstructBLIP-style T5 (the demo's
+  tower-pretraining stage)."""
+  if adapters not in ADAPTER_MODES:
+    raise ValueError(f"adapters={adapters!r}; expected one of {ADAPTER_MODES}")
+  if adapters == "none":
+    return 0
+  return 2 if visual_input == "all" and adapters == "moa" else 1
+
+
 def num_adapters(config: ml_collections.ConfigDict) -> int:
-  return 2 if config.visual_input == "all" else 1
+  return adapters_per_ffn(config.visual_input, config.get("adapters", "moa"))
 
 
 class Lion(nn.Module):
@@ -62,9 +76,7 @@ class Lion(nn.Module):
   def visual_tokens(self, batch, *, train: bool = False) -> jax.Array:
     """Image (+ question) -> [B, N_visual, d_model] tokens for the T5 encoder."""
     c = self.config
-    hidden = self.vit(batch["image"])
-    # The ViT is frozen in every stage: no gradient flows into it.
-    hidden = [jax.lax.stop_gradient(h) for h in hidden]
+    hidden = self.vit(batch["image"])  # frozen or not is the trainer's freezing rule, not the model's
     tokens = []
     if c.visual_input in ("qformer", "all"):
       tokens.append(self.qformer(hidden[-1], batch["qformer_ids"], batch["qformer_mask"], train=train))
@@ -101,12 +113,6 @@ class Lion(nn.Module):
   def __call__(self, batch, *, train: bool = False) -> jax.Array:
     encoded, mask = self.encode(batch, train=train)
     return self.decode(batch["decoder_input_ids"], encoded, mask, batch["task"], train=train)
-
-
-def is_frozen(path: str) -> bool:
-  """LION never trains the ViT or the T5 body ('/'-joined param path); everything else it creates
-  in a stage (Q-Former branch, aggregator, adapters and gates, soft prompt) is trained."""
-  return path.startswith("vit/") or (path.startswith("t5/") and "/moa/" not in path)
 
 
 def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1, qformer_len: int = 8,

@@ -15,7 +15,7 @@ T5_SOFT_PROMPT_TOKEN_ID = 32099
 
 def _vit(**overrides) -> ml_collections.ConfigDict:
   vit = dict(image_size=224, patch_size=14, width=1408, depth=39, num_heads=16, mlp_dim=6144,
-             ln_eps=1e-6)
+             ln_eps=1e-6, pos_embed_init="normal")  # or "sincos2d" (models/vit.py)
   vit.update(overrides)
   return ml_collections.ConfigDict(vit)
 
@@ -45,7 +45,7 @@ def _t5(**overrides) -> ml_collections.ConfigDict:
 
 
 def _lion(vit, qformer, aggregator, t5, **overrides) -> ml_collections.ConfigDict:
-  c = dict(visual_input="all", dtype="float32", use_soft_prompt=True,
+  c = dict(visual_input="all", dtype="float32", use_soft_prompt=True, adapters="moa",
            soft_prompt_token_id=T5_SOFT_PROMPT_TOKEN_ID, vit=vit, qformer=qformer,
            aggregator=aggregator, t5=t5)
   c.update(overrides)

@@ -60,6 +60,18 @@ def resize_positions(pos: jax.Array, grid_out: tuple[int, int]) -> jax.Array:
   return jnp.concatenate([pos[:, :1].astype(jnp.float32), patch], axis=1).astype(pos.dtype)
 
 
+def sincos_positions(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+  """[1, 1 + grid*grid, width] fixed 2-D sine-cosine positions (as MAE and big_vision's `sincos2d`),
+  zero for the CLS slot: a from-scratch tower starts with positions a linear map can read out."""
+  if width % 4:
+    raise ValueError(f"sincos positions need a width divisible by 4, got {width}")
+  y, x = np.mgrid[:grid, :grid]
+  omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1 if width > 4 else 1))
+  y, x = y.reshape(-1, 1) * omega, x.reshape(-1, 1) * omega
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return np.concatenate([np.zeros((1, width)), pe])[None].astype(np.float32)
+
+
 class Attention(nn.Module):
   """EVA self-attention: fused qkv kernel, separate q and v biases, zero key bias."""
 
@@ -117,7 +129,12 @@ class VisionTransformer(nn.Module):
     cls = self.param("cls_token", nn.with_logical_partitioning(layers.normal_002, (None, None, "embed")),
                      (1, 1, c.width))
     grid = c.image_size // p
-    pos = self.param("pos_embed", nn.with_logical_partitioning(layers.normal_002, (None, None, "embed")),
+    # EVA's learned positions start as noise; `pos_embed_init: sincos2d` starts them as sine-cosine
+    # (for towers trained from scratch, e.g. the demo's; a converted checkpoint overwrites either).
+    pos_init = layers.normal_002
+    if c.get("pos_embed_init", "normal") == "sincos2d":
+      pos_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(sincos_positions(grid, c.width), dtype)
+    pos = self.param("pos_embed", nn.with_logical_partitioning(pos_init, (None, None, "embed")),
                      (1, grid * grid + 1, c.width))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.width)), x], axis=1)
     x = x + resize_positions(pos, (gh, gw)).astype(self.dtype)
