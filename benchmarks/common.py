@@ -63,10 +63,19 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float
   return statistics.median(times), times
 
 
+def cpu_model() -> str:
+  """The CPU's model name (as `lscpu` prints it): kernels rank differently per CPU, so rows say which."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+  except OSError:
+    return platform.processor() or "unknown"
+
+
 def record(name: str, result: dict) -> dict:
   """Appends one JSON line to benchmarks/results/<name>.jsonl with the machine and date."""
   result = {"benchmark": name, **result, "machine": f"{platform.machine()} {os.cpu_count()} cores",
-            "date": time.strftime("%Y-%m-%d")}
+            "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d")}
   RESULTS.mkdir(parents=True, exist_ok=True)
   with open(RESULTS / f"{name}.jsonl", "a") as f:
     f.write(json.dumps(result) + "\n")

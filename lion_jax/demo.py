@@ -1,4 +1,4 @@
-"""The embedded demo's data steps: generate the synthetic dataset before training, evaluate after.
+"""The embedded demo's data steps: generate the synthetic dataset before training, report after.
 
 Kept apart from the command line (`lion_jax.main`) so that tests and notebooks can import them.
 """
@@ -11,56 +11,88 @@ from pathlib import Path
 
 import jax
 
+from lion_jax import plot, stages
 from lion_jax.convert.converted import load_converted
 from lion_jax.data import synthetic
-from lion_jax.data.records import load_records
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
-from lion_jax.evaluation import runner
+from lion_jax.evaluation import evaluators, runner
 
 log = logging.getLogger(__name__)
 
+# The three scores the demo reports per stage and in results.json, by evaluator name.
+HEADLINE = (("synthetic_caption", "CIDEr"), ("synthetic_vqa", "accuracy"), ("synthetic_rec", "accuracy"))
+
+
+def run_stage_names(config) -> list[str]:
+  return [s.strip() for s in config.run_stages.split(",") if s.strip()]
+
 
 def prepare_synthetic_data(config, workdir: Path) -> None:
-  """Generates the synthetic dataset into WORKDIR/data once and points the data and vocabulary
-  settings at it (sources without `records` read its train split)."""
+  """Generates the synthetic dataset into WORKDIR/data once and points the config at it: sources
+  and evaluators without `records` read its train and val splits, the vocabularies are its own, and
+  when the run includes the `pretrain` stage the other stages start from its export."""
   data_dir = workdir / "data"
   if jax.process_index() == 0 and not (data_dir / "dataset.json").exists():
     log.info("generating %d synthetic images into %s", config.synthetic.num_images, data_dir)
     synthetic.generate(data_dir, num_images=config.synthetic.num_images, seed=config.seed,
-                       image_size=config.synthetic.image_size)
+                       image_size=config.synthetic.image_size, max_shapes=config.synthetic.max_shapes,
+                       size_range=tuple(config.synthetic.size_range))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("synthetic data ready")
-  for spec in config.data.sources.values():
-    if not spec.records:
-      spec.records, spec.image_root = str(data_dir / "train.jsonl"), str(data_dir)
+  for split, specs in (("train", config.data.sources.values()), ("val", config.evals.values())):
+    for spec in specs:
+      if not spec.records:
+        spec.records, spec.image_root = str(data_dir / f"{split}.jsonl"), str(data_dir)
   config.data.t5_vocab, config.data.bert_vocab = str(data_dir / "spiece.model"), str(data_dir / "bert_vocab.txt")
   t5, bert = T5Tokenizer(config.data.t5_vocab), BertTokenizer(config.data.bert_vocab)
   config.model.t5.vocab_size = -(-t5.vocab_size // 8) * 8  # padded to a multiple of 8
   config.model.soft_prompt_token_id = t5.sentinel_id(0)
   config.model.qformer.vocab_size = bert.vocab_size
+  if "pretrain" in run_stage_names(config) and not config.pretrained:
+    config.pretrained = str(workdir / "pretrain" / config.export_dir_name)
 
 
-def evaluate_synthetic(config, workdir: Path) -> dict:
-  """The demo's last step: the final export on the synthetic validation split (caption CIDEr, VQA and
-  REC accuracy), printed as a table and written to WORKDIR/results.json."""
-  last_stage = [s.strip() for s in config.run_stages.split(",")][-1]
+def stage_table(config, workdir: Path) -> dict[str, dict[str, float]]:
+  """{stage: {'synthetic_caption.CIDEr': v, ...}} from each stage's last evaluation row."""
+  table = {}
+  for name in run_stage_names(config):
+    if not (workdir / name / "metrics.jsonl").exists():
+      continue
+    metrics = plot.read_metrics(workdir / name)
+    table[name] = {f"{ev}.{metric}": metrics[f"eval/{ev}/{metric}"][-1][1]
+                   for ev, metric in HEADLINE if f"eval/{ev}/{metric}" in metrics}
+  return table
+
+
+def format_stage_table(table: dict[str, dict[str, float]]) -> str:
+  columns = [f"{ev}.{metric}" for ev, metric in HEADLINE]
+  lines = [f"{'stage':<10s}" + "".join(f"{c:>28s}" for c in columns)]
+  for stage, row in table.items():
+    lines.append(f"{stage:<10s}" + "".join(f"{row[c]:>28.2f}" if c in row else f"{'-':>28s}" for c in columns))
+  return "\n".join(lines)
+
+
+def evaluate_export(config, workdir: Path) -> dict:
+  """The demo's last step: the final export, reloaded from disk, scored by the same evaluators that
+  ran during training (WORKDIR/results.json, predictions under WORKDIR/eval), then the per-stage
+  table and WORKDIR/curves.png."""
+  last_stage = run_stage_names(config)[-1]
   export = workdir / last_stage / config.export_dir_name
   if not (export / "config.json").exists():
     log.info("%s wrote no export (stages.%s.export is off): nothing to evaluate", last_stage, last_stage)
     return {}
   model_config, params = load_converted(export)
-  t5, bert = T5Tokenizer(config.data.t5_vocab), BertTokenizer(config.data.bert_vocab)
-  records, _ = load_records(workdir / "data" / "val.jsonl")
+  data_config = stages.data_config(config, last_stage)
   rows = {}
-  for task, kind in (("caption", "caption"), ("vqa", "exact_match"), ("rec", "rec")):
-    subset = [r for r in records if r.task == task][: config.synthetic.eval_limit]
-    predictions = runner.predict_records(
-        model_config, params, t5, bert, subset, workdir / "data", batch_size=16,
-        max_input_len=config.data.max_input_len, max_qformer_len=config.data.max_qformer_len, progress=False,
-        num_beams=config.synthetic.eval_num_beams, max_new_tokens=config.data.max_target_len, repetition_penalty=1.0)
-    rows[f"synthetic_{task}"] = runner.score(kind, subset, predictions)
-    runner.write_results(workdir / "eval", f"synthetic_{task}", subset, predictions, rows[f"synthetic_{task}"])
+  for name, _ in HEADLINE:
+    evaluator = evaluators.Evaluator(name, config.evals[name], model_config, data_config, num_steps=0)
+    records = evaluator.source.records
+    predictions = evaluator.predict(params)
+    rows[name] = runner.score(evaluator.spec.kind, records, predictions)
+    runner.write_results(workdir / "eval", name, records, predictions, rows[name])
   (workdir / "results.json").write_text(json.dumps(rows, indent=2))
   print(runner.format_table(rows))
+  print(format_stage_table(stage_table(config, workdir)))
+  print(f"training curves: {plot.plot_run(workdir)}")
   return rows

@@ -18,7 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lion_jax import paths, train
-from lion_jax.demo import evaluate_synthetic, prepare_synthetic_data
+from lion_jax.demo import evaluate_export, prepare_synthetic_data
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/stage1.py[:size=xxl].",
                                           lock_config=True)
@@ -63,7 +63,7 @@ def main(argv) -> int:
       head, tail = losses[: max(1, len(losses) // 10)], losses[-max(1, len(losses) // 10):]
       log.info("%s: %d steps, loss %.4f -> %.4f", s["stage"], s["steps"], sum(head) / len(head), sum(tail) / len(tail))
   if config.synthetic.enabled and config.synthetic.eval_limit and jax.process_index() == 0:
-    evaluate_synthetic(config, Path(workdir))
+    evaluate_export(config, Path(workdir))
   return 0
 
 

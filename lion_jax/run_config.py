@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from lion_jax import sharding
-from lion_jax.data import pipeline
-from lion_jax.models import presets
+from lion_jax import sharding, stages
+from lion_jax.data import pipeline, synthetic
+from lion_jax.models import param_paths, presets
 
 IMAGE_LEVEL_SOURCES = ("coco_caption", "vqav2", "okvqa", "aokvqa", "textcaps")
 REGION_LEVEL_SOURCES = ("refcoco", "refcoco_plus", "refcocog", "vg_regions")
@@ -36,11 +36,38 @@ def data_sources() -> ml_collections.ConfigDict:
                                     for name in IMAGE_LEVEL_SOURCES + REGION_LEVEL_SOURCES})
 
 
-def stage(visual_input: str, mixture: dict[str, float], num_steps: int, init_from=(),
-          export: bool = False) -> ml_collections.ConfigDict:
-  """`init_from`: earlier stages whose final trainables start this one ('' = same --workdir)."""
-  return ml_collections.ConfigDict(dict(visual_input=visual_input, mixture=mixture, num_steps=num_steps,
-                                        init_from={name: "" for name in init_from}, export=export))
+def stage(visual_input: str, mixture: dict[str, float], num_steps: int, init_from=(), export: bool = False,
+          frozen=param_paths.LION_FROZEN, adapters: str = "moa", soft_prompt: bool = True, tags: bool = True,
+          pretrained: str = "", lr: float = 0.0) -> ml_collections.ConfigDict:
+  """One stage (fields explained in lion_jax/stages.py). `init_from`: earlier stages whose final
+  trainables start this one ('' = same --workdir); `frozen`: whole-path regular expressions."""
+  return ml_collections.ConfigDict(dict(
+      visual_input=visual_input, mixture=mixture, num_steps=num_steps, init_from={name: "" for name in init_from},
+      export=export, frozen=list(frozen), adapters=adapters, soft_prompt=soft_prompt, tags=tags,
+      pretrained=pretrained, lr=lr))
+
+
+def pretrain_stage(mixture: dict[str, float], num_steps: int) -> ml_collections.ConfigDict:
+  """Tower pretraining: ViT, Q-Former and T5 trained together from a fresh init, as a plain
+  InstructBLIP (no adapters, no soft prompt); its export is a converted checkpoint that LION's stages
+  load with `config.pretrained`, as they load a converted InstructBLIP. A stand-in for the
+  EVA-CLIP / FlanT5 / InstructBLIP pretraining that real LION starts from, for small models. Tags
+  stay in the prompt (behind a plain `<extra_id_0>`): a pretrained LLM can read what its prompt
+  lists, and a T5 trained from scratch learns it only where it sees it."""
+  return stage("qformer", mixture, num_steps, export=True, frozen=(), adapters="none", soft_prompt=False,
+               pretrained=stages.RANDOM)
+
+
+def evaluator(kind: str, records: str = "", image_root: str = "", *, tasks=(), task_types=(), limit: int = 0,
+              every_steps: int = 0, num_beams: int = 1, max_new_tokens: int = 0, batch_size: int = 16
+              ) -> ml_collections.ConfigDict:
+  """One entry of `config.evals` (lion_jax/evaluation/evaluators.py): `kind` is a benchmark metric kind
+  or 'loss'; `every_steps` 0 = only at the end of each stage; `max_new_tokens` 0 = data.max_target_len.
+  Greedy by default: cheap enough to run often (the benchmarks' beam settings are in configs/eval)."""
+  return ml_collections.ConfigDict(dict(
+      kind=kind, records=records, image_root=image_root, format="auto", tasks=list(tasks), task_types=list(task_types),
+      limit=limit, every_steps=every_steps, num_beams=num_beams, max_new_tokens=max_new_tokens,
+      repetition_penalty=1.0, length_penalty=1.0, batch_size=batch_size))
 
 
 def lion_stages(num_steps: int) -> ml_collections.ConfigDict:
@@ -62,7 +89,9 @@ def base_config(size: str = "xl") -> ml_collections.ConfigDict:
   config.model = presets.get(presets_by_size[size])
   config.model.dtype = "bfloat16"
   config.frozen_dtype = "bfloat16"
-  config.pretrained = ""  # converted checkpoint dir (python -m lion_jax.convert); "" = random init
+  config.pretrained = ""  # converted checkpoint dir (python -m lion_jax.convert); "" or "random" = random init
+  # True: config.model, data.image_size and unset vocab files come from config.pretrained (fine-tuning).
+  config.model_from_pretrained = False
   config.data = pipeline.default_config()
   config.data.sources = data_sources()
   config.global_batch_size = 64
@@ -79,13 +108,35 @@ def base_config(size: str = "xl") -> ml_collections.ConfigDict:
   config.export_dir_name = "export"  # the last stage writes a converted checkpoint here
   config.peak_flops_per_device = 0.0  # e.g. 197e12 for TPU v5e bf16; 0 = report FLOP/s, not MFU
   config.distributed = False  # call jax.distributed.initialize() (multi-host)
-  # The demo's embedded data: generated into WORKDIR/data; eval_limit > 0 evaluates the final export on
-  # that many validation records per task at the end.
-  config.synthetic = ml_collections.ConfigDict(dict(enabled=False, num_images=0, image_size=0, eval_limit=0,
-                                                    eval_num_beams=3))
+  # The demo's embedded data: generated into WORKDIR/data; eval_limit > 0 evaluates the final export
+  # with the demo's evaluators at the end.
+  config.synthetic = ml_collections.ConfigDict(dict(
+      enabled=False, num_images=0, image_size=0, eval_limit=0, max_shapes=synthetic.MAX_SHAPES,
+      size_range=list(synthetic.SIZE_RANGE)))
+  config.evals = ml_collections.ConfigDict()  # name -> evaluator(...): evaluation during training
   config.stages = lion_stages(num_steps=60_000)
   config.run_stages = "stage1,stage2,stage3"
   return config
+
+
+def adopt_pretrained_model(config: ml_collections.ConfigDict) -> None:
+  """With `model_from_pretrained`: the model of `config.pretrained` (its config.json, keeping this
+  run's compute dtype), its image size and its tokenizer files where the data config names none."""
+  if not config.model_from_pretrained:
+    return
+  if not config.pretrained or config.pretrained == stages.RANDOM:
+    raise ValueError("model_from_pretrained needs --config.pretrained=<converted checkpoint directory>")
+  from lion_jax.convert.converted import load_config, tokenizer_files
+  dtype = config.model.dtype
+  config.model = load_config(config.pretrained)
+  config.model.dtype = dtype
+  config.data.image_size = config.model.vit.image_size
+  files = tokenizer_files(config.pretrained)
+  for key, name in (("t5_vocab", "t5"), ("bert_vocab", "bert")):
+    if not config.data[key]:
+      if name not in files:
+        raise FileNotFoundError(f"{config.pretrained}/tokenizer has no {name} vocabulary: set --config.data.{key}")
+      config.data[key] = str(files[name])
 
 
 def stage_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:

@@ -10,9 +10,12 @@ A stage config (`config.stages.<name>`, built by `run_config.stage`) says:
   frozen         whole-path regular expressions of the parameters it keeps fixed (models.param_paths;
                  LION's rule by default: the ViT and the T5 body; `()` trains everything)
   adapters       `moa` (LION's), `single` (one adapter shared by both levels) or `none` (plain T5)
-  soft_prompt    whether the model has the tag soft prompt (tags enter the prompt only behind it)
+  soft_prompt    whether the model has the tag soft prompt (the learned vector at `<extra_id_0>`)
+  tags           whether records' tags go into the prompt (LION's tag template; without the soft
+                 prompt its `<extra_id_0>` is a plain token)
   pretrained     '' = `config.pretrained`, 'random' = a fresh init, or a converted checkpoint directory
   init_from      earlier stages whose final trainables start this one (`handoff`)
+  lr             0 = `config.optimizer.lr`, else this stage's peak learning rate
   mixture, num_steps, export
 
 `handoff` is the explicit map from earlier stages' final trainables to a stage's initial values. A
@@ -48,11 +51,19 @@ def model_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
 
 
 def data_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """`config.data` with the stage's mixture; tags only where the model has the soft prompt for them."""
+  """`config.data` with the stage's mixture and tag setting."""
   data = config.data.copy_and_resolve_references()
   data.mixture = config.stages[name].mixture
-  data.use_tags = data.use_tags and model_config(config, name).use_soft_prompt
+  data.use_tags = data.use_tags and bool(config.stages[name].get("tags", True))
   return data
+
+
+def optimizer_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """`config.optimizer` with the stage's own learning rate, if it sets one."""
+  optimizer = config.optimizer.copy_and_resolve_references()
+  if config.stages[name].get("lr", 0.0):
+    optimizer.lr = config.stages[name].lr
+  return optimizer
 
 
 def freeze_rule(config: ml_collections.ConfigDict, name: str) -> FreezeRule:

@@ -27,13 +27,15 @@ import ml_collections
 import numpy as np
 import optax
 from etils import epath
-from flax import traverse_util
 
-from lion_jax import checkpoints, optim, paths, sharding, stages
+from lion_jax import checkpoints, optim, paths, run_config, sharding, stages
+from lion_jax.loss import loss_and_metrics
 from lion_jax.convert.converted import load_converted, save_converted
 from lion_jax.data import pipeline
+from lion_jax.evaluation.evaluators import format_scalars, make_evaluators, run_all
 from lion_jax.metrics import MetricWriter, Progress
-from lion_jax.models import VISUAL_INPUTS, Lion, example_batch, is_frozen
+from lion_jax.models import VISUAL_INPUTS, Lion, example_batch, param_paths
+from lion_jax.models.param_paths import TASK_LEVELS, flatten, merge, unflatten
 
 log = logging.getLogger(__name__)
 
@@ -46,45 +48,6 @@ class TrainState:
   step: jax.Array
   params: Any  # trainable parameters only
   opt_state: Any
-
-
-# ------------------------------------------------------------------------------ tree helpers ---
-
-def flatten(tree) -> dict[str, Any]:
-  return traverse_util.flatten_dict(tree, sep="/")
-
-
-def unflatten(flat: dict[str, Any]):
-  return traverse_util.unflatten_dict(flat, sep="/")
-
-
-def split_frozen(tree) -> tuple[dict, dict]:
-  """(trainable, frozen) subtrees of a full parameter (or sharding) tree, by LION's freezing rule."""
-  flat = flatten(tree)
-  trainable = {k: v for k, v in flat.items() if not is_frozen(k)}
-  frozen = {k: v for k, v in flat.items() if is_frozen(k)}
-  return unflatten(trainable), unflatten(frozen)
-
-
-def merge(trainable, frozen):
-  return unflatten({**flatten(frozen), **flatten(trainable)})
-
-
-# ------------------------------------------------------------------------------------- loss ---
-
-def loss_and_metrics(logits: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
-  """Token-mean cross-entropy over the batch's target tokens (as LAVIS), plus per-task sums."""
-  mask = batch["target_mask"].astype(jnp.float32)
-  token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["target_ids"]) * mask
-  loss = token_loss.sum() / jnp.maximum(mask.sum(), 1.0)
-  per_example = token_loss.sum(-1)
-  tokens = mask.sum(-1)
-  metrics = {"loss_sum": token_loss.sum(), "tokens": mask.sum()}
-  for task_id, name in enumerate(("region_level", "image_level")):
-    sel = (batch["task"] == task_id).astype(jnp.float32)
-    metrics[f"loss_sum_{name}"] = (per_example * sel).sum()
-    metrics[f"tokens_{name}"] = (tokens * sel).sum()
-  return loss, metrics
 
 
 def make_train_step(model: Lion, tx: optax.GradientTransformation, schedule, grad_accum_steps: int, seed: int):
@@ -139,45 +102,92 @@ def check_config(config: ml_collections.ConfigDict, stage_name: str, mesh, proce
                      f"{process_count} processes")
   if not stage.mixture:
     raise ValueError(f"stages.{stage_name}.mixture is empty: give at least one data source and weight")
+  unknown = sorted(set(stage.init_from.keys()) - set(config.stages.keys()))
+  if unknown:
+    raise ValueError(f"stages.{stage_name}.init_from names {unknown}, which config.stages does not define "
+                     f"({sorted(config.stages)})")
 
 
 # ------------------------------------------------------------------------------ parameters ---
 
-def init_params(config, model_config, mesh, rules, previous_trainables):
-  """Sharded (trainable, frozen, trainable shardings, frozen shardings): a fresh init from
-  `config.seed`, then the pretrained converted checkpoint (if any) for every parameter it holds, then
-  the earlier stages' trainables (`stages.handoff`); frozen towers cast to `config.frozen_dtype`.
+def abstract_state(config, stage_name: str, mesh, rules, num_steps: int):
+  """A stage's train state and frozen tree as abstract arrays carrying their shardings, plus its
+  optimizer: (state, frozen, tx, schedule). Nothing is allocated. The trainer fills it with values,
+  the planner and the benchmarks compile the step against it."""
+  model_config = stages.model_config(config, stage_name)
+  rule = stages.freeze_rule(config, stage_name)
+  model = Lion(model_config)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example_batch(model_config))["params"])
+    shardings = flatten(sharding.logical_shardings(boxed, mesh, rules))
+  frozen_dtype = jnp.dtype(config.frozen_dtype)
+  flat = {k: jax.ShapeDtypeStruct(v.shape, frozen_dtype if rule.is_frozen(k) else v.dtype, sharding=shardings[k])
+          for k, v in flatten(nn.unbox(boxed)).items()}
+  trainable, frozen = rule.split(unflatten(flat))
+  tx, schedule = optim.make_optimizer(stages.optimizer_config(config, stage_name), num_steps)
+  # Optimizer moments take their parameter's sharding, counters are replicated (stated, not inferred:
+  # an inferred sharding can come from a jit cache entry of another mesh).
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_state = optax.tree_utils.tree_map_params(
+      tx, lambda x, p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=p.sharding), jax.eval_shape(tx.init, trainable),
+      trainable, transform_non_params=lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated))
+  state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trainable, opt_state)
+  return state, frozen, tx, schedule
+
+
+def init_params(config, stage_name, mesh, rules, previous, abstract):
+  """Sharded (trainable, frozen) values of a stage's `abstract_state` (`abstract` = its
+  (trainable, frozen) abstract trees): a fresh init from
+  `config.seed`, then the stage's pretrained converted checkpoint (if any) for every parameter it
+  holds, then the earlier stages' trainables (`stages.handoff`), split by the stage's freezing rule;
+  frozen parameters cast to `config.frozen_dtype`. `previous`: [(stage layout, adapter mode, flat
+  trainables)].
 
   Loaded values are put straight onto their shardings, never compiled into the init program."""
+  model_config = stages.model_config(config, stage_name)
+  rule = stages.freeze_rule(config, stage_name)
   model = Lion(model_config)
-  batch = example_batch(model_config)
-  init = lambda key: model.init(key, batch)["params"]
+  init = lambda key: model.init(key, example_batch(model_config))["params"]
+  abstract = flatten(merge(*abstract))
+  shardings = {k: v.sharding for k, v in abstract.items()}
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init, jax.random.key(config.seed))
-    shardings = sharding.logical_shardings(boxed, mesh, rules)
-    params = jax.jit(lambda key: nn.unbox(init(key)), out_shardings=shardings)(jax.random.key(config.seed))
-  for note in sharding.describe_fallbacks(boxed, mesh, rules):
-    log.info("replicated instead of sharded (dimension not divisible): %s", note)
-  params, shardings = flatten(params), flatten(shardings)
+    for note in sharding.describe_fallbacks(jax.eval_shape(init, jax.random.key(config.seed)), mesh, rules):
+      log.info("replicated instead of sharded (dimension not divisible): %s", note)
+    params = jax.jit(lambda key: flatten(nn.unbox(init(key))), out_shardings=shardings)(jax.random.key(config.seed))
+  rule.check(list(params))
   overrides: dict[str, np.ndarray] = {}
-  if config.pretrained:
-    _, pretrained = load_converted(config.pretrained)
-    overrides.update({k: v for k, v in flatten(jax.device_get(pretrained)).items() if k in params})
-    missing_frozen = sorted(k for k in params if is_frozen(k) and k not in overrides)
+  pretrained = stages.pretrained_dir(config, stage_name)
+  if pretrained:
+    _, loaded = load_converted(pretrained)
+    loaded = flatten(jax.device_get(loaded))
+    overrides.update({k: v for k, v in loaded.items() if k in params})
+    _report_unused(f"{stage_name}: pretrained {pretrained}", set(loaded) - set(params))
+    missing_frozen = sorted(k for k in params if rule.is_frozen(k) and k not in overrides)
     if missing_frozen:
-      raise ValueError(f"pretrained {config.pretrained} lacks frozen parameters {missing_frozen[:5]}")
-  overrides.update(stages.handoff(model_config.visual_input, previous_trainables))
-  frozen_dtype = jnp.dtype(config.frozen_dtype)
+      raise ValueError(f"pretrained {pretrained} lacks {len(missing_frozen)} parameters that "
+                       f"stages.{stage_name}.frozen keeps fixed, e.g. {missing_frozen[:5]}")
+  handed = stages.handoff(model_config.visual_input, model_config.adapters, previous)
+  overrides.update({k: v for k, v in handed.items() if k in params})
+  _report_unused(f"{stage_name}: earlier stages' trainables", set(handed) - set(params))
   for k, v in overrides.items():
     if tuple(v.shape) != params[k].shape:
       raise ValueError(f"{k}: the loaded value has shape {tuple(v.shape)}, the model {params[k].shape}")
     params[k] = jax.device_put(np.asarray(v, params[k].dtype), shardings[k])
-  trainable, frozen = split_frozen(unflatten(params))
-  t_shard, f_shard = split_frozen(unflatten(shardings))
+  trainable, frozen = rule.split(unflatten(params))
   with jax.set_mesh(mesh):
-    cast = lambda tree: jax.tree.map(lambda x: x.astype(frozen_dtype), tree)
-    frozen = jax.jit(cast, out_shardings=f_shard, donate_argnums=0)(frozen)
-  return trainable, frozen, t_shard, f_shard
+    cast = lambda tree, like: jax.tree.map(lambda x, a: x.astype(a.dtype), tree, like)
+    frozen_abstract = rule.split(unflatten(abstract))[1]
+    frozen = jax.jit(cast, out_shardings=jax.tree.map(lambda a: a.sharding, frozen_abstract),
+                     donate_argnums=0)(frozen, frozen_abstract)
+  return trainable, frozen
+
+
+def _report_unused(what: str, paths: set[str]) -> None:
+  """Loaded parameters this stage's model has no place for (e.g. stage 1's Q-Former in stage 2)."""
+  if paths:
+    modules = sorted({param_paths.module_of(p) for p in paths})
+    log.info("%s: %d parameters not used by this stage's model (%s), e.g. %s", what, len(paths),
+             ", ".join(modules), sorted(paths)[:3])
 
 
 def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
@@ -193,40 +203,38 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
   num_steps = config.num_steps if config.num_steps > 0 else stage.num_steps
   mesh = sharding.make_mesh(**config.mesh)
   check_config(config, stage_name, mesh, jax.process_count())
-  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
+  rules = sharding.config_rules(config)
 
   # Data first (a wrong path fails before anything is compiled): this host's share of the batch.
   local_batch = config.global_batch_size // jax.process_count()
-  data_config = config.data.copy_and_resolve_references()
-  data_config.mixture = stage.mixture
+  data_config = stages.data_config(config, stage_name)
   data_iter = pipeline.make_iterator(data_config, local_batch, seed=config.seed + zlib.crc32(stage_name.encode()) % 1000,
                                      process_index=jax.process_index(), process_count=jax.process_count())
 
-  # Parameters: fresh init, pretrained towers, earlier stages' trainables (explicit hand-off).
-  model_config = config.model.copy_and_resolve_references()
-  model_config.visual_input = stage.visual_input
+  # Parameters: fresh init, pretrained towers, earlier stages' trainables (explicit hand-off); the
+  # optimizer over the trainables only.
+  model_config = stages.model_config(config, stage_name)
   model = Lion(model_config)
-  previous = {}
+  abstract, abstract_frozen, tx, schedule = abstract_state(config, stage_name, mesh, rules, num_steps)
+  previous = []
   for prev_name, prev_dir in stage.init_from.items():
     path = paths.as_path(prev_dir) if prev_dir else workdir / prev_name
-    previous[prev_name] = checkpoints.load_final_trainables(path / "checkpoints", prev_name)
-  trainable, frozen, t_shard, f_shard = init_params(config, model_config, mesh, rules, previous)
-
-  # Optimizer over the trainables only.
-  tx, schedule = optim.make_optimizer(config.optimizer, num_steps)
+    previous.append((config.stages[prev_name].visual_input, config.stages[prev_name].get("adapters", "moa"),
+                     checkpoints.load_final_trainables(path / "checkpoints", prev_name)))
+  trainable, frozen = init_params(config, stage_name, mesh, rules, previous, (abstract.params, abstract_frozen))
+  state_shard = jax.tree.map(lambda x: x.sharding, abstract)
+  f_shard = jax.tree.map(lambda x: x.sharding, abstract_frozen)
   with jax.set_mesh(mesh):
-    opt_state = jax.jit(tx.init)(trainable)  # shardings follow the parameters
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    opt_state = jax.jit(tx.init, out_shardings=state_shard.opt_state)(trainable)
+  replicated = state_shard.step
   state = TrainState(jax.device_put(jnp.zeros((), jnp.int32), replicated), trainable, opt_state)
-  state_shard = jax.tree.map(lambda x: x.sharding, state)
 
   # Resume from the newest complete checkpoint of this stage, onto the current mesh.
   ckpt = checkpoints.StageCheckpoints(stage_dir / "checkpoints", keep=config.keep_checkpoints)
   first_step = 0
   latest = ckpt.latest_step()
   if latest is not None:
-    abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-    params, opt_state, meta = ckpt.restore(latest, abstract(state.params), abstract(state.opt_state), data_iter)
+    params, opt_state, meta = ckpt.restore(latest, abstract.params, abstract.opt_state, data_iter)
     state = TrainState(jax.device_put(jnp.asarray(meta["step"], jnp.int32), replicated), params, opt_state)
     first_step = int(meta["step"])
     log.info("%s: resumed from step %d in %s", stage_name, first_step, ckpt.directory)
@@ -246,6 +254,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
                      out_shardings=(state_shard, None), donate_argnums=(0,))
     compiled = jitted.lower(state, frozen, example).compile()
   flops = compiled_flops(compiled)
+
+  # Evaluators (config.evals) on the training parameters and mesh; their data fails here, not later.
+  evaluators = make_evaluators(config, model_config, data_config, num_steps)
 
   # Loop.
   writer = MetricWriter(stage_dir)
@@ -276,6 +287,13 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
           writer.write(step, scalars)
           if jax.process_index() == 0:
             log.info(progress.line(step, scalars["loss"]))
+      due = [e for e in evaluators if e.due(step)]
+      if due:
+        with jax.set_mesh(mesh):
+          evaluated = run_all(due, merge(state.params, frozen))
+        writer.write(step, evaluated)
+        if jax.process_index() == 0:
+          log.info("%s step %d: %s", stage_name, step, format_scalars(evaluated))
       if step % config.checkpoint_every_steps == 0 or is_last:
         ckpt.save(step, state.params, state.opt_state, data_iter,
                   {"stage": stage_name, "step": step, "num_steps": num_steps, "final": is_last})
@@ -319,7 +337,7 @@ def _summarise(fetched, seconds, steps, config, flops, data_iter) -> dict[str, f
   """Averages of the fetched steps plus throughput, FLOP rate / MFU and data counters."""
   total = lambda k: float(sum(m[k] for m in fetched))
   scalars = {"loss": total("loss_sum") / max(total("tokens"), 1.0)}
-  for name in ("region_level", "image_level"):
+  for name in TASK_LEVELS:
     if total(f"tokens_{name}") > 0:
       scalars[f"loss_{name}"] = total(f"loss_sum_{name}") / total(f"tokens_{name}")
   last = fetched[-1]
@@ -344,6 +362,7 @@ def _summarise(fetched, seconds, steps, config, flops, data_iter) -> dict[str, f
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:
   """Runs `config.run_stages` in order, each in `workdir/<stage>` (local or `gs://`); re-running resumes."""
   workdir = paths.as_path(workdir)
+  run_config.adopt_pretrained_model(config)
   names = [s.strip() for s in config.run_stages.split(",") if s.strip()]
   unknown = [n for n in names if n not in config.stages]
   if unknown:

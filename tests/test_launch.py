@@ -235,14 +235,14 @@ exec sleep 60
   assert "[0] process 0 of 3 at 127.0.0.1:23999: --xla_force_host_platform_device_count=2" in result.stdout
 
 
-DEMO_ARG = "steps=3,images=40,eval=0"  # 3 steps on 40 images, no final evaluation
+DEMO_ARG = "images=40,eval=0,size=tiny"  # 40 images, the test preset's towers, no evaluation
 
 
 def test_local_two_processes_train_and_write_one_checkpoint(tmp_path):
   workdir, logs = tmp_path / "run", tmp_path / "logs"
   env = clean_env(PYTHON=sys.executable, LION_LOG_DIR=str(logs))  # keeps JAX_COMPILATION_CACHE_DIR if set
   result = run([str(LAUNCH / "local.sh"), "2", f"--config=configs/demo.py:{DEMO_ARG}", f"--workdir={workdir}",
-                "--config.run_stages=stage1", "--config.log_every_steps=1"], env=env, timeout=600)
+                "--config.run_stages=stage1", "--config.num_steps=3", "--config.log_every_steps=1"], env=env, timeout=600)
   assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
   assert "[0] " in result.stdout and "[1] " in result.stdout
   assert {p.name for p in logs.iterdir()} == {"process_0.log", "process_1.log"}

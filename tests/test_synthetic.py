@@ -201,3 +201,22 @@ def test_cli_writes_the_dataset(tmp_path, capsys):
     assert (out / name).exists(), name
   assert Image.open(out / "images" / "000000.png").size == (96, 96)
   assert synthetic.main(["--out", str(out), "--num-images", "4", "--val-fraction", "1.0"]) == 1
+
+
+def test_text_lengths_hold_every_text(dataset):
+  """The demo's limits (synthetic.TEXT_LENGTHS) cut nothing: every template with every record."""
+  root, _ = dataset
+  t5, bert = T5Tokenizer(root / "spiece.model"), BertTokenizer(root / "bert_vocab.txt")
+  limits = synthetic.TEXT_LENGTHS
+  longest = collections.Counter()
+  for record in _all_records(root):
+    for seed in range(12):  # enough draws to meet every template of the task
+      text = build_text(record, np.random.default_rng(seed), record.width, record.height)
+      longest["input"] = max(longest["input"], len(t5.encode(text.t5_input)))
+      longest["qformer"] = max(longest["qformer"], len(bert.encode(text.instruction)))
+  assert longest["input"] <= limits["max_input_len"], longest
+  assert longest["qformer"] <= limits["max_qformer_len"], longest
+  # Grounded captions (a box per shape) are the one text over the target limit: the demo leaves them out.
+  targets = [len(t5.encode(build_text(r, None, r.width, r.height).target)) for r in _all_records(root)
+             if r.task != "grounded_caption"]
+  assert max(targets) <= limits["max_target_len"], max(targets)

@@ -50,20 +50,21 @@ class Source:
   image_root: Path
 
 
-def load_source(name: str, spec: ml_collections.ConfigDict, strict: bool = False) -> Source:
+def load_source(name: str, spec: ml_collections.ConfigDict, strict: bool = False, where: str = "") -> Source:
   """Reads a source spec: `records` (file), `image_root`, optional `format`, and optional
-  `task_types` / `tasks` filters (e.g. the region-level part of a mixed file)."""
+  `task_types` / `tasks` filters (e.g. the region-level part of a mixed file). `where` is the
+  spec's config path for messages (default `data.sources.<name>`)."""
+  where = where or f"data.sources.{name}"
   for key in ("records", "image_root"):
     if not spec.get(key):
-      raise ValueError(f"data.sources.{name}.{key} is not set")
+      raise ValueError(f"{where}.{key} is not set")
   records, report = load_records(spec.records, fmt=spec.get("format", "auto"), source=name, strict=strict)
   if report.invalid:
     log.warning("source %s: %d valid records, skipped %s", name, report.valid, dict(report.invalid))
   task_types, tasks = spec.get("task_types"), spec.get("tasks")
   records = [r for r in records if (not task_types or r.task_type in task_types) and (not tasks or r.task in tasks)]
   if not records:
-    raise ValueError(f"data.sources.{name}: no record of {spec.records} matches task_types={task_types} "
-                     f"tasks={tasks}")
+    raise ValueError(f"{where}: no record of {spec.records} matches task_types={task_types} tasks={tasks}")
   return Source(name, records, Path(spec.image_root))
 
 

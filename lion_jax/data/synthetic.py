@@ -7,7 +7,7 @@ JSONL schema of `records.py`, boxes in pixels. The tokenizers are trained on the
 plus every instruction template, so the instructions built later tokenise without `<unk>`.
 
   python -m lion_jax.data.synthetic --out DIR --num-images N --seed S [--image-size 224] [--val-fraction 0.1]
-      [--max-shapes 4] [--size-range 0.12 0.32]
+      [--max-shapes 4] [--size-range 0.12 0.32] [--grid 1]
 
 writes DIR/images/NNNNNN.png, DIR/train.jsonl, DIR/val.jsonl (image paths relative to DIR; val holds
 the last images), DIR/spiece.model (+ .vocab), DIR/bert_vocab.txt and DIR/dataset.json (the summary).
@@ -64,6 +64,11 @@ SENTINEL = "<extra_id_0>"
 BOX_CHARACTERS_LINE = " ".join("0123456789[],.;")
 
 
+# Token lengths that hold every text the records and templates build (T5 input with the tag prompt,
+# target, Q-Former instruction; tests/test_synthetic.py checks it): nothing is cut in the demo.
+TEXT_LENGTHS = dict(max_input_len=80, max_target_len=28, max_qformer_len=48)
+
+
 def coordinate_pieces(image_size: int) -> list[str]:
   return [f"{k / image_size:.3f}" for k in range(image_size + 1)]
 
@@ -97,10 +102,10 @@ def _boxes_apart(a: Sequence[int], b: Sequence[int]) -> bool:
 
 
 def sample_scene(rng: np.random.Generator, image_size: int, max_shapes: int = MAX_SHAPES,
-                 size_range: tuple[float, float] = SIZE_RANGE) -> Scene:
-  """A background and 1 to `max_shapes` shapes whose side is a `size_range` fraction of the image;
-  a shape that finds no free spot is dropped, so the scene's shape count is whatever got placed (at
-  least one: the first always fits)."""
+                 size_range: tuple[float, float] = SIZE_RANGE, grid: int = 1) -> Scene:
+  """A background and 1 to `max_shapes` shapes whose side is a `size_range` fraction of the image,
+  placed with corners on a `grid`-pixel lattice; a shape that finds no free spot is dropped, so the
+  scene's shape count is whatever got placed (at least one: the first always fits)."""
   top = tuple(int(v) for v in rng.integers(*BACKGROUND_RANGE, size=3, endpoint=True))
   bottom = top if rng.random() < 0.5 else tuple(
       int(v) for v in rng.integers(*BACKGROUND_RANGE, size=3, endpoint=True))
@@ -109,9 +114,9 @@ def sample_scene(rng: np.random.Generator, image_size: int, max_shapes: int = MA
   for _ in range(int(rng.integers(1, max_shapes, endpoint=True))):
     kind, color = SHAPES[rng.integers(len(SHAPES))], colors[rng.integers(len(colors))]
     for _ in range(PLACEMENT_TRIES):
-      side = int(rng.integers(round(size_range[0] * image_size), round(size_range[1] * image_size),
-                              endpoint=True))
-      x1, y1 = (int(v) for v in rng.integers(0, image_size - side, size=2, endpoint=True))
+      side = grid * int(rng.integers(max(1, round(size_range[0] * image_size / grid)),
+                                     round(size_range[1] * image_size / grid), endpoint=True))
+      x1, y1 = (grid * int(v) for v in rng.integers(0, (image_size - side) // grid, size=2, endpoint=True))
       box = (x1, y1, x1 + side, y1 + side)
       if all(_boxes_apart(box, s.box) for s in shapes):
         shapes.append(Shape(kind, color, box))
@@ -274,10 +279,11 @@ def _split_counts(records: Sequence[Record], num_images: int) -> dict[str, Any]:
 
 def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, image_size: int = 224,
              val_fraction: float = 0.1, max_shapes: int = MAX_SHAPES,
-             size_range: tuple[float, float] = SIZE_RANGE) -> dict[str, Any]:
+             size_range: tuple[float, float] = SIZE_RANGE, grid: int = 1) -> dict[str, Any]:
   """Writes the dataset under `out_dir`; returns the summary (also in dataset.json, whose file paths
   are relative to `out_dir`; the returned ones are full paths). `max_shapes` and `size_range` set
-  how crowded and how small the scenes are."""
+  how crowded and how small the scenes are; `grid` > 1 puts every box corner on a lattice of that
+  many pixels, so a coordinate takes image_size / grid + 1 values."""
   if num_images < 1:
     raise ValueError(f"num_images must be >= 1, got {num_images}")
   if not 0.0 <= val_fraction < 1.0:
@@ -286,6 +292,8 @@ def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, 
     raise ValueError(f"image_size must be >= 32 to fit {MAX_SHAPES} shapes, got {image_size}")
   if not 1 <= max_shapes <= len(NUMBER_WORDS) - 1:
     raise ValueError(f"max_shapes must be in [1, {len(NUMBER_WORDS) - 1}], got {max_shapes}")
+  if grid < 1 or image_size % grid:
+    raise ValueError(f"grid must be a positive divisor of image_size={image_size}, got {grid}")
   if not 0.0 < size_range[0] <= size_range[1] < 1.0:
     raise ValueError(f"size_range must satisfy 0 < low <= high < 1, got {tuple(size_range)}")
   out = Path(out_dir)
@@ -295,7 +303,7 @@ def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, 
   splits: dict[str, list[Record]] = {"train": [], "val": []}
   for index in range(num_images):
     rng = np.random.default_rng([seed, index])
-    scene = sample_scene(rng, image_size, max_shapes, tuple(size_range))
+    scene = sample_scene(rng, image_size, max_shapes, tuple(size_range), grid)
     image = f"images/{index:06d}.png"
     render(scene, image_size).save(out / image, format="PNG", compress_level=1)
     splits["train" if index < num_train else "val"] += scene_records(scene, image, index, image_size, rng)
@@ -310,7 +318,7 @@ def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, 
   t5 = T5Tokenizer(spiece)
   summary = {
       "source": SOURCE, "seed": seed, "image_size": image_size, "num_images": num_images,
-      "val_fraction": val_fraction, "max_shapes": max_shapes, "size_range": list(size_range),
+      "val_fraction": val_fraction, "max_shapes": max_shapes, "size_range": list(size_range), "grid": grid,
       "splits": {"train": _split_counts(splits["train"], num_train),
                  "val": _split_counts(splits["val"], num_val)},
       # The sizes the tokenizers report, i.e. what the embeddings need (T5's sentinels and the
@@ -336,11 +344,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--max-shapes", type=int, default=MAX_SHAPES, help="at most this many shapes per image")
   parser.add_argument("--size-range", type=float, nargs=2, default=SIZE_RANGE, metavar=("LOW", "HIGH"),
                       help="shape side as a fraction of the image side")
+  parser.add_argument("--grid", type=int, default=1, help="box corners on a lattice of this many pixels")
   args = parser.parse_args(argv)
   start = time.perf_counter()
   try:
     summary = generate(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-                       val_fraction=args.val_fraction, max_shapes=args.max_shapes, size_range=tuple(args.size_range))
+                       val_fraction=args.val_fraction, max_shapes=args.max_shapes, size_range=tuple(args.size_range),
+                       grid=args.grid)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -30,14 +30,33 @@ BENCHMARKS = {
     "pope_random": ("pope", {"LION": 88.33}),  # F1; the paper does not say which LION size
     "pope_popular": ("pope", {"LION": 85.94}),
     "pope_adversarial": ("pope", {"LION": 84.71}),
+    # The embedded synthetic data (lion_jax.data.synthetic): no paper numbers.
+    "synthetic_caption": ("caption", {}),
+    "synthetic_vqa": ("exact_match", {}),
+    "synthetic_rec": ("rec", {}),
 }
 
 
-def eval_config(name: str) -> ml_collections.ConfigDict:
-  """Config for one benchmark: set `records` (JSONL) and `image_root` on the command line."""
+def eval_config(name: str, **overrides) -> ml_collections.ConfigDict:
+  """Config for one benchmark: set `records` (JSONL) and `image_root` on the command line. `tasks`
+  keeps only the records of those tasks (a file holding several, as the synthetic splits do)."""
   if name not in BENCHMARKS:
     raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
-  return ml_collections.ConfigDict(dict(
-      name=name, kind=BENCHMARKS[name][0], records="", image_root="", batch_size=16, num_beams=5,
+  config = dict(
+      name=name, kind=BENCHMARKS[name][0], records="", image_root="", tasks=[], batch_size=16, num_beams=5,
       max_new_tokens=256, repetition_penalty=1.5, length_penalty=1.0, max_input_len=128, max_qformer_len=128,
-      limit=0, use_tags=True, mesh=dict(data=-1, fsdp=1, tensor=1)))
+      limit=0, use_tags=True, mesh=dict(data=-1, fsdp=1, tensor=1))
+  unknown = sorted(set(overrides) - set(config))
+  if unknown:
+    raise ValueError(f"eval_config({name!r}): unknown fields {unknown}")
+  config.update(overrides)
+  return ml_collections.ConfigDict(config)
+
+
+def synthetic_eval_config(task: str) -> ml_collections.ConfigDict:
+  """configs/eval/synthetic_<task>.py: the demo's evaluator settings (configs/demo.py): greedy search,
+  no repetition penalty (box text repeats digits), the synthetic texts' lengths, that task's records."""
+  from lion_jax.data.synthetic import TEXT_LENGTHS
+  return eval_config(f"synthetic_{task}", tasks=[task], num_beams=1, repetition_penalty=1.0,
+                     max_new_tokens=TEXT_LENGTHS["max_target_len"], max_input_len=TEXT_LENGTHS["max_input_len"],
+                     max_qformer_len=TEXT_LENGTHS["max_qformer_len"])

@@ -124,6 +124,8 @@ def run_benchmark(config, checkpoint: str | Path, output: str | Path | None = No
   if set(files) != {"t5", "bert"}:
     raise FileNotFoundError(f"{checkpoint}/tokenizer must hold spiece.model and bert_vocab.txt")
   records, _ = load_records(config.records)
+  if config.get("tasks"):
+    records = [r for r in records if r.task in config.tasks]
   if config.limit:
     records = records[: config.limit]
   predictions = predict_records(
