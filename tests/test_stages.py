@@ -8,7 +8,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lion_jax import checkpoints, sharding, train
-from lion_jax.convert import load_converted
 from lion_jax.models import param_paths
 from lion_jax.models.param_paths import LION, FreezeRule
 from tests.test_train import data_dir, make_config  # noqa: F401  (the shared synthetic data fixture)
@@ -38,44 +37,8 @@ def test_freeze_rule_matches_whole_paths():
     FreezeRule(["vit/.*", "vitt/.*"], "stages.x.frozen").check(["vit/cls_token", "t5/shared/embedding"])
 
 
-def test_pretrain_trains_everything_and_stage1_loads_its_export(data_dir, tmp_path):  # noqa: F811
-  config = make_config(data_dir, tmp_path, steps=STEPS, stages_to_run="pretrain")
-  train.run(config, tmp_path)
-  before = param_paths.flatten(jax.device_get(load_converted(tmp_path / "pretrain" / "export")[1]))
-  trained = checkpoints.load_final_trainables(tmp_path / "pretrain" / "checkpoints", "pretrain")
-  assert set(trained) == set(before)  # nothing frozen: everything is trained and saved
-  assert any(k.startswith("vit/") for k in trained) and any(k.startswith("t5/encoder/layers_0/ffn") for k in trained)
-  assert not any("/moa/" in k or k == "soft_prompt" or k.startswith("aggregator/") for k in before)
-  exported_config = load_converted(tmp_path / "pretrain" / "export")[0]
-  assert exported_config.adapters == "none" and exported_config.use_soft_prompt is False
-
-  # Stage 1 starts from the export as from a converted InstructBLIP: towers and Q-Former loaded.
-  stage1 = make_config(data_dir, tmp_path, steps=STEPS, stages_to_run="stage1",
-                       pretrained=str(tmp_path / "pretrain" / "export"))
-  train.run(stage1, tmp_path)
-  s1 = checkpoints.load_final_trainables(tmp_path / "stage1" / "checkpoints", "stage1")
-  assert not any(k.startswith("vit/") or (k.startswith("t5/") and "/moa/" not in k) for k in s1)
-  qformer_key = "qformer/encoder/layers_0/query_ffn/fc1/kernel"
-  assert not np.array_equal(s1[qformer_key], before[qformer_key])  # trained on from the pretrained value
-  # The random init of the same seed differs from the export, so equality below means "loaded".
-  fresh = make_config(data_dir, tmp_path / "fresh", steps=STEPS, stages_to_run="stage1")
-  mesh = sharding.make_mesh(**fresh.mesh)
-  abstract, abstract_frozen, *_ = train.abstract_state(fresh, "stage1", mesh, sharding.config_rules(fresh), 1)
-  _, frozen_random = train.init_params(fresh, "stage1", mesh, sharding.config_rules(fresh), [],
-                                       (abstract.params, abstract_frozen))
-  vit_key = "vit/blocks_0/fc1/kernel"
-  assert not np.array_equal(param_paths.flatten(jax.device_get(frozen_random))[vit_key], before[vit_key])
-  abstract, abstract_frozen, *_ = train.abstract_state(stage1, "stage1", mesh, sharding.config_rules(stage1), 1)
-  _, frozen_loaded = train.init_params(stage1, "stage1", mesh, sharding.config_rules(stage1), [],
-                                       (abstract.params, abstract_frozen))
-  for k, v in param_paths.flatten(jax.device_get(frozen_loaded)).items():
-    np.testing.assert_array_equal(v, before[k], err_msg=k)  # every frozen tower parameter is the export's
-  assert not any(p.startswith("vit/") for p in saved_paths(tmp_path / "stage1" / "checkpoints" / str(STEPS),
-                                                           "opt_state"))
-
-
 def test_a_stage_can_also_train_the_last_two_vit_blocks(data_dir, tmp_path):  # noqa: F811
-  config = make_config(data_dir, tmp_path, steps=STEPS, stages_to_run="stage1,stage2")
+  config = make_config(data_dir, tmp_path, steps=STEPS, stages_to_run="stage1")
   config.stages.stage1.frozen = list(LAST_TWO_VIT_BLOCKS_TRAIN)
   mesh = sharding.make_mesh(**config.mesh)
   rules = sharding.config_rules(config)
@@ -100,8 +63,6 @@ def test_a_stage_can_also_train_the_last_two_vit_blocks(data_dir, tmp_path):  # 
 
   # Stage 2 (LION's rule: the whole ViT frozen) starts from stage 1's trained blocks; the rest of
   # the ViT is bitwise the initial one in both stages.
-  exported_stage2 = tmp_path / "stage2" / "checkpoints"
-  assert checkpoints.read_meta(exported_stage2)[1]["final"]
   abstract2, frozen2_abstract, *_ = train.abstract_state(config, "stage2", mesh, rules, 1)
   _, frozen2 = train.init_params(config, "stage2", mesh, rules, [("qformer", "moa", s1)], (abstract2.params, frozen2_abstract))
   frozen2 = param_paths.flatten(jax.device_get(frozen2))

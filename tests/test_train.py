@@ -367,3 +367,32 @@ def test_finetune_config_starts_from_a_converted_lion_checkpoint(data_dir, three
     np.testing.assert_allclose(v, exported[k], atol=1e-4, err_msg=k)
   with pytest.raises(ValueError, match="model_from_pretrained needs --config.pretrained"):
     train.run(finetune.get_config(), tmp_path / "none")
+
+
+def test_pretrain_trains_everything_and_the_stages_load_its_export(three_stages):
+  config, workdir, _ = three_stages
+  export = workdir / "pretrain" / "export"
+  exported_config, exported = load_converted(export)
+  exported = flat(exported)
+  trained = final_trainables(workdir, "pretrain")
+  assert set(trained) == set(exported)  # nothing frozen: everything is trained, saved and exported
+  assert any(k.startswith("vit/") for k in trained) and any(k.startswith("t5/encoder/layers_0/ffn/") for k in trained)
+  assert not any("/moa/" in k or k == "soft_prompt" or k.startswith("aggregator/") for k in exported)
+  assert exported_config.adapters == "none" and exported_config.use_soft_prompt is False
+  assert config.pretrained == str(export)  # set by the demo's data step, read by stages 1-3
+
+  # Stage 1 starts from the export as from a converted InstructBLIP: every frozen tower parameter is
+  # the export's (a fresh init of the same seed differs), and the Q-Former trains on from its value.
+  trainable, frozen, *_ = init_stage(config, "stage1", sharding.make_mesh(**config.mesh))
+  frozen = flat(frozen)
+  assert frozen and all(np.array_equal(v, exported[k]) for k, v in frozen.items())
+  trainable = flat(trainable)
+  qformer = [k for k in trainable if k.startswith("qformer/")]
+  assert qformer and all(np.array_equal(trainable[k], exported[k]) for k in qformer)
+  fresh = config.copy_and_resolve_references()
+  fresh.pretrained = "random"
+  _, frozen_random, *_ = init_stage(fresh, "stage1", sharding.make_mesh(**config.mesh))
+  key = "vit/blocks_0/fc1/kernel"
+  assert not np.array_equal(flat(frozen_random)[key], exported[key])
+  s1 = final_trainables(workdir, "stage1")
+  assert not np.array_equal(s1[qformer[0]], exported[qformer[0]])  # and trained on from there
