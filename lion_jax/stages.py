@@ -88,8 +88,10 @@ def _adapter_for_level(layout: str, adapters: str, level: int) -> int | None:
   """The adapter that serves `level` in a stage of this layout and mode (None: no adapter does)."""
   if adapters == "none":
     return None
-  if adapters == "single" or adapters_per_ffn(layout, adapters) == 2:
-    return 0 if adapters == "single" else level
+  if adapters == "single":
+    return 0
+  if adapters_per_ffn(layout, adapters) == 2:
+    return level
   return 0 if _ADAPTER_OF_LAYOUT[layout] == level else None
 
 

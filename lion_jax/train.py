@@ -136,12 +136,11 @@ def abstract_state(config, stage_name: str, mesh, rules, num_steps: int):
 
 
 def init_params(config, stage_name, mesh, rules, previous, abstract):
-  """Sharded (trainable, frozen) values of a stage's `abstract_state` (`abstract` = its
-  (trainable, frozen) abstract trees): a fresh init from
-  `config.seed`, then the stage's pretrained converted checkpoint (if any) for every parameter it
-  holds, then the earlier stages' trainables (`stages.handoff`), split by the stage's freezing rule;
-  frozen parameters cast to `config.frozen_dtype`. `previous`: [(stage layout, adapter mode, flat
-  trainables)].
+  """Sharded (trainable, frozen) values of a stage's `abstract_state` (`abstract` = its (trainable,
+  frozen) abstract trees): a fresh init from `config.seed`, then the stage's pretrained converted
+  checkpoint (if any) for every parameter it holds, then the earlier stages' trainables
+  (`stages.handoff`), split by the stage's freezing rule; frozen parameters cast to
+  `config.frozen_dtype`. `previous`: [(stage layout, adapter mode, flat trainables)].
 
   Loaded values are put straight onto their shardings, never compiled into the init program."""
   model_config = stages.model_config(config, stage_name)
@@ -215,6 +214,8 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
   # optimizer over the trainables only.
   model_config = stages.model_config(config, stage_name)
   model = Lion(model_config)
+  # Evaluators (config.evals) run on the training parameters and mesh; their data, too, fails here.
+  evaluators = make_evaluators(config, model_config, data_config, num_steps)
   abstract, abstract_frozen, tx, schedule = abstract_state(config, stage_name, mesh, rules, num_steps)
   previous = []
   for prev_name, prev_dir in stage.init_from.items():
@@ -254,9 +255,6 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
                      out_shardings=(state_shard, None), donate_argnums=(0,))
     compiled = jitted.lower(state, frozen, example).compile()
   flops = compiled_flops(compiled)
-
-  # Evaluators (config.evals) on the training parameters and mesh; their data fails here, not later.
-  evaluators = make_evaluators(config, model_config, data_config, num_steps)
 
   # Loop.
   writer = MetricWriter(stage_dir)

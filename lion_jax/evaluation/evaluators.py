@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import time
 from typing import Any
 
@@ -36,8 +35,6 @@ from lion_jax.models.param_paths import TASK_LEVELS
 
 GENERATION_KINDS = ("caption", "vqa", "exact_match", "rec", "pope")
 KINDS = GENERATION_KINDS + ("loss",)
-
-log = logging.getLogger(__name__)
 
 
 class Evaluator:
