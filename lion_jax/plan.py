@@ -20,8 +20,19 @@ import os
 import re
 import sys
 
+
+def device_count_arg(argv: list[str]) -> str | None:
+  """The value of `--devices=N` or `--devices N` (read before absl parses flags)."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--devices="):
+      return arg.split("=", 1)[1]
+    if arg == "--devices" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 # The device count must be fixed before jax is imported.
-_DEVICES = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), None)
+_DEVICES = device_count_arg(sys.argv)
 if _DEVICES:
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={_DEVICES}"
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
