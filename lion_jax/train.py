@@ -39,7 +39,7 @@ from lion_jax.models.param_paths import TASK_LEVELS, flatten, merge, unflatten
 
 log = logging.getLogger(__name__)
 
-DEVICE_KEYS = pipeline.MODEL_KEYS + ("target_ids", "target_mask")
+DEVICE_KEYS = pipeline.TRAIN_KEYS
 
 
 @jax.tree_util.register_dataclass

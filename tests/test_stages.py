@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from lion_jax import checkpoints, sharding, train
 from lion_jax.models import param_paths
 from lion_jax.models.param_paths import LION, FreezeRule
-from tests.test_train import data_dir, make_config  # noqa: F401  (the shared synthetic data fixture)
+from tests.test_train import data_dir, make_config, saved_paths  # noqa: F401  (data_dir: the shared data fixture)
 
 STEPS = 4
 LAST_TWO_VIT_BLOCKS_TRAIN = (r"vit/(?!blocks_(3|4)/).*", r"t5/(?!.*/moa/).*")  # the tiny ViT has blocks 0-4
-
-
-def saved_paths(step_dir, item: str) -> list[str]:
-  with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.metadata(step_dir / item).item_metadata.tree
-  return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def test_freeze_rule_matches_whole_paths():

@@ -71,6 +71,14 @@ def flat(tree):
   return param_paths.flatten(jax.device_get(tree))
 
 
+def saved_paths(step_dir: Path, item: str) -> list[str]:
+  """The '/'-joined paths of the arrays a checkpoint item holds (read from its metadata)."""
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.metadata(step_dir / item).item_metadata.tree
+  return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def init_stage(config, stage, mesh, previous=(), rules=sharding.DEFAULT_RULES):
   """A stage's initial (trainable, frozen) values, its abstract state and its optimizer."""
   abstract, abstract_frozen, tx, schedule = train.abstract_state(config, stage, mesh, rules, 10)
@@ -114,10 +122,7 @@ def test_frozen_towers_never_change_and_have_no_optimizer_state(three_stages):
   for stage in ("stage1", "stage2", "stage3"):
     step_dir = workdir / stage / "checkpoints" / str(STEPS)
     for item in ("trainable", "opt_state"):
-      with ocp.StandardCheckpointer() as ckptr:
-        tree = ckptr.metadata(step_dir / item).item_metadata.tree
-      paths = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-               for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+      paths = saved_paths(step_dir, item)
       assert paths, (stage, item)
       for p in paths:
         assert "vit/" not in p and not ("t5/" in p and "/moa/" not in p), (stage, item, p)

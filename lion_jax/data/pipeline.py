@@ -37,6 +37,7 @@ SKIP_REASONS = ("missing_image", "unreadable_image", "box_outside_image", "bad_b
 TRUNCATION_LIMITS = {"input": "max_input_len", "target": "max_target_len", "qformer": "max_qformer_len"}
 MAX_CONSECUTIVE_FAILURES = 100
 MODEL_KEYS = ("image", "qformer_ids", "qformer_mask", "input_ids", "input_mask", "decoder_input_ids", "task")
+TRAIN_KEYS = MODEL_KEYS + ("target_ids", "target_mask")  # what a train step or a validation loss reads
 
 log = logging.getLogger(__name__)
 

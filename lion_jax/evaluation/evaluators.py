@@ -87,7 +87,7 @@ class Evaluator:
       # rng None: no augmentation and each task's first template, as the generation evaluators prompt.
       examples = [preparer(i, None) for i in range(start, min(start + size, len(self.source.records)))]
       examples += [examples[0]] * (size - len(examples))  # pad the last batch, then mask it out
-      batch = {k: np.stack([e[k] for e in examples]) for k in pipeline.MODEL_KEYS + ("target_ids", "target_mask")}
+      batch = {k: np.stack([e[k] for e in examples]) for k in pipeline.TRAIN_KEYS}
       real = np.arange(size) < min(size, len(self.source.records) - start)
       batch["target_mask"] = batch["target_mask"] * real[:, None]
       totals += np.asarray(jax.device_get(loss_sums(params, batch)))
