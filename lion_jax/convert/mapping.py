@@ -16,6 +16,9 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from lion_jax.errors import UserError
+
+
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
@@ -43,7 +46,7 @@ class Entry:
   transform: Transform = same
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
   """A checkpoint does not fit the model: lists missing, unexpected and mis-shaped keys by name."""
 
 

@@ -30,6 +30,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lion_jax.errors import UserError
+
+
 TASK_TYPES = ("region_level", "image_level")  # index = the MoA task id (0 region, 1 image)
 TASKS = ("caption", "vqa", "rec", "reg", "grounded_caption", "instruction")
 REGION_TASKS = ("rec", "reg", "grounded_caption")
@@ -38,7 +41,7 @@ BOXES_PLACEHOLDER = "<boxes>"
 LION_REGION_CATEGORIES = ("ref", "region", "region_level", "grounding")
 
 
-class BadRecord(ValueError):
+class BadRecord(UserError):
   """A record that cannot be used; `reason` is a short category for counters."""
 
   def __init__(self, reason: str, detail: str):
