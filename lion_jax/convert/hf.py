@@ -115,9 +115,9 @@ def fresh_adapters(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str
   return out
 
 
-# Keys HF checkpoints carry that the model does not use: T5's tied embedding copies, buffers.
-HF_IGNORED = (r".*encoder\.embed_tokens\.weight", r".*decoder\.embed_tokens\.weight",
-              r".*position_ids", r".*decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight")
+# Keys HF checkpoints carry that the model does not use: buffers and a bias T5 never reads. T5's
+# embedding copies are not among them: they are checked against `shared` (mapping.t5_embedding_copies).
+HF_IGNORED = (r".*position_ids", r".*decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight")
 
 
 def load_hf_instructblip(path: str | os.PathLike, *, progress: bool = False
@@ -135,7 +135,8 @@ def load_hf_instructblip(path: str | os.PathLike, *, progress: bool = False
   entries = (mapping.vit_hf(config) + mapping.qformer(config, "hf")
              + mapping.t5_body(config, "language_model."))
   flat = mapping.assemble(entries, source, mapping.select(shapes, ["vit/", "qformer/", "t5/"], ["/moa/"]),
-                          source_name=str(path), ignore=HF_IGNORED, progress=progress)
+                          source_name=str(path), ignore=HF_IGNORED,
+                          copies=mapping.t5_embedding_copies("language_model."), progress=progress)
   flat.update(fresh_adapters(config))
   return config, mapping.unflatten(flat)
 
@@ -151,5 +152,6 @@ def load_hf_t5(path: str | os.PathLike, *, progress: bool = False
   boxed = jax.eval_shape(lambda: T5(t5).init(jax.random.key(0), ids, ids, ids)["params"])
   shapes = {f"t5/{k}": v for k, v in mapping.flat_shapes(nn.unbox(boxed)).items()}
   flat = mapping.assemble(mapping.t5_body(ml_collections.ConfigDict({"t5": t5})), source, shapes,
-                          source_name=str(path), ignore=HF_IGNORED, progress=progress)
+                          source_name=str(path), ignore=HF_IGNORED, copies=mapping.t5_embedding_copies(),
+                          progress=progress)
   return t5, flat

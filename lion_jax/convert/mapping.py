@@ -3,7 +3,8 @@
 A map is a list of `Entry(dst, src, transform)`: `dst` is our '/'-joined param path, `src` the source
 key, `transform` turns the source array into ours (torch Linear [out, in] -> Flax kernel [in, out],
 conv OIHW -> HWIO, slices of a fused bias). `assemble` applies a map and refuses to guess: missing
-keys, unexpected keys and shape mismatches are reported by name.
+keys, unexpected keys and shape mismatches are reported by name, and a source key that copies another
+(T5's tied embedding tables) is compared with it, never dropped unseen.
 """
 
 from __future__ import annotations
@@ -186,6 +187,12 @@ def t5_body(config: ml_collections.ConfigDict, src: str = "") -> list[Entry]:
   return e
 
 
+def t5_embedding_copies(src: str = "") -> dict[str, str]:
+  """{copy: original} for the per-stack embedding tables HF ties to `shared`: the model reads `shared`
+  alone, so a copy that differs (an untied config) would change the logits."""
+  return {f"{src}{stack}.embed_tokens.weight": f"{src}shared.weight" for stack in ("encoder", "decoder")}
+
+
 def t5_adapters_lion(config: ml_collections.ConfigDict, num_adapters: int, src: str = "t5_model.") -> list[Entry]:
   """LION MoA keys: `{stack}.block.{i}.layer.{1|2}.adapter.{adapters.k.*, router_ratio{k+1}}`."""
   c, e = config.t5, []
@@ -209,14 +216,26 @@ def _listing(items: Sequence[str], limit: int = 20) -> str:
   return f"\n    {shown}{more}"
 
 
+def _copy_difference(source: Mapping[str, np.ndarray], copy: str, original: str) -> str | None:
+  """None when `source[copy]` equals `source[original]` exactly, else how they differ."""
+  a, b = source[copy], source[original]
+  if a.shape != b.shape:
+    return f"{copy} has shape {a.shape}, {original} {b.shape}"
+  if np.array_equal(a, b):
+    return None
+  largest = np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+  return f"{copy} differs from {original}: largest difference {largest:.6g}"
+
+
 def assemble(entries: Iterable[Entry], source: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
-             *, source_name: str, ignore: Sequence[str] = (), dtype=np.float32,
-             progress: bool = False) -> dict[str, np.ndarray]:
+             *, source_name: str, ignore: Sequence[str] = (), copies: Mapping[str, str] | None = None,
+             dtype=np.float32, progress: bool = False) -> dict[str, np.ndarray]:
   """Applies `entries` to `source`; returns a flat {dst: array} dict.
 
   `expected` maps every dst this source must provide to its shape. Source keys matching a regex in
-  `ignore` may stay unused (known buffers, tied duplicates, blocks the model drops); any other unused
-  key, missing key or shape mismatch raises `CheckpointMismatchError` naming `source_name`.
+  `ignore` may stay unused (known buffers, blocks the model drops); a key of `copies` ({copy:
+  original}) may too, if it equals its original exactly. Any other unused key, a differing copy, a
+  missing key or a shape mismatch raises `CheckpointMismatchError` naming `source_name`.
   """
   entries = list(entries)
   out, missing, bad_shape, used = {}, [], [], set()
@@ -238,12 +257,17 @@ def assemble(entries: Iterable[Entry], source: Mapping[str, np.ndarray], expecte
       continue
     out[entry.dst] = value.astype(dtype)
   not_mapped = sorted(set(expected) - {e.dst for e in entries})
+  present_copies = {k: v for k, v in (copies or {}).items() if k in source and v in source}
+  used |= set(present_copies)
+  differing = [d for d in (_copy_difference(source, k, v) for k, v in present_copies.items()) if d]
   unexpected = sorted(k for k in source if k not in used and not any(re.fullmatch(p, k) for p in ignore))
   problems = []
   if missing:
     problems.append(f"{len(missing)} keys the model needs are missing:{_listing(missing)}")
   if bad_shape:
     problems.append(f"{len(bad_shape)} shapes do not match:{_listing(bad_shape)}")
+  if differing:
+    problems.append(f"{len(differing)} copies differ from the table the model reads:{_listing(differing)}")
   if unexpected:
     problems.append(f"{len(unexpected)} keys were not used by the model:{_listing(unexpected)}")
   if not_mapped:

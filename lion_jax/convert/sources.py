@@ -1,20 +1,24 @@
 """Readers that expose checkpoint files as `{key: numpy array}` mappings, loading lazily.
 
 Safetensors (single file or sharded with `*.safetensors.index.json`) are read without torch. PyTorch
-`.pth` pickles are read with `torch.load(weights_only=True)`, so a file cannot run code; torch is only
-imported for them.
+`.pth` pickles, zip or legacy (pre-1.6) format, are read with `torch.load(weights_only=True)`, so a file
+cannot run code; torch is only imported for them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterator
 
 import ml_dtypes
 import numpy as np
+
+from lion_jax.errors import UserError
 
 
 class SafetensorsSource(Mapping):
@@ -33,7 +37,7 @@ class SafetensorsSource(Mapping):
         try:
           index = json.loads(index_path.read_text())["weight_map"]
         except (json.JSONDecodeError, KeyError) as e:
-          raise ValueError(f"{index_path}: not a safetensors index with a 'weight_map': {e}") from e
+          raise UserError(f"{index_path}: not a safetensors index with a 'weight_map': {e}") from e
         files = {name: path / name for name in sorted(set(index.values()))}
       else:
         files = {p.name: p for p in sorted(path.glob("*.safetensors"))}
@@ -48,14 +52,14 @@ class SafetensorsSource(Mapping):
       try:
         handle = safe_open(str(file), framework="numpy")
       except Exception as e:  # safetensors raises its own error types
-        raise ValueError(f"{file}: cannot read as safetensors: {e}") from e
+        raise UserError(f"{file}: cannot read as safetensors: {e}") from e
       self._handles[name] = handle
       for key in handle.keys():
         self._key_to_file[key] = name
     if index is not None:
       missing = sorted(k for k in index if k not in self._key_to_file)
       if missing:
-        raise ValueError(f"{path}: keys in the index but in no shard: {missing[:10]}")
+        raise UserError(f"{path}: keys in the index but in no shard: {missing[:10]}")
 
   def __getitem__(self, key: str) -> np.ndarray:
     return self._handles[self._key_to_file[key]].get_tensor(key)
@@ -76,8 +80,16 @@ def _torch_to_numpy(tensor) -> np.ndarray:
   return tensor.numpy()
 
 
+# How torch's weights-only unpickler names the global it refused ("... GLOBAL posix.system ...").
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
 class TorchSource(Mapping):
-  """Tensors of a `.pth` state dict (`checkpoint['model']` when present), never unpickling code."""
+  """Tensors of a `.pth` state dict (`checkpoint['model']` when present), never unpickling code.
+
+  Zip-format files are memory-mapped; legacy-format files (older releases) cannot be, so they are read
+  into memory whole.
+  """
 
   def __init__(self, path: str | os.PathLike):
     try:
@@ -88,13 +100,16 @@ class TorchSource(Mapping):
     if not path.exists():
       raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-      obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+      obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for bad files
-      raise ValueError(f"{path}: cannot load as a weights-only PyTorch checkpoint: {e}") from e
+      refused = _REFUSED_GLOBAL.search(str(e))
+      why = (f"it names {refused.group(1)}, and only tensors and plain data are loaded, so that a file "
+             "cannot run code" if refused else str(e))
+      raise UserError(f"{path}: cannot load as a weights-only PyTorch checkpoint: {why}") from e
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
       obj = obj["model"]
     if not isinstance(obj, dict):
-      raise ValueError(f"{path}: expected a state dict (or {{'model': state_dict}}), got {type(obj)}")
+      raise UserError(f"{path}: expected a state dict (or {{'model': state_dict}}), got {type(obj)}")
     self._tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     self.path = path
 

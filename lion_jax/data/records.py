@@ -15,8 +15,9 @@ A record is one training or evaluation example before images are decoded and tex
   source, id   dataset name and the example's id there
 
 Files: JSONL (one record per line, docs/data.md) or the official LION JSON list (`image`,
-`question`, `answer`, `category`, `tags`). Loading validates every record; a bad one is skipped
-with its reason and line (or raises, with `strict`), and a file with no valid record fails.
+`question`, `answer`, `category`, `tags`). Loading validates every record, also the boxes written in
+the text of an instruction record (`Answer: [x1,y1,x2,y2]`); a bad one is skipped with its reason and
+line (or raises, with `strict`), and a file with no valid record fails.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lion_jax.data.boxes import parse_boxes
 from lion_jax.errors import UserError
 
 
@@ -100,6 +102,15 @@ def check_box(box: Any, width: int | None, height: int | None) -> list[float]:
   return [x1, y1, x2, y2]
 
 
+def check_text_boxes(text: str, field: str) -> None:
+  """Boxes written in the text are normalised, so they are checked as the boxes of a 1x1 image."""
+  for box in parse_boxes(text):
+    try:
+      check_box(box, 1, 1)
+    except BadRecord as e:
+      raise BadRecord(e.reason, f"in the {field} text: {e.detail} (text boxes are normalised)") from None
+
+
 def validate(record: Record) -> Record:
   """Checks the fields a task needs; returns the record or raises BadRecord."""
   if record.task_type not in TASK_TYPES:
@@ -119,6 +130,10 @@ def validate(record: Record) -> Record:
     raise BadRecord("empty_expression", f"task {record.task} needs a referring expression")
   if record.task in ("vqa", "instruction") and not record.question.strip():
     raise BadRecord("empty_question", f"task {record.task} needs a question")
+  if record.task == "instruction":  # the official format: boxes live in the question and answer text
+    check_text_boxes(record.question, "question")
+    for a in answers:
+      check_text_boxes(a, "answer")
   if record.task == "grounded_caption":
     for a in answers:
       if a.count(BOXES_PLACEHOLDER) != len(record.boxes):
@@ -155,7 +170,7 @@ def record_from_lion_json(d: Any, source: str = "lion") -> Record:
   answer = d.get("answer", "")
   if isinstance(answer, list):
     answer = answer[0] if answer else ""
-  category = d.get("category", "")
+  category = str(d.get("category", "")).lower()  # the official loader lower-cases it
   task_type = "region_level" if category in LION_REGION_CATEGORIES else "image_level"
   return validate(Record(task_type=task_type, task="instruction", image=str(image),
                          question=str(d.get("question", "")), answers=[str(answer)],

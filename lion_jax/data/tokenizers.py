@@ -34,6 +34,7 @@ TRUNCATION_SIDES = ("left", "right")
 SPACE_PIECE = "▁"  # SentencePiece's (and HF Metaspace's) marker for a preceding space
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 BERT_DEC_TOKEN = "[DEC]"
+LENGTH_BUCKET = 32  # untruncated texts are padded to a multiple of this (bucketed_length)
 
 
 def _truncate(content: list[int], max_length: int | None, num_special: int,
@@ -59,6 +60,12 @@ def pad_batch(rows: list[list[int]], max_length: int, pad_id: int) -> tuple[np.n
     ids[i, :len(row)] = row
     mask[i, :len(row)] = 1
   return ids, mask
+
+
+def bucketed_length(n: int, minimum: int = LENGTH_BUCKET) -> int:
+  """The padded length of `n` ids that are not truncated: `minimum`, or the next multiple of
+  LENGTH_BUCKET above it, so that prompts of any length compile only a few shapes."""
+  return max(minimum, -(-n // LENGTH_BUCKET) * LENGTH_BUCKET)
 
 
 def _check_batch(texts: Sequence[str]) -> None:

@@ -1,8 +1,9 @@
 """Batched evaluation: records -> generated answers -> the benchmark's metric.
 
 Every record is prompted with the first (fixed) template of its task, images are preprocessed
-without augmentation, and generation uses the given beam settings. Predictions are written next to
-the scores, so a number can always be traced back to the answers that made it.
+without augmentation, and generation uses the given beam settings. The T5 prompt is never cut (the
+official `generate` does not truncate it); the Q-Former text is, as there. Predictions are written
+next to the scores, so a number can always be traced back to the answers that made it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from lion_jax.data import images, templates
 from lion_jax.convert.converted import load_converted, tokenizer_files
 from lion_jax.data.records import BadRecord, Record, load_records
-from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
+from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
 from lion_jax.evaluation import benchmarks, metrics
 from lion_jax.inference.generate import generate
 
@@ -35,7 +36,10 @@ def predict_records(config, params, t5: T5Tokenizer, bert: BertTokenizer, record
                     image_root: str | Path, *, batch_size: int = 16, max_input_len: int = 128,
                     max_qformer_len: int = 128, use_tags: bool = True, progress: bool = True,
                     **generate_settings) -> list[str | None]:
-  """Generated text per record (None for a record whose image cannot be read; counted and logged)."""
+  """Generated text per record (None for a record whose image cannot be read; counted and logged).
+
+  T5 prompts are padded to `max_input_len` (the training limit, one compiled shape), a batch holding a
+  longer one to its bucketed length: whole, never truncated."""
   image_root = Path(image_root)
   max_qformer_len = min(max_qformer_len, config.qformer.max_positions)  # the model's position table
   outputs: list[str | None] = [None] * len(records)
@@ -59,7 +63,8 @@ def predict_records(config, params, t5: T5Tokenizer, bert: BertTokenizer, record
     pixels = np.stack([p[0] for p in prepared] + [prepared[0][0]] * pad)
     t5_inputs = [p[1].t5_input for p in prepared] + [prepared[0][1].t5_input] * pad
     questions = [p[1].instruction for p in prepared] + [prepared[0][1].instruction] * pad
-    input_ids, input_mask = t5.encode_batch(t5_inputs, max_length=max_input_len, truncation_side="left")
+    rows = [t5.encode(text) for text in t5_inputs]
+    input_ids, input_mask = pad_batch(rows, bucketed_length(max(map(len, rows)), max_input_len), t5.pad_id)
     q_ids, q_mask = bert.encode_batch(questions, max_length=max_qformer_len, truncation_side="left")
     task = np.array([records[i].task_id for i in kept] + [records[kept[0]].task_id] * pad, np.int32)
     batch = dict(image=pixels, qformer_ids=q_ids, qformer_mask=q_mask, input_ids=input_ids, input_mask=input_mask,

@@ -22,20 +22,14 @@ from lion_jax.convert.converted import load_converted, tokenizer_files
 from lion_jax.data import boxes as box_text
 from lion_jax.data import images, templates
 from lion_jax.data.records import TASK_TYPES
-from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, pad_batch
+from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
 from lion_jax.inference.generate import generate
-
-LENGTH_BUCKET = 32  # prompts are padded to a multiple of this, so few shapes get compiled
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
   text: str
   boxes: list[tuple[float, float, float, float]]  # pixel xyxy, parsed from the text
-
-
-def _bucket(n: int) -> int:
-  return max(LENGTH_BUCKET, -(-n // LENGTH_BUCKET) * LENGTH_BUCKET)
 
 
 class Predictor:
@@ -61,10 +55,10 @@ class Predictor:
   def _batch(self, pixels: np.ndarray, question: str, tags: Sequence[str] | None, task: str) -> dict:
     prompt = templates.tag_prompt(tags) + question if tags else question
     t5_ids = self.t5.encode(prompt)
-    input_ids, input_mask = pad_batch([t5_ids], _bucket(len(t5_ids)), self.t5.pad_id)
+    input_ids, input_mask = pad_batch([t5_ids], bucketed_length(len(t5_ids)), self.t5.pad_id)
     limit = min(self.max_qformer_len, self.config.qformer.max_positions)
     q_ids = self.bert.encode(question, max_length=limit, truncation_side="left")
-    qformer_ids, qformer_mask = pad_batch([q_ids], min(_bucket(len(q_ids)), limit), self.bert.pad_id)
+    qformer_ids, qformer_mask = pad_batch([q_ids], min(bucketed_length(len(q_ids)), limit), self.bert.pad_id)
     return dict(image=pixels[None], qformer_ids=qformer_ids, qformer_mask=qformer_mask, input_ids=input_ids,
                 input_mask=input_mask, task=np.array([TASK_TYPES.index(task)], np.int32))
 
