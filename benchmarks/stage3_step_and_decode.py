@@ -21,20 +21,18 @@ import time
 import numpy as np
 
 from benchmarks.common import median_seconds, record
+from lion_jax.data import contract
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}
 
 
 def random_batch(data_config, batch: int, vocab: int, bert_vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
   """Pipeline-shaped batch with full masks and random ids (every position does real work)."""
-  from lion_jax import train
   rng = np.random.default_rng(seed)
-  out = train.example_local_batch(data_config, batch)
+  out = contract.zeros(contract.data_spec(data_config), batch)
   out["image"] = rng.normal(size=out["image"].shape).astype(np.float32)
   for key, high in (("qformer_ids", bert_vocab), ("input_ids", vocab), ("decoder_input_ids", vocab), ("target_ids", vocab)):
     out[key] = rng.integers(3, high, out[key].shape).astype(np.int32)
-  for key in ("qformer_mask", "input_mask", "target_mask"):
-    out[key] = np.ones_like(out[key])
   out["task"] = rng.integers(0, 2, out["task"].shape).astype(np.int32)
   return out
 

@@ -57,8 +57,8 @@ def get_config(arg=None):
   config.synthetic.update(enabled=True, num_images=args.images, image_size=max(image_size, 32), eval_limit=args.eval,
                           max_shapes=3, size_range=[0.2, 0.45])
   config.data.sources = {
-      "synthetic_image": dict(records="", image_root="", format="jsonl", task_types=["image_level"]),
-      "synthetic_region": dict(records="", image_root="", format="jsonl", tasks=["rec", "reg"]),
+      "synthetic_image": dict(common.source(fmt="jsonl"), task_types=["image_level"]),
+      "synthetic_region": dict(common.source(fmt="jsonl"), tasks=["rec", "reg"]),
   }
   config.data.update(image_size=image_size, **synthetic.TEXT_LENGTHS)
   config.global_batch_size = 16

@@ -2,51 +2,103 @@
 
   DIR/<stage>/checkpoints/<step>/trainable   the trainable parameters (never the frozen towers)
                                  opt_state   AdamW state of the trainables
-                                 data        the Grain iterator position and per-source counters
-                                 meta        JSON: stage, step, num_steps, final
-Saves are asynchronous and atomic: a run killed mid-save leaves the previous checkpoint as the
-newest complete one. Restoring takes abstract arrays carrying the *current* shardings, so a run can
-resume on a different mesh or number of devices. DIR may be a bucket (`gs://...`, see `lion_jax.paths`).
+                                 meta        JSON: stage, step, num_steps, final, and the data
+                                             counters summed over processes
+The data position is the step itself (the pipeline starts at global batch `step`), so a run resumes
+exactly on any number of processes. Saves are asynchronous and atomic: a run killed mid-save leaves
+the previous checkpoint as the newest complete one. A checkpoint damaged afterwards (files truncated
+or missing, as after a full disk or a half-copied bucket) is moved to DIR/<stage>/damaged_checkpoints/
+and the newest intact one is used. Restoring takes abstract arrays carrying the *current* shardings,
+so a run can resume on a different mesh or number of devices. DIR may be a bucket (`gs://...`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from lion_jax import paths
+from lion_jax.errors import MissingFile, UserError
+
+log = logging.getLogger(__name__)
 
 
 class StageCheckpoints:
   def __init__(self, directory: str | os.PathLike, *, keep: int = 2, async_save: bool = True):
     self.directory = paths.as_path(directory)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.damaged_directory = self.directory.parent / "damaged_checkpoints"
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                 enable_async_checkpointing=async_save)
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, trainable: Any, opt_state: Any, data_iterator: grain.DatasetIterator,
-           meta: dict[str, Any]) -> None:
+  def save(self, step: int, trainable: Any, opt_state: Any, meta: dict[str, Any]) -> None:
     self.manager.save(step, args=ocp.args.Composite(
         trainable=ocp.args.StandardSave(trainable), opt_state=ocp.args.StandardSave(opt_state),
-        data=grain.checkpoint.CheckpointSave(data_iterator), meta=ocp.args.JsonSave(meta)), force=True)
+        meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore(self, step: int, abstract_trainable: Any, abstract_opt_state: Any,
-              data_iterator: grain.DatasetIterator) -> tuple[Any, Any, dict[str, Any]]:
-    """Restores onto the shardings carried by the abstract trees; the iterator is restored in place."""
+  def restore_newest_intact(self, abstract_trainable: Any, abstract_opt_state: Any
+                            ) -> tuple[Any, Any, dict[str, Any]] | None:
+    """(trainable, opt_state, meta) of the newest checkpoint that restores, onto the shardings of
+    the abstract trees; None when there is none. Damaged ones are moved aside, never deleted. A
+    checkpoint whose shapes differ from the model's is a config change, not damage: UserError."""
+    moved = []
+    while (step := self.manager.latest_step()) is not None:
+      try:
+        return self._restore(step, abstract_trainable, abstract_opt_state)
+      except UserError:
+        raise
+      except Exception as e:  # noqa: BLE001 -- what a damaged checkpoint raises is not one type
+        moved.append(self._move_aside(step, e))
+        if self.manager.latest_step() is None:
+          raise UserError(f"no checkpoint of {self.directory} restores; the damaged ones were moved to {moved}. "
+                          f"Re-running starts this stage over; copy an intact checkpoint back to resume") from e
+    return None
+
+  def _restore(self, step: int, abstract_trainable: Any, abstract_opt_state: Any):
+    self._check_shapes(step, abstract_trainable)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         trainable=ocp.args.StandardRestore(abstract_trainable),
-        opt_state=ocp.args.StandardRestore(abstract_opt_state),
-        data=grain.checkpoint.CheckpointRestore(data_iterator), meta=ocp.args.JsonRestore()))
+        opt_state=ocp.args.StandardRestore(abstract_opt_state), meta=ocp.args.JsonRestore()))
     return restored["trainable"], restored["opt_state"], restored["meta"]
+
+  def _check_shapes(self, step: int, abstract_trainable: Any) -> None:
+    """UserError naming the parameters whose stored shapes the current model does not have."""
+    try:
+      stored = ocp.PyTreeCheckpointHandler().metadata(self.directory / str(step) / "trainable").tree
+    except Exception:  # noqa: BLE001 -- unreadable metadata is damage: the restore will say so
+      return
+    want = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(abstract_trainable, sep="/").items()}
+    have = {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(stored, sep="/").items()}
+    differ = sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
+    if set(want) != set(have) or differ:
+      raise UserError(
+          f"{self.directory}/{step} was written by a different model than this config builds (missing "
+          f"{sorted(set(want) - set(have))[:3]}, unexpected {sorted(set(have) - set(want))[:3]}, other "
+          f"shapes {differ[:3]}): resume with the config that wrote it, or use a new --workdir")
+
+  def _move_aside(self, step: int, failure: Exception) -> str:
+    target = self.damaged_directory / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+    if jax.process_index() == 0:
+      log.warning("checkpoint %s/%d is damaged; moving it to %s and trying the previous one",
+                  self.directory, step, target, exc_info=failure)
+      self.damaged_directory.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"moved damaged checkpoint {step}")
+    self.manager.close()
+    self.manager = ocp.CheckpointManager(self.directory, options=self._options)
+    return str(target)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -77,10 +129,10 @@ def load_final_trainables(directory: str | os.PathLike, stage: str) -> dict[str,
   directory = paths.as_path(directory)
   step, meta = read_meta(directory)
   if step is None:
-    raise FileNotFoundError(f"no {stage} checkpoint in {directory}: run {stage} first, or point "
+    raise MissingFile(f"no {stage} checkpoint in {directory}: run {stage} first, or point "
                             f"init_from.{stage} at its workdir")
   if not meta.get("final"):
-    raise ValueError(f"{stage} in {directory} stopped at step {step} of {meta.get('num_steps')}: "
+    raise UserError(f"{stage} in {directory} stopped at step {step} of {meta.get('num_steps')}: "
                      f"finish it (re-run the same command) before starting the next stage")
   with ocp.CheckpointManager(directory) as manager:
     trainable = manager.restore(step, args=ocp.args.Composite(trainable=ocp.args.StandardRestore()))["trainable"]

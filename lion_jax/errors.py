@@ -24,3 +24,7 @@ def exit_code(run: Callable[[], int | None]) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+
+
+class MissingFile(UserError, FileNotFoundError):
+  """A path the user gave (a config field, a flag) that does not exist."""

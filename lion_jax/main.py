@@ -17,7 +17,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from lion_jax import paths, train
+from lion_jax import errors, paths, train
 from lion_jax.demo import evaluate_export, prepare_synthetic_data
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/stage1.py[:size=xxl].",
@@ -42,21 +42,23 @@ def main(argv) -> int:
   del argv
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file operation at INFO
-  config = _CONFIG.value
-  workdir = paths.as_path(_WORKDIR.value)
+  return errors.exit_code(lambda: run(_CONFIG.value, paths.as_path(_WORKDIR.value)))
+
+
+def run(config, workdir) -> int:
+  """The job: demo data if asked for, every configured stage, the demo's final evaluation. A NaN
+  loss (FloatingPointError) is reported like a user error: the message says which step and what to change."""
   if config.synthetic.enabled and paths.is_cloud(workdir):
-    log.error("the synthetic demo generates its images into the workdir and reads them back with local "
-              "file access: give a local --workdir (got %s)", workdir)
-    return 1
+    raise errors.UserError(f"the synthetic demo generates its images into the workdir and reads them back with "
+                           f"local file access: give a local --workdir (got {workdir})")
   if config.distributed:
     start_distributed()
   if config.synthetic.enabled:
     prepare_synthetic_data(config, Path(workdir))
   try:
     summaries = train.run(config, workdir)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    log.error("%s", e)
-    return 1
+  except FloatingPointError as e:
+    raise errors.UserError(str(e)) from e
   for s in summaries:
     losses = s.get("losses") or []
     if losses:
@@ -65,6 +67,15 @@ def main(argv) -> int:
   if config.synthetic.enabled and config.synthetic.eval_limit and jax.process_index() == 0:
     evaluate_export(config, Path(workdir))
   return 0
+
+
+def config_file_error(e: BaseException) -> str | None:
+  """The message of a UserError that a config file's get_config(arg) raised (e.g. size=xxxl).
+  ml_collections re-raises it with the formatted traceback as its text, and absl wraps that in a
+  flag error: the original message is what follows the traceback's last `UserError: `."""
+  while e is not None and not isinstance(e, errors.UserError):
+    e = e.__cause__ or e.__context__
+  return None if e is None else str(e).rpartition("UserError: ")[2].strip()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -78,7 +89,7 @@ def parse_flags(argv: list[str]) -> list[str]:
           f"file defines can be set", file=sys.stderr)
     sys.exit(2)
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {config_file_error(e) or e}", file=sys.stderr)
     sys.exit(2)
 
 

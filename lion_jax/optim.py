@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from lion_jax.errors import UserError
+
 def decay_mask(params):
   """True for parameters with >= 2 dimensions (norm scales, biases and adapter scales are 1-D)."""
   return jax.tree.map(lambda x: x.ndim >= 2, params)
@@ -37,7 +39,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int):
       epoch = jnp.floor_divide(step, c.steps_per_epoch)
       return c.min_lr + (c.lr - c.min_lr) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / num_epochs))
     return schedule
-  raise ValueError(f"optimizer.schedule={c.schedule!r}; expected constant, warmup_cosine or lion_epoch_cosine")
+  raise UserError(f"optimizer.schedule={c.schedule!r}; expected constant, warmup_cosine or lion_epoch_cosine")
 
 
 def make_optimizer(config: ml_collections.ConfigDict, num_steps: int):

@@ -45,6 +45,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from lion_jax import sharding, stages, train  # noqa: E402
+from lion_jax.data import contract  # noqa: E402
 from lion_jax.models import Lion  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config, e.g. configs/stage3.py:size=xxl.")
@@ -94,8 +95,8 @@ def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int)
   trainable = state.params
   model = Lion(stages.model_config(config, stage_name))
   batch_sharding = sharding.batch_sharding(mesh, rules)
-  local = train.example_local_batch(stages.data_config(config, stage_name), global_batch)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in local.items()}
+  batch = {k: jax.ShapeDtypeStruct((global_batch,) + shape, dtype, sharding=batch_sharding)
+           for k, (shape, dtype) in contract.data_spec(stages.data_config(config, stage_name)).items()}
   step = train.make_train_step(model, tx, schedule, config.grad_accum_steps, config.seed)
   start = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):

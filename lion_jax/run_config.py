@@ -13,6 +13,7 @@ import ml_collections
 
 from lion_jax import sharding, stages
 from lion_jax.data import pipeline, synthetic
+from lion_jax.errors import MissingFile, UserError
 from lion_jax.models import param_paths, presets
 
 IMAGE_LEVEL_SOURCES = ("coco_caption", "vqav2", "okvqa", "aokvqa", "textcaps")
@@ -25,15 +26,22 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r}; expected one of {sorted(defaults)}")
+      raise UserError(f"unknown config argument {key!r}; expected one of {sorted(defaults)}")
     parsed[key] = type(defaults[key])(value) if defaults[key] is not None else value
   return ml_collections.ConfigDict(parsed)
 
 
 def data_sources() -> ml_collections.ConfigDict:
   """One entry per LION dataset; set `records` (JSONL from lion_jax.data.adapters) and `image_root`."""
-  return ml_collections.ConfigDict({name: dict(records="", image_root="", format="auto")
-                                    for name in IMAGE_LEVEL_SOURCES + REGION_LEVEL_SOURCES})
+  return ml_collections.ConfigDict({name: source() for name in IMAGE_LEVEL_SOURCES + REGION_LEVEL_SOURCES})
+
+
+def source(records: str = "", image_root: str = "", fmt: str = "auto") -> dict:
+  """One data source: a record file (`format` auto / jsonl / lion_json) or, with `format='tfds'`, a
+  TFDS dataset prepared as array_record: `tfds.name` (e.g. 'coco_captions:1.0.0'), `tfds.data_dir`,
+  `tfds.split`, `tfds.fields` ('image=jpeg,answers=captions': record field = feature) and the task."""
+  return dict(records=records, image_root=image_root, format=fmt,
+              tfds=dict(name="", data_dir="", split="train", fields="", task_type="", task=""))
 
 
 def stage(visual_input: str, mixture: dict[str, float], num_steps: int, init_from=(), export: bool = False,
@@ -83,13 +91,16 @@ def lion_stages(num_steps: int) -> ml_collections.ConfigDict:
 def base_config(size: str = "xl") -> ml_collections.ConfigDict:
   presets_by_size = {"xl": "flant5xl", "xxl": "flant5xxl", "tiny": "tiny"}
   if size not in presets_by_size:
-    raise ValueError(f"size={size!r}; expected one of {sorted(presets_by_size)}")
+    raise UserError(f"size={size!r}; expected one of {sorted(presets_by_size)}")
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = presets.get(presets_by_size[size])
   config.model.dtype = "bfloat16"
   config.frozen_dtype = "bfloat16"
-  config.pretrained = ""  # converted checkpoint dir (python -m lion_jax.convert); "" or "random" = random init
+  config.pretrained = ""  # converted checkpoint dir (python -m lion_jax.convert); "random" = random init
+  # A LION-size model from random towers is almost always a forgotten --config.pretrained: refuse
+  # unless the user says --config.pretrained=random.
+  config.require_pretrained = size in ("xl", "xxl")
   # True: config.model, data.image_size and unset vocab files come from config.pretrained (fine-tuning).
   config.model_from_pretrained = False
   config.data = pipeline.default_config()
@@ -125,7 +136,7 @@ def adopt_pretrained_model(config: ml_collections.ConfigDict) -> None:
   if not config.model_from_pretrained:
     return
   if not config.pretrained or config.pretrained == stages.RANDOM:
-    raise ValueError("model_from_pretrained needs --config.pretrained=<converted checkpoint directory>")
+    raise UserError("model_from_pretrained needs --config.pretrained=<converted checkpoint directory>")
   from lion_jax.convert.converted import load_config, tokenizer_files
   dtype = config.model.dtype
   config.model = load_config(config.pretrained)
@@ -135,7 +146,7 @@ def adopt_pretrained_model(config: ml_collections.ConfigDict) -> None:
   for key, name in (("t5_vocab", "t5"), ("bert_vocab", "bert")):
     if not config.data[key]:
       if name not in files:
-        raise FileNotFoundError(f"{config.pretrained}/tokenizer has no {name} vocabulary: set --config.data.{key}")
+        raise MissingFile(f"{config.pretrained}/tokenizer has no {name} vocabulary: set --config.data.{key}")
       config.data[key] = str(files[name])
 
 

@@ -31,15 +31,16 @@ from etils import epath
 from lion_jax import checkpoints, optim, paths, run_config, sharding, stages
 from lion_jax.loss import loss_and_metrics
 from lion_jax.convert.converted import load_converted, save_converted
-from lion_jax.data import pipeline
+from lion_jax.data import contract, pipeline
+from lion_jax.errors import UserError
 from lion_jax.evaluation.evaluators import format_scalars, make_evaluators, run_all
 from lion_jax.metrics import MetricWriter, Progress
 from lion_jax.models import VISUAL_INPUTS, Lion, example_batch, param_paths
 from lion_jax.models.param_paths import TASK_LEVELS, flatten, merge, unflatten
+from lion_jax.preemption import PreemptionWatch
 
 log = logging.getLogger(__name__)
 
-DEVICE_KEYS = pipeline.TRAIN_KEYS
 
 
 @jax.tree_util.register_dataclass
@@ -92,19 +93,24 @@ def check_config(config: ml_collections.ConfigDict, stage_name: str, mesh, proce
   """Errors a user can fix, raised before anything is compiled."""
   stage = config.stages[stage_name]
   if stage.visual_input not in VISUAL_INPUTS:
-    raise ValueError(f"stages.{stage_name}.visual_input={stage.visual_input!r}; expected one of {VISUAL_INPUTS}")
+    raise UserError(f"stages.{stage_name}.visual_input={stage.visual_input!r}; expected one of {VISUAL_INPUTS}")
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.global_batch_size % (batch_shards * config.grad_accum_steps):
-    raise ValueError(f"global_batch_size={config.global_batch_size} must be divisible by data*fsdp="
+    raise UserError(f"global_batch_size={config.global_batch_size} must be divisible by data*fsdp="
                      f"{batch_shards} times grad_accum_steps={config.grad_accum_steps}")
   if config.global_batch_size % process_count:
-    raise ValueError(f"global_batch_size={config.global_batch_size} must be divisible by the "
+    raise UserError(f"global_batch_size={config.global_batch_size} must be divisible by the "
                      f"{process_count} processes")
   if not stage.mixture:
-    raise ValueError(f"stages.{stage_name}.mixture is empty: give at least one data source and weight")
+    raise UserError(f"stages.{stage_name}.mixture is empty: give at least one data source and weight")
+  own_pretrained = stage.get("pretrained", "")
+  if config.get("require_pretrained") and not (own_pretrained or config.pretrained):
+    raise UserError(f"{stage_name} would start a {config.model.t5.num_layers}-layer T5 and its ViT from random "
+                    f"weights: set --config.pretrained=CONVERTED_DIR (python -m lion_jax.convert), or "
+                    f"--config.pretrained=random to train from scratch on purpose")
   unknown = sorted(set(stage.init_from.keys()) - set(config.stages.keys()))
   if unknown:
-    raise ValueError(f"stages.{stage_name}.init_from names {unknown}, which config.stages does not define "
+    raise UserError(f"stages.{stage_name}.init_from names {unknown}, which config.stages does not define "
                      f"({sorted(config.stages)})")
 
 
@@ -163,14 +169,14 @@ def init_params(config, stage_name, mesh, rules, previous, abstract):
     _report_unused(f"{stage_name}: pretrained {pretrained}", set(loaded) - set(params))
     missing_frozen = sorted(k for k in params if rule.is_frozen(k) and k not in overrides)
     if missing_frozen:
-      raise ValueError(f"pretrained {pretrained} lacks {len(missing_frozen)} parameters that "
+      raise UserError(f"pretrained {pretrained} lacks {len(missing_frozen)} parameters that "
                        f"stages.{stage_name}.frozen keeps fixed, e.g. {missing_frozen[:5]}")
   handed = stages.handoff(model_config.visual_input, model_config.adapters, previous)
   overrides.update({k: v for k, v in handed.items() if k in params})
   _report_unused(f"{stage_name}: earlier stages' trainables", set(handed) - set(params))
   for k, v in overrides.items():
     if tuple(v.shape) != params[k].shape:
-      raise ValueError(f"{k}: the loaded value has shape {tuple(v.shape)}, the model {params[k].shape}")
+      raise UserError(f"{k}: the loaded value has shape {tuple(v.shape)}, the model {params[k].shape}")
     params[k] = jax.device_put(np.asarray(v, params[k].dtype), shardings[k])
   trainable, frozen = rule.split(unflatten(params))
   with jax.set_mesh(mesh):
@@ -189,8 +195,18 @@ def _report_unused(what: str, paths: set[str]) -> None:
              ", ".join(modules), sorted(paths)[:3])
 
 
+def process_rows(batch_sharding, global_batch_size: int) -> tuple[int, int]:
+  """(first row, number of rows) of the global batch that this process's devices hold."""
+  index_map = batch_sharding.addressable_devices_indices_map((global_batch_size,))
+  rows = sorted({r for index in index_map.values() for r in range(*index[0].indices(global_batch_size))})
+  if rows != list(range(rows[0], rows[-1] + 1)):
+    raise UserError(f"process {jax.process_index()} holds rows {rows} of the batch, not one block: order the "
+                    f"mesh's devices by process (sharding.make_mesh does)")
+  return rows[0], len(rows)
+
+
 def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
-  return {k: jax.make_array_from_process_local_data(batch_sharding, local[k]) for k in DEVICE_KEYS}
+  return {k: jax.make_array_from_process_local_data(batch_sharding, local[k]) for k in contract.TRAIN_KEYS}
 
 
 # ---------------------------------------------------------------------------------- a stage ---
@@ -204,122 +220,121 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
   check_config(config, stage_name, mesh, jax.process_count())
   rules = sharding.config_rules(config)
 
-  # Data first (a wrong path fails before anything is compiled): this host's share of the batch.
-  local_batch = config.global_batch_size // jax.process_count()
-  data_config = stages.data_config(config, stage_name)
-  data_iter = pipeline.make_iterator(data_config, local_batch, seed=config.seed + zlib.crc32(stage_name.encode()) % 1000,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
-
-  # Parameters: fresh init, pretrained towers, earlier stages' trainables (explicit hand-off); the
+  # The model, its evaluators, and the train state as abstract arrays with their shardings; the
   # optimizer over the trainables only.
   model_config = stages.model_config(config, stage_name)
   model = Lion(model_config)
-  # Evaluators (config.evals) run on the training parameters and mesh; their data, too, fails here.
+  data_config = stages.data_config(config, stage_name)
+  # Evaluators (config.evals) run on the training parameters and mesh; their data fails here if wrong.
   evaluators = make_evaluators(config, model_config, data_config, num_steps)
   abstract, abstract_frozen, tx, schedule = abstract_state(config, stage_name, mesh, rules, num_steps)
+  state_shard = jax.tree.map(lambda x: x.sharding, abstract)
+  f_shard = jax.tree.map(lambda x: x.sharding, abstract_frozen)
+  replicated = state_shard.step
+
+  # Resume from the newest intact checkpoint of this stage, onto the current mesh; else start from
+  # the pretrained towers and the earlier stages' final trainables.
+  ckpt = checkpoints.StageCheckpoints(stage_dir / "checkpoints", keep=config.keep_checkpoints)
+  restored = ckpt.restore_newest_intact(abstract.params, abstract.opt_state)
   previous = []
   for prev_name, prev_dir in stage.init_from.items():
     path = paths.as_path(prev_dir) if prev_dir else workdir / prev_name
     previous.append((config.stages[prev_name].visual_input, config.stages[prev_name].get("adapters", "moa"),
                      checkpoints.load_final_trainables(path / "checkpoints", prev_name)))
   trainable, frozen = init_params(config, stage_name, mesh, rules, previous, (abstract.params, abstract_frozen))
-  state_shard = jax.tree.map(lambda x: x.sharding, abstract)
-  f_shard = jax.tree.map(lambda x: x.sharding, abstract_frozen)
-  with jax.set_mesh(mesh):
-    opt_state = jax.jit(tx.init, out_shardings=state_shard.opt_state)(trainable)
-  replicated = state_shard.step
-  state = TrainState(jax.device_put(jnp.zeros((), jnp.int32), replicated), trainable, opt_state)
-
-  # Resume from the newest complete checkpoint of this stage, onto the current mesh.
-  ckpt = checkpoints.StageCheckpoints(stage_dir / "checkpoints", keep=config.keep_checkpoints)
-  first_step = 0
-  latest = ckpt.latest_step()
-  if latest is not None:
-    params, opt_state, meta = ckpt.restore(latest, abstract.params, abstract.opt_state, data_iter)
-    state = TrainState(jax.device_put(jnp.asarray(meta["step"], jnp.int32), replicated), params, opt_state)
-    first_step = int(meta["step"])
+  first_step, counters = 0, {}
+  if restored is None:
+    with jax.set_mesh(mesh):
+      opt_state = jax.jit(tx.init, out_shardings=state_shard.opt_state)(trainable)
+  else:
+    trainable, opt_state, meta = restored
+    first_step, counters = int(meta["step"]), meta.get("data_counters", {})
     log.info("%s: resumed from step %d in %s", stage_name, first_step, ckpt.directory)
     if meta.get("final") and first_step >= num_steps:
       log.info("%s: already finished (%d steps)", stage_name, first_step)
       ckpt.close()
-      data_iter.close()
       return {"stage": stage_name, "steps": first_step, "resumed_finished": True}
+  state = TrainState(jax.device_put(jnp.asarray(first_step, jnp.int32), replicated), trainable, opt_state)
+
+  # Data: this process's rows of every global batch, from global batch `first_step` on (the same
+  # examples whatever the number of processes). Counters restart on process 0 with the totals.
+  batch_sharding = sharding.batch_sharding(mesh, rules)
+  rows = process_rows(batch_sharding, config.global_batch_size)
+  data_iter = pipeline.make_iterator(data_config, config.global_batch_size, rows=rows, first_batch=first_step,
+                                     seed=config.seed + zlib.crc32(stage_name.encode()) % 1000,
+                                     where=f"stages.{stage_name}.mixture")
+  if jax.process_index() == 0:
+    data_iter.restore_counters(counters)
 
   # Compile the step once, ahead of time: errors and memory show up before the loop.
-  batch_sharding = sharding.batch_sharding(mesh, rules)
   step_fn = make_train_step(model, tx, schedule, config.grad_accum_steps, config.seed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     example = {k: jax.ShapeDtypeStruct((config.global_batch_size,) + v.shape[1:], v.dtype, sharding=batch_sharding)
-               for k, v in example_local_batch(data_config, local_batch).items()}
+               for k, v in contract.zeros(contract.data_spec(data_config), 1).items()}
     jitted = jax.jit(step_fn, in_shardings=(state_shard, f_shard, batch_sharding),
                      out_shardings=(state_shard, None), donate_argnums=(0,))
     compiled = jitted.lower(state, frozen, example).compile()
   flops = compiled_flops(compiled)
 
-  # Loop.
+  # Loop. SIGTERM saves a checkpoint at a step every process agrees on, and the stage returns.
   writer = MetricWriter(stage_dir)
   progress = Progress(stage_name, first_step, num_steps)
   pending, last_log_time, last_log_step = [], time.perf_counter(), first_step
   losses = []
-  step = first_step
+  step, preempted = first_step, False
   try:
-    while step < num_steps:
-      state, metrics = compiled(state, frozen, global_batch(next(data_iter), batch_sharding))
-      step += 1
-      pending.append(metrics)
-      is_last = step == num_steps
-      if step % config.log_every_steps == 0 or is_last or step % config.checkpoint_every_steps == 0:
-        fetched = jax.device_get(pending)
-        pending = []
-        for offset, m in enumerate(fetched):
-          if not np.isfinite(m["loss"]):
-            bad_step = step - len(fetched) + offset + 1
-            raise FloatingPointError(
-                f"{stage_name}: loss is {m['loss']} at step {bad_step}; stopping. The last good checkpoint "
-                f"(step {ckpt.latest_step()}) in {ckpt.directory} is kept; lower optimizer.lr or check the data")
-        losses.extend(float(m["loss"]) for m in fetched)
-        if step % config.log_every_steps == 0 or is_last:
-          now = time.perf_counter()
-          scalars = _summarise(fetched, now - last_log_time, step - last_log_step, config, flops, data_iter)
-          last_log_time, last_log_step = now, step
-          writer.write(step, scalars)
+    with PreemptionWatch() as preemption:
+      while step < num_steps and not preempted:
+        state, metrics = compiled(state, frozen, global_batch(next(data_iter), batch_sharding))
+        step += 1
+        pending.append(metrics)
+        is_last = step == num_steps
+        preempted = preemption.reached(step)
+        if step % config.log_every_steps == 0 or is_last or step % config.checkpoint_every_steps == 0 or preempted:
+          fetched = jax.device_get(pending)
+          pending = []
+          for offset, m in enumerate(fetched):
+            if not np.isfinite(m["loss"]):
+              bad_step = step - len(fetched) + offset + 1
+              raise FloatingPointError(
+                  f"{stage_name}: loss is {m['loss']} at step {bad_step}; stopping. The last good checkpoint "
+                  f"(step {ckpt.latest_step()}) in {ckpt.directory} is kept; lower optimizer.lr or check the data")
+          losses.extend(float(m["loss"]) for m in fetched)
+          if step % config.log_every_steps == 0 or is_last:
+            now = time.perf_counter()
+            scalars = _summarise(fetched, now - last_log_time, step - last_log_step, config, flops, data_iter)
+            last_log_time, last_log_step = now, step
+            writer.write(step, scalars)
+            if jax.process_index() == 0:
+              log.info(progress.line(step, scalars["loss"]))
+        due = [e for e in evaluators if e.due(step)] if not preempted else []
+        if due:
+          with jax.set_mesh(mesh):
+            evaluated = run_all(due, merge(state.params, frozen))
+          writer.write(step, evaluated)
           if jax.process_index() == 0:
-            log.info(progress.line(step, scalars["loss"]))
-      due = [e for e in evaluators if e.due(step)]
-      if due:
-        with jax.set_mesh(mesh):
-          evaluated = run_all(due, merge(state.params, frozen))
-        writer.write(step, evaluated)
-        if jax.process_index() == 0:
-          log.info("%s step %d: %s", stage_name, step, format_scalars(evaluated))
-      if step % config.checkpoint_every_steps == 0 or is_last:
-        ckpt.save(step, state.params, state.opt_state, data_iter,
-                  {"stage": stage_name, "step": step, "num_steps": num_steps, "final": is_last})
-    ckpt.wait()
+            log.info("%s step %d: %s", stage_name, step, format_scalars(evaluated))
+        if step % config.checkpoint_every_steps == 0 or is_last or preempted:
+          ckpt.save(step, state.params, state.opt_state, {
+              "stage": stage_name, "step": step, "num_steps": num_steps, "final": is_last,
+              "data_counters": data_iter.global_counters()})
+      ckpt.wait()
   finally:
     ckpt.close()
     writer.close()
     data_iter.close()
+  summary = {"stage": stage_name, "steps": step, "first_step": first_step, "losses": losses, "flops_per_step": flops}
+  if preempted and step < num_steps:
+    log.warning("%s: preempted; saved step %d in %s. Re-run the same command to resume from it",
+                stage_name, step, ckpt.directory)
+    return dict(summary, preempted=True)
 
   if stage.get("export") and config.export_dir_name:
     export_dir = stage_dir / config.export_dir_name
-    if not (export_dir / "params").exists():
-      full = jax.device_get(merge(state.params, frozen))
-      if jax.process_index() == 0:
-        save_converted(export_dir, model_config, full, t5_vocab=config.data.t5_vocab or None,
-                       bert_vocab=config.data.bert_vocab or None, sources={"trained": str(stage_dir)})
-  return {"stage": stage_name, "steps": step, "first_step": first_step, "losses": losses, "flops_per_step": flops}
-
-
-def example_local_batch(data_config, local_batch) -> dict[str, np.ndarray]:
-  """Zero arrays with the pipeline's shapes and dtypes (for compiling before data arrives)."""
-  c = data_config
-  ids = lambda n: np.zeros((local_batch, n), np.int32)
-  return dict(image=np.zeros((local_batch, c.image_size, c.image_size, 3), np.float32),
-              qformer_ids=ids(c.max_qformer_len), qformer_mask=ids(c.max_qformer_len),
-              input_ids=ids(c.max_input_len), input_mask=ids(c.max_input_len),
-              decoder_input_ids=ids(c.max_target_len), task=np.zeros((local_batch,), np.int32),
-              target_ids=ids(c.max_target_len), target_mask=ids(c.max_target_len))
+    if not (export_dir / "params").exists():  # every process saves its shards of the parameters
+      save_converted(export_dir, model_config, merge(state.params, frozen), t5_vocab=config.data.t5_vocab or None,
+                     bert_vocab=config.data.bert_vocab or None, sources={"trained": str(stage_dir)})
+  return summary
 
 
 def compiled_flops(compiled) -> float:
@@ -349,7 +364,7 @@ def _summarise(fetched, seconds, steps, config, flops, data_iter) -> dict[str, f
     scalars["flops_per_s_per_device"] = flops / step_time / jax.local_device_count()
     if config.peak_flops_per_device:
       scalars["mfu"] = scalars["flops_per_s_per_device"] / config.peak_flops_per_device
-  for source, counts in data_iter.counters().items():
+  for source, counts in data_iter.global_counters().items():
     for k, v in counts.items():
       scalars[f"data/{source}/{k}"] = v
   return scalars
@@ -364,8 +379,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[d
   names = [s.strip() for s in config.run_stages.split(",") if s.strip()]
   unknown = [n for n in names if n not in config.stages]
   if unknown:
-    raise ValueError(f"run_stages names {unknown}, which config.stages does not define ({sorted(config.stages)})")
+    raise UserError(f"run_stages names {unknown}, which config.stages does not define ({sorted(config.stages)})")
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  return [train_stage(config, name, workdir) for name in names]
+  summaries = []
+  for name in names:
+    summaries.append(train_stage(config, name, workdir))
+    if summaries[-1].get("preempted"):
+      break
+  return summaries

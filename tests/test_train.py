@@ -23,7 +23,7 @@ import pytest
 from configs import demo
 from lion_jax import checkpoints, sharding, stages, train
 from lion_jax.convert import load_converted
-from lion_jax.data import synthetic
+from lion_jax.data import contract, synthetic
 from lion_jax.demo import prepare_synthetic_data
 from lion_jax.models import Lion, param_paths
 
@@ -95,7 +95,7 @@ def test_one_step_on_a_2x2x2_mesh_equals_one_device(data_dir, tmp_path):
   model_config = stages.model_config(config, "stage1")
   from lion_jax.data import pipeline
   batch = {k: v for k, v in next(pipeline.make_iterator(stages.data_config(config, "stage1"), 16)).items()
-           if k in train.DEVICE_KEYS}
+           if k in contract.TRAIN_KEYS}
   losses, params_after = [], []
   for mesh in (sharding.make_mesh(2, 2, 2), sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])):
     trainable, frozen, abstract, tx, schedule = init_stage(config, "stage1", mesh)
@@ -318,7 +318,7 @@ def test_validation_loss_is_the_training_loss_per_task_level(three_stages):
   scalars = ev.run(params)
   preparer = pipeline.ExamplePreparer(ev.source, 0, data_config, ev.t5, ev.bert)
   examples = [preparer(i, None) for i in range(21)]
-  batch = {k: np.stack([e[k] for e in examples]) for k in train.DEVICE_KEYS}
+  batch = {k: np.stack([e[k] for e in examples]) for k in contract.TRAIN_KEYS}
   logits = Lion(model_config).apply({"params": params}, batch)
   _, m = loss_and_metrics(logits, batch)
   levels = {("image_level" if e["task"] == 1 else "region_level") for e in examples}

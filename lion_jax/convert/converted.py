@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from lion_jax import paths
+from lion_jax.errors import MissingFile
 
 T5_VOCAB_NAME = "spiece.model"
 BERT_VOCAB_NAME = "bert_vocab.txt"
@@ -29,26 +30,31 @@ BERT_VOCAB_NAME = "bert_vocab.txt"
 def save_converted(directory: str | os.PathLike, config: ml_collections.ConfigDict, params: Any, *,
                    t5_vocab: str | os.PathLike | None = None, bert_vocab: str | os.PathLike | None = None,
                    sources: dict[str, str] | None = None) -> epath.Path:
-  """Writes DIR; refuses to overwrite an existing params checkpoint (nothing saved is ever lost)."""
+  """Writes DIR; refuses to overwrite an existing params checkpoint (nothing saved is ever lost).
+  Multi-host: every process calls it with the (sharded) parameters and saves its shards; process 0
+  writes the config, tokenizer and conversion files."""
   directory = paths.as_path(directory)
   if (directory / "params").exists():
     raise FileExistsError(f"{directory / 'params'} already exists; choose a new output directory")
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
-  tok = directory / "tokenizer"
-  for src, name in ((t5_vocab, T5_VOCAB_NAME), (bert_vocab, BERT_VOCAB_NAME)):
-    if src is not None:
-      src = epath.Path(src)
-      if not src.is_file():
-        raise FileNotFoundError(f"tokenizer file not found: {src}")
-      tok.mkdir(exist_ok=True)
-      src.copy(tok / name, overwrite=True)
+  writer = jax.process_index() == 0
+  if writer:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
+    tok = directory / "tokenizer"
+    for src, name in ((t5_vocab, T5_VOCAB_NAME), (bert_vocab, BERT_VOCAB_NAME)):
+      if src is not None:
+        src = epath.Path(src)
+        if not src.is_file():
+          raise MissingFile(f"tokenizer file not found: {src}")
+        tok.mkdir(exist_ok=True)
+        src.copy(tok / name, overwrite=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(directory / "params", jax.tree.map(jnp.asarray, params))
     ckptr.wait_until_finished()
-  (directory / "conversion.json").write_text(json.dumps(
-      {"sources": sources or {}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-       "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}, indent=2))
+  if writer:
+    (directory / "conversion.json").write_text(json.dumps(
+        {"sources": sources or {}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+         "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}, indent=2))
   return directory
 
 

@@ -19,25 +19,27 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any
 
 import grain
+import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from lion_jax.data import images, templates
-from lion_jax.data.records import BadRecord, Record, load_records
+from lion_jax.data import images, templates, tfds_source
+from lion_jax.data.records import TASK_TYPES, BadRecord, Record, load_records
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
+from lion_jax.errors import UserError
 
 # Reasons a record can be skipped while it is prepared (index = position in `skipped`).
 SKIP_REASONS = ("missing_image", "unreadable_image", "box_outside_image", "bad_box", "empty_target")
 # Texts cut to a configured length (index = position in `truncated`) -> the config key of the limit.
 TRUNCATION_LIMITS = {"input": "max_input_len", "target": "max_target_len", "qformer": "max_qformer_len"}
 MAX_CONSECUTIVE_FAILURES = 100
-MODEL_KEYS = ("image", "qformer_ids", "qformer_mask", "input_ids", "input_mask", "decoder_input_ids", "task")
-TRAIN_KEYS = MODEL_KEYS + ("target_ids", "target_mask")  # what a train step or a validation loss reads
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +53,44 @@ class Source:
   image_root: Path
 
 
+def source_is_set(spec: ml_collections.ConfigDict) -> bool:
+  """Whether a source spec points at data: a record file, or a TFDS dataset for `format: tfds`."""
+  return bool(spec.tfds.name) if spec.get("format") == "tfds" else bool(spec.get("records"))
+
+
 def load_source(name: str, spec: ml_collections.ConfigDict, strict: bool = False, where: str = "") -> Source:
-  """Reads a source spec: `records` (file), `image_root`, optional `format`, and optional
-  `task_types` / `tasks` filters (e.g. the region-level part of a mixed file). `where` is the
-  spec's config path for messages (default `data.sources.<name>`)."""
+  """Reads a source spec: `records` (file) and `image_root`, optional `format` ('auto', 'jsonl',
+  'lion_json', or 'tfds' with `tfds.{name, data_dir, split, fields, task_type, task}`: a TFDS
+  dataset prepared as array_record, read without TensorFlow), and optional `task_types` / `tasks`
+  filters (e.g. the region-level part of a mixed file). `where` is the spec's config path for
+  messages (default `data.sources.<name>`)."""
   where = where or f"data.sources.{name}"
-  for key in ("records", "image_root"):
-    if not spec.get(key):
-      raise ValueError(f"{where}.{key} is not set")
-  records, report = load_records(spec.records, fmt=spec.get("format", "auto"), source=name, strict=strict)
-  if report.invalid:
-    log.warning("source %s: %d valid records, skipped %s", name, report.valid, dict(report.invalid))
+  if spec.get("format") == "tfds":
+    records, what = _tfds_records(name, spec.tfds, f"{where}.tfds"), f"TFDS {spec.tfds.name}"
+  else:
+    for key in ("records", "image_root"):
+      if not spec.get(key):
+        raise UserError(f"{where}.{key} is not set")
+    records, report = load_records(spec.records, fmt=spec.get("format", "auto"), source=name, strict=strict)
+    if report.invalid:
+      log.warning("source %s: %d valid records, skipped %s", name, report.valid, dict(report.invalid))
+    what = spec.records
   task_types, tasks = spec.get("task_types"), spec.get("tasks")
   records = [r for r in records if (not task_types or r.task_type in task_types) and (not tasks or r.task in tasks)]
   if not records:
-    raise ValueError(f"{where}: no record of {spec.records} matches task_types={task_types} tasks={tasks}")
-  return Source(name, records, Path(spec.image_root))
+    raise UserError(f"{where}: no record of {what} matches task_types={task_types} tasks={tasks}")
+  return Source(name, records, Path(spec.get("image_root") or "."))
+
+
+def _tfds_records(name: str, spec: ml_collections.ConfigDict, where: str) -> list[Record]:
+  for key in ("name", "data_dir", "fields", "task_type", "task"):
+    if not spec.get(key):
+      raise UserError(f"{where}.{key} is not set")
+  if spec.task_type not in TASK_TYPES:
+    raise UserError(f"{where}.task_type={spec.task_type!r}; expected one of {TASK_TYPES}")
+  return tfds_source.load_tfds_records(
+      tfds_source.builder_directory(spec.name, spec.data_dir), spec.split, source=name,
+      fields=tfds_source.parse_fields(spec.fields, f"{where}.fields"), task_type=spec.task_type, task=spec.task)
 
 
 def encode_text(text: templates.ExampleText, config: ml_collections.ConfigDict, t5: T5Tokenizer,
@@ -139,32 +163,72 @@ class ExamplePreparer:
         continue
       example["skipped"] = skipped
       return example
-    raise ValueError(f"source {self.source.name}: {MAX_CONSECUTIVE_FAILURES} consecutive records could not "
+    raise UserError(f"source {self.source.name}: {MAX_CONSECUTIVE_FAILURES} consecutive records could not "
                      f"be prepared ({dict(zip(SKIP_REASONS, skipped.tolist()))}); check the image root "
                      f"{self.source.image_root} and the record file")
 
 
-def _source_dataset(source: Source, preparer: ExamplePreparer, seed: int, process_index: int,
-                    process_count: int) -> grain.MapDataset:
-  indices = grain.MapDataset.range(len(source.records))[process_index::process_count]
-  if len(indices) == 0:
-    raise ValueError(f"source {source.name}: {len(source.records)} records cannot be split over "
-                     f"{process_count} hosts")
-  return indices.shuffle(seed=seed).repeat().random_map(preparer, seed=seed + 1)
+# Length of the endless per-source and mixed streams (grain needs a finite one).
+STREAM_LENGTH = 2 ** 62
+
+
+class GlobalExamples:
+  """Global example index -> (source, record index): the same on every process, so a global batch
+  holds the same examples whatever the number of processes. Example g is row g % G of global batch
+  g // G (G = the global batch size). Mixed batches draw every example from the weighted mix of the
+  sources; homogeneous batches draw a source per batch and fill the batch from it."""
+
+  def __init__(self, num_records: list[int], weights: list[float], global_batch: int, homogeneous: bool,
+               seed: int):
+    streams = [grain.MapDataset.range(n).shuffle(seed=seed + 1000 * i).repeat(STREAM_LENGTH // n)
+               .map(functools.partial(_tag_source, i)) for i, n in enumerate(num_records)]
+    self.global_batch, self.homogeneous = global_batch, homogeneous
+    if homogeneous:
+      self.plan = grain.MapDataset.mix([s.batch(global_batch) for s in streams], weights)
+    else:
+      self.plan = grain.MapDataset.mix(streams, weights)
+
+  def __getitem__(self, g: int) -> tuple[int, int]:
+    if self.homogeneous:
+      sources, records = self.plan[g // self.global_batch]
+      return int(sources[g % self.global_batch]), int(records[g % self.global_batch])
+    source, record = self.plan[g]
+    return int(source), int(record)
+
+
+def _tag_source(source: int, record: int) -> tuple[int, int]:
+  return source, record
+
+
+class PrepareRows:
+  """Local example i of this process -> the prepared example at its global index: rows
+  [first_row, first_row + num_rows) of every global batch. The random draws (augmentation, template)
+  are seeded by the global index, so they do not depend on the process count either."""
+
+  def __init__(self, examples: GlobalExamples, preparers: list[ExamplePreparer], first_row: int, num_rows: int,
+               seed: int):
+    self.examples, self.preparers = examples, preparers
+    self.first_row, self.num_rows, self.seed = first_row, num_rows, seed
+
+  def __call__(self, i: int) -> dict[str, np.ndarray]:
+    g = (i // self.num_rows) * self.examples.global_batch + self.first_row + i % self.num_rows
+    source, record = self.examples[g]
+    return self.preparers[source](record, np.random.default_rng([self.seed, g]))
 
 
 def build_dataset(config: ml_collections.ConfigDict, sources: list[Source], weights: list[float],
-                  batch_size: int, *, seed: int, process_index: int = 0, process_count: int = 1
+                  global_batch: int, *, seed: int, rows: tuple[int, int] | None = None, first_batch: int = 0
                   ) -> grain.IterDataset:
-  """The mixed, batched stream of one host (`batch_size` is this host's share of the batch)."""
+  """This process's part of the mixed, batched global stream: `rows` = (first row, number of rows)
+  of each global batch (default all of it), starting at global batch `first_batch` (resuming)."""
+  first_row, num_rows = rows or (0, global_batch)
   t5 = T5Tokenizer(config.t5_vocab)
   bert = BertTokenizer(config.bert_vocab)
-  streams = [_source_dataset(s, ExamplePreparer(s, i, config, t5, bert), seed + 1000 * i, process_index,
-                             process_count) for i, s in enumerate(sources)]
-  if config.homogeneous_batches:
-    dataset = grain.MapDataset.mix([s.batch(batch_size, drop_remainder=True) for s in streams], weights)
-  else:
-    dataset = grain.MapDataset.mix(streams, weights).batch(batch_size, drop_remainder=True)
+  preparers = [ExamplePreparer(s, i, config, t5, bert) for i, s in enumerate(sources)]
+  examples = GlobalExamples([len(s.records) for s in sources], weights, global_batch, config.homogeneous_batches,
+                            seed)
+  dataset = (grain.MapDataset.range(STREAM_LENGTH).map(PrepareRows(examples, preparers, first_row, num_rows, seed))
+             .batch(num_rows, drop_remainder=True))[first_batch:]
   iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0 if config.num_workers else 2,
                                                             prefetch_buffer_size=config.prefetch_batches))
   if config.num_workers:
@@ -175,7 +239,8 @@ def build_dataset(config: ml_collections.ConfigDict, sources: list[Source], weig
 
 class CountingIterator(grain.DatasetIterator):
   """Yields batches and keeps per-source counters (examples seen, skipped per reason, truncated per
-  text) that are part of the checkpointable state."""
+  text) of this process's rows. A checkpoint stores the counters summed over processes and the
+  position as the step (`make_iterator(first_batch=...)`), so both survive a change of process count."""
 
   def __init__(self, parent: grain.DatasetIterator, source_names: list[str]):
     super().__init__(parent)
@@ -198,28 +263,46 @@ class CountingIterator(grain.DatasetIterator):
   def counters(self) -> dict[str, dict[str, int]]:
     return {name: dict(c) for name, c in self._counters.items()}
 
+  def global_counters(self) -> dict[str, dict[str, int]]:
+    """The counters summed over all processes (a collective: every process calls it)."""
+    if jax.process_count() == 1:
+      return self.counters()
+    keys = ["seen"] + [f"skipped_{r}" for r in SKIP_REASONS] + [f"truncated_{t}" for t in TRUNCATION_LIMITS]
+    local = np.array([[self._counters[s][k] for k in keys] for s in self.source_names], np.int32)
+    total = np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
+    return {s: {k: int(n) for k, n in zip(keys, row) if n} for s, row in zip(self.source_names, total)}
+
+  def restore_counters(self, counters: dict[str, dict[str, int]]) -> None:
+    self._counters = {name: collections.Counter(counters.get(name, {})) for name in self.source_names}
+
   def get_state(self) -> dict[str, Any]:
-    return {"pipeline": self._parent.get_state(), "counters": self.counters()}
+    return self._parent.get_state()
 
   def set_state(self, state: dict[str, Any]) -> None:
-    self._parent.set_state(state["pipeline"])
-    self._counters = {name: collections.Counter(state["counters"].get(name, {})) for name in self.source_names}
+    self._parent.set_state(state)
 
 
 def make_iterator(config: ml_collections.ConfigDict, batch_size: int, *, seed: int | None = None,
-                  process_index: int = 0, process_count: int = 1) -> CountingIterator:
-  """Loads the sources named in `config.mixture` (name -> weight) and returns this host's iterator."""
-  mixture = dict(config.mixture)
+                  rows: tuple[int, int] | None = None, first_batch: int = 0, where: str = "data.mixture"
+                  ) -> CountingIterator:
+  """Loads the sources named in `config.mixture` (name -> weight; weight 0 leaves a source out) and
+  returns the iterator over this process's `rows` of each global batch of `batch_size` examples,
+  from global batch `first_batch` on. `where` names the mixture in messages."""
+  mixture = {name: float(weight) for name, weight in config.mixture.items() if float(weight) != 0.0}
   if not mixture:
-    raise ValueError("data.mixture is empty: name at least one source with a weight")
+    raise UserError(f"{where} is empty: name at least one source with a weight")
   unknown = sorted(set(mixture) - set(config.sources))
   if unknown:
-    raise ValueError(f"data.mixture names unknown sources {unknown}; known: {sorted(config.sources)}")
+    raise UserError(f"{where} names unknown sources {unknown}; known: {sorted(config.sources)}")
   names = sorted(mixture)
+  unset = [n for n in names if not source_is_set(config.sources[n])]
+  if unset:
+    raise UserError(f"{where} names sources without records: {', '.join(unset)}. Set "
+                    f"data.sources.<name>.records and .image_root (JSONL from python -m lion_jax.data.adapters), "
+                    f"or leave a source out with --config.{where}.<name>=0")
   sources = [load_source(name, config.sources[name], config.strict) for name in names]
-  dataset = build_dataset(config, sources, [float(mixture[n]) for n in names], batch_size,
-                          seed=config.seed if seed is None else seed, process_index=process_index,
-                          process_count=process_count)
+  dataset = build_dataset(config, sources, [mixture[n] for n in names], batch_size,
+                          seed=config.seed if seed is None else seed, rows=rows, first_batch=first_batch)
   return CountingIterator(iter(dataset), names)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lion_jax.data.records import BadRecord, Record, parse_tags, validate
+from lion_jax.errors import MissingFile, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -70,22 +71,22 @@ def load_tfds_records(builder_dir: str | os.PathLike, split: str, *, fields: dic
   (the one holding dataset_info.json). Invalid examples are skipped and counted in one warning."""
   builder_dir = Path(builder_dir)
   if not (builder_dir / "dataset_info.json").is_file():
-    raise FileNotFoundError(f"{builder_dir}: no dataset_info.json; expected a prepared TFDS dataset version "
+    raise MissingFile(f"{builder_dir}: no dataset_info.json; expected a prepared TFDS dataset version "
                             f"folder such as data_dir/name/1.0.0")
   unknown = sorted(set(fields) - set(MAPPABLE_FIELDS))
   if unknown:
-    raise ValueError(f"cannot map features to record fields {unknown}; expected fields from {MAPPABLE_FIELDS}")
+    raise UserError(f"cannot map features to record fields {unknown}; expected fields from {MAPPABLE_FIELDS}")
   builder = tfds.builder_from_directory(builder_dir)
   features = builder.info.features
   missing = sorted(feature for feature in fields.values() if feature not in features)
   if missing:
-    raise ValueError(f"{builder_dir}: no feature {', '.join(map(repr, missing))}; "
+    raise UserError(f"{builder_dir}: no feature {', '.join(map(repr, missing))}; "
                      f"the dataset has {sorted(features.keys())}")
   if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
-    raise ValueError(f"{builder_dir}: stored as {builder.info.file_format}; only array_record can be "
+    raise UserError(f"{builder_dir}: stored as {builder.info.file_format}; only array_record can be "
                      f"read without TensorFlow (prepare it with file_format='array_record')")
   if split not in builder.info.splits:
-    raise ValueError(f"{builder_dir}: no split {split!r}; the dataset has {sorted(builder.info.splits.keys())}")
+    raise UserError(f"{builder_dir}: no split {split!r}; the dataset has {sorted(builder.info.splits.keys())}")
   image_is_path = "image" in fields and isinstance(features[fields["image"]], tfds.features.Text)
   data_source = builder.as_data_source()[split]
   records, skipped = [], collections.Counter()
@@ -99,3 +100,27 @@ def load_tfds_records(builder_dir: str | os.PathLike, split: str, *, fields: dic
     logger.warning("%s[%s]: kept %d records, skipped %d (%s)", builder_dir, split, len(records),
                    sum(skipped.values()), ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
   return records
+
+
+def builder_directory(name: str, data_dir: str | os.PathLike) -> Path:
+  """The prepared version folder of TFDS dataset `name` (`name`, `name:1.0.0` or `name/config:1.0.0`
+  as TFDS spells them) under `data_dir`; without a version, the newest one prepared there."""
+  base, _, version = name.partition(":")
+  root = Path(data_dir) / base
+  if version:
+    return root / version
+  prepared = [d for d in root.glob("*") if (d / "dataset_info.json").is_file()] if root.is_dir() else []
+  if not prepared:
+    raise MissingFile(f"{root}: no prepared version of TFDS dataset {base!r} (expected {root}/<version>/"
+                      f"dataset_info.json; prepare it with file_format='array_record')")
+  return max(prepared, key=lambda d: tuple(int(p) if p.isdigit() else -1 for p in d.name.split(".")))
+
+
+def parse_fields(text: str, where: str) -> dict[str, str]:
+  """'image=jpeg,answers=captions' -> {'image': 'jpeg', 'answers': 'captions'} (record field = feature)."""
+  pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+  bad = [f"{k}{sep}{v}" for k, sep, v in pairs if not (k.strip() and sep and v.strip())]
+  if bad or not pairs:
+    raise UserError(f"{where}={text!r}: expected record_field=feature pairs separated by commas, "
+                    f"e.g. 'image=jpeg,answers=captions'")
+  return {k.strip(): v.strip() for k, _, v in pairs}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from lion_jax.errors import UserError
+
 # name: (kind, {"LION-4B": number, "LION-12B": number}); REC numbers are the fine-tuning setting.
 BENCHMARKS = {
     "coco_caption": ("caption", {"LION-4B": 138.20, "LION-12B": 139.25}),
@@ -41,14 +43,14 @@ def eval_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """Config for one benchmark: set `records` (JSONL) and `image_root` on the command line. `tasks`
   keeps only the records of those tasks (a file holding several, as the synthetic splits do)."""
   if name not in BENCHMARKS:
-    raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+    raise UserError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
   config = dict(
       name=name, kind=BENCHMARKS[name][0], records="", image_root="", tasks=[], batch_size=16, num_beams=5,
       max_new_tokens=256, repetition_penalty=1.5, length_penalty=1.0, max_input_len=128, max_qformer_len=128,
       limit=0, use_tags=True, mesh=dict(data=-1, fsdp=1, tensor=1))
   unknown = sorted(set(overrides) - set(config))
   if unknown:
-    raise ValueError(f"eval_config({name!r}): unknown fields {unknown}")
+    raise UserError(f"eval_config({name!r}): unknown fields {unknown}")
   config.update(overrides)
   return ml_collections.ConfigDict(config)
 

@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lion_jax.data import pipeline
+from lion_jax.data import contract, pipeline
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
+from lion_jax.errors import UserError
 from lion_jax.evaluation import runner
 from lion_jax.loss import loss_and_metrics
 from lion_jax.models import Lion
@@ -43,7 +44,7 @@ class Evaluator:
   def __init__(self, name: str, spec: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict,
                data_config: ml_collections.ConfigDict, num_steps: int):
     if spec.kind not in KINDS:
-      raise ValueError(f"evals.{name}.kind={spec.kind!r}; expected one of {KINDS}")
+      raise UserError(f"evals.{name}.kind={spec.kind!r}; expected one of {KINDS}")
     self.name, self.spec, self.model_config, self.data_config = name, spec, model_config, data_config
     self.num_steps = num_steps
     source = pipeline.load_source(name, spec, strict=data_config.strict, where=f"evals.{name}")
@@ -87,7 +88,7 @@ class Evaluator:
       # rng None: no augmentation and each task's first template, as the generation evaluators prompt.
       examples = [preparer(i, None) for i in range(start, min(start + size, len(self.source.records)))]
       examples += [examples[0]] * (size - len(examples))  # pad the last batch, then mask it out
-      batch = {k: np.stack([e[k] for e in examples]) for k in pipeline.TRAIN_KEYS}
+      batch = {k: np.stack([e[k] for e in examples]) for k in contract.TRAIN_KEYS}
       real = np.arange(size) < min(size, len(self.source.records) - start)
       batch["target_mask"] = batch["target_mask"] * real[:, None]
       totals += np.asarray(jax.device_get(loss_sums(params, batch)))

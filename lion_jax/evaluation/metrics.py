@@ -14,6 +14,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 
 from lion_jax.data.boxes import parse_first_box
+from lion_jax.errors import UserError
 
 # --------------------------------------------------------------------------------------------------
 # Captioning: pycocoevalcap scorers on PTB-style tokens
@@ -55,11 +56,11 @@ def _check_same_ids(references: Mapping[Hashable, Sequence[str]], predictions: M
   missing = [k for k in references if k not in predictions]
   extra = [k for k in predictions if k not in references]
   if missing or extra:
-    raise ValueError(f"prediction ids must equal reference ids: missing predictions for {missing[:10]}"
+    raise UserError(f"prediction ids must equal reference ids: missing predictions for {missing[:10]}"
                      f" ({len(missing)} in all), predictions without references {extra[:10]} ({len(extra)} in all)")
   empty = [k for k, refs in references.items() if not refs]
   if empty:
-    raise ValueError(f"ids without reference captions: {empty[:10]} ({len(empty)} in all)")
+    raise UserError(f"ids without reference captions: {empty[:10]} ({len(empty)} in all)")
 
 
 def _ptb_tokenize(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str]
@@ -86,7 +87,7 @@ def _tokenized(references: Mapping[Hashable, Sequence[str]], predictions: Mappin
             {k: [simple_tokenize(predictions[k])] for k in references})
   if tokenizer == "ptb":
     return _ptb_tokenize(references, predictions)
-  raise ValueError(f"tokenizer must be 'simple' or 'ptb', got {tokenizer!r}")
+  raise UserError(f"tokenizer must be 'simple' or 'ptb', got {tokenizer!r}")
 
 
 def cider(references: dict[str, list[str]], predictions: dict[str, str], *, tokenizer: str = "simple") -> float:
@@ -184,9 +185,9 @@ def normalize_vqa_answer(answer: str) -> str:
 
 def _check_lengths(predictions: Sequence, targets: Sequence, targets_name: str) -> None:
   if len(predictions) != len(targets):
-    raise ValueError(f"{len(predictions)} predictions but {len(targets)} {targets_name}")
+    raise UserError(f"{len(predictions)} predictions but {len(targets)} {targets_name}")
   if len(predictions) == 0:
-    raise ValueError("no predictions to score")
+    raise UserError("no predictions to score")
 
 
 def vqa_accuracy(predictions: list[str], answers: list[list[str]]) -> float:
@@ -202,7 +203,7 @@ def vqa_accuracy(predictions: list[str], answers: list[list[str]]) -> float:
   total = 0.0
   for index, (prediction, human_answers) in enumerate(zip(predictions, answers)):
     if len(human_answers) < 2:
-      raise ValueError(f"question {index} has {len(human_answers)} answers; VQA accuracy needs at least 2")
+      raise UserError(f"question {index} has {len(human_answers)} answers; VQA accuracy needs at least 2")
     prediction = normalize_vqa_answer(prediction)
     is_match = [normalize_vqa_answer(a) == prediction for a in human_answers]
     matches = sum(is_match)
@@ -266,7 +267,7 @@ def pope_scores(predictions: list[str], labels: list[str]) -> dict:
   _check_lengths(predictions, labels, "labels")
   unknown = sorted({label for label in labels if label not in ("yes", "no")})
   if unknown:
-    raise ValueError(f"POPE labels must be 'yes' or 'no', got {unknown[:10]}")
+    raise UserError(f"POPE labels must be 'yes' or 'no', got {unknown[:10]}")
   says_yes = [not _pope_says_no(p) for p in predictions]
   is_yes = [label == "yes" for label in labels]
   true_pos = sum(p and t for p, t in zip(says_yes, is_yes))
@@ -297,7 +298,7 @@ def mean_reciprocal_rank(scores: np.ndarray | list[list[float]], gt_index: list[
   for row, (option_scores, gt) in enumerate(zip(scores, gt_index)):
     option_scores = np.asarray(option_scores, dtype=np.float64)
     if not 0 <= gt < len(option_scores):
-      raise ValueError(f"row {row}: ground-truth index {gt} outside its {len(option_scores)} options")
+      raise UserError(f"row {row}: ground-truth index {gt} outside its {len(option_scores)} options")
     rank = int(np.sum(option_scores >= option_scores[gt]))  # counts the ground truth itself
     reciprocal_ranks.append(1.0 / rank)
   return float(np.mean(reciprocal_ranks))
@@ -309,7 +310,7 @@ def mmbench_circular_accuracy(question_ids: list, circular_group_ids: list, corr
   _check_lengths(question_ids, circular_group_ids, "group ids")
   _check_lengths(question_ids, correct, "correctness flags")
   if len(set(question_ids)) != len(question_ids):
-    raise ValueError("question ids repeat: each circular variant must be scored once")
+    raise UserError("question ids repeat: each circular variant must be scored once")
   group_solved: dict[Hashable, bool] = {}
   for group, is_correct in zip(circular_group_ids, correct):
     group_solved[group] = group_solved.get(group, True) and bool(is_correct)

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
 
+from lion_jax.errors import UserError
+
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
@@ -41,7 +43,7 @@ def activation(name: str) -> Callable[[Array], Array]:
       "relu": jax.nn.relu,
   }
   if name not in table:
-    raise ValueError(f"unknown activation {name!r}; expected one of {sorted(table)}")
+    raise UserError(f"unknown activation {name!r}; expected one of {sorted(table)}")
   return table[name]
 
 

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from lion_jax.data import contract
+from lion_jax.errors import UserError
 from lion_jax.models import layers
 from lion_jax.models.aggregator import Aggregator
 from lion_jax.models.qformer import QFormerBranch
@@ -45,7 +47,7 @@ def adapters_per_ffn(visual_input: str, adapters: str = "moa") -> int:
   shared by both task levels (an ablation); `none`: a plain InstructBLIP-style T5 (the demo's
   tower-pretraining stage)."""
   if adapters not in ADAPTER_MODES:
-    raise ValueError(f"adapters={adapters!r}; expected one of {ADAPTER_MODES}")
+    raise UserError(f"adapters={adapters!r}; expected one of {ADAPTER_MODES}")
   if adapters == "none":
     return 0
   return 2 if visual_input == "all" and adapters == "moa" else 1
@@ -61,7 +63,7 @@ class Lion(nn.Module):
   def setup(self):
     c = self.config
     if c.visual_input not in VISUAL_INPUTS:
-      raise ValueError(f"config.visual_input={c.visual_input!r}; expected one of {VISUAL_INPUTS}")
+      raise UserError(f"config.visual_input={c.visual_input!r}; expected one of {VISUAL_INPUTS}")
     dtype = jnp.dtype(c.dtype)
     self.vit = VisionTransformer(c.vit, dtype)
     if c.visual_input in ("qformer", "all"):
@@ -117,13 +119,9 @@ class Lion(nn.Module):
 
 def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1, qformer_len: int = 8,
                   text_len: int = 8, target_len: int = 4) -> dict[str, jax.Array]:
-  """A zero batch with the contract's keys, dtypes and the config's image size (for init/shapes)."""
-  size = config.vit.image_size
-  ids = lambda n: jnp.zeros((batch_size, n), jnp.int32)
-  return dict(image=jnp.zeros((batch_size, size, size, 3), jnp.float32),
-              qformer_ids=ids(qformer_len), qformer_mask=jnp.ones((batch_size, qformer_len), jnp.int32),
-              input_ids=ids(text_len), input_mask=jnp.ones((batch_size, text_len), jnp.int32),
-              decoder_input_ids=ids(target_len), task=jnp.zeros((batch_size,), jnp.int32))
+  """The batch contract's model inputs at the config's image size and short lengths (for init/shapes)."""
+  spec = contract.spec(config.vit.image_size, qformer_len, text_len, target_len)
+  return {k: jnp.asarray(v) for k, v in contract.zeros(spec, batch_size, contract.MODEL_KEYS).items()}
 
 
 def abstract_params(config: ml_collections.ConfigDict):

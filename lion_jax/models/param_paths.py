@@ -24,6 +24,8 @@ from typing import Any
 
 from flax import traverse_util
 
+from lion_jax.errors import UserError
+
 VIT, QFORMER, AGGREGATOR, T5, SOFT_PROMPT, MOA = "vit", "qformer", "aggregator", "t5", "soft_prompt", "moa"
 
 # Task types as the official code numbers them; task t's gate row starts on adapter t (adapters.py).
@@ -89,7 +91,7 @@ class FreezeRule:
       try:
         self._compiled.append(re.compile(p))
       except re.error as e:
-        raise ValueError(f"{where}: {p!r} is not a valid regular expression: {e}") from None
+        raise UserError(f"{where}: {p!r} is not a valid regular expression: {e}") from None
 
   def is_frozen(self, path: str) -> bool:
     return any(c.fullmatch(path) for c in self._compiled)
@@ -106,7 +108,7 @@ class FreezeRule:
     unused = [p for p, c in zip(self.patterns, self._compiled) if not any(c.fullmatch(k) for k in paths)]
     if unused:
       example = next(iter(paths), "")
-      raise ValueError(f"{self.where}: pattern(s) {unused} match no parameter of this model; patterns are "
+      raise UserError(f"{self.where}: pattern(s) {unused} match no parameter of this model; patterns are "
                        f"regular expressions over whole '/'-joined paths such as {example!r}")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from lion_jax.errors import UserError
+
 # `<extra_id_0>` in the T5 vocabulary (32000 SentencePiece pieces + 100 sentinels, counted down).
 T5_SOFT_PROMPT_TOKEN_ID = 32099
 
@@ -79,5 +81,5 @@ PRESETS = {"tiny": tiny, "flant5xl": flant5xl, "flant5xxl": flant5xxl}
 
 def get(name: str, visual_input: str = "all") -> ml_collections.ConfigDict:
   if name not in PRESETS:
-    raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
+    raise UserError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
   return PRESETS[name](visual_input=visual_input)
