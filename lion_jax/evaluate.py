@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on one of the paper's benchmarks.
+r"""Evaluate a checkpoint on one of the paper's benchmarks.
 
   python -m lion_jax.evaluate --config=configs/eval/coco_caption.py --checkpoint=DIR \
       --config.records=coco_karpathy_test.jsonl --config.image_root=/data/coco [--output=DIR]
@@ -16,6 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from lion_jax import errors, paths
 from lion_jax.evaluation import runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config, e.g. configs/eval/okvqa.py.",
@@ -28,12 +29,14 @@ flags.mark_flags_as_required(["config", "checkpoint"])
 def main(argv) -> int:
   del argv
   logging.getLogger("absl").setLevel(logging.WARNING)
-  try:
-    runner.run_benchmark(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+  return errors.exit_code(lambda: evaluate_checkpoint(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value))
+
+
+def evaluate_checkpoint(config, checkpoint: str, output: str | None) -> None:
+  """Checks the checkpoint flag before the benchmark loads it, then runs the benchmark."""
+  if not paths.as_path(checkpoint).is_dir():
+    raise errors.MissingFile(f"--checkpoint: no such folder: {checkpoint}")
+  runner.run_benchmark(config, checkpoint, output)
 
 
 if __name__ == "__main__":

@@ -44,17 +44,18 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from lion_jax import sharding, stages, train  # noqa: E402
+from lion_jax import errors, sharding, stages, train  # noqa: E402
 from lion_jax.data import contract  # noqa: E402
 from lion_jax.models import Lion  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config, e.g. configs/stage3.py:size=xxl.")
-flags.DEFINE_integer("devices", 8, "Number of simulated devices.")
+flags.DEFINE_integer("devices", 8, "Number of simulated devices (--devices=N or --devices N; read before jax starts).")
 _MESH = flags.DEFINE_string("mesh", "data:-1", "Mesh, e.g. data:2,fsdp:4,tensor:1 (-1 = the rest).")
-_BATCH = flags.DEFINE_integer("batch", 0, "Global batch (default: the config's).")
-_STAGE = flags.DEFINE_string("stage", "", "Stage to plan (default: the last one the config runs).")
+_BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0 takes the config's global_batch_size.")
+_STAGE = flags.DEFINE_string("stage", "", "Stage to plan; empty takes the last one the config runs.")
 _MEMORY = flags.DEFINE_float("memory_gib", 0.0, "Device memory in GiB: also estimate the largest global batch "
-                             "that fits (one more compile, a line through two batch sizes).")
+                             "that fits (one more compile, a line through two batch sizes); 0 skips it.")
+flags.mark_flags_as_required(["config"])
 PROBE_PER_DEVICE = 8  # the fit's second point when --batch is already 1 example per device
 HEADROOM = 0.9  # the fit must leave 10% of device memory free
 
@@ -67,8 +68,11 @@ def parse_mesh(text: str) -> dict[str, int]:
   for part in filter(None, text.split(",")):
     name, _, size = part.partition(":")
     if name not in mesh:
-      raise ValueError(f"--mesh: unknown axis {name!r}; axes are data, fsdp, tensor")
-    mesh[name] = int(size)
+      raise errors.UserError(f"--mesh: unknown axis {name!r}; axes are data, fsdp, tensor")
+    try:
+      mesh[name] = int(size)
+    except ValueError:
+      raise errors.UserError(f"--mesh: axis {name!r} needs an integer size, got {size!r}") from None
   return mesh
 
 
@@ -147,30 +151,28 @@ def print_fit(config, stage: str, memory_gib: float, report: dict) -> None:
 
 def main(argv) -> int:
   del argv
-  config = _CONFIG.value
-  stage = _STAGE.value or [s.strip() for s in config.run_stages.split(",")][-1]
-  try:
-    report = plan(config, stage, parse_mesh(_MESH.value), _BATCH.value or config.global_batch_size)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  return errors.exit_code(lambda: print_plan(_CONFIG.value, _STAGE.value, _MESH.value, _BATCH.value, _MEMORY.value))
+
+
+def print_plan(config, stage: str, mesh: str, batch: int, memory_gib: float) -> None:
+  """Compiles the stage's step as the flags say and prints the report (and the fit, with `memory_gib`)."""
+  stage = stage or [s.strip() for s in config.run_stages.split(",")][-1]
+  if stage not in config.stages:
+    raise errors.UserError(f"--stage={stage!r}: the config's stages are {sorted(config.stages)}")
+  report = plan(config, stage, parse_mesh(mesh), batch or config.global_batch_size)
   m = report["memory_gib_per_device"]
   print(f"{report['stage']} ({report['visual_input']}) on {report['devices']} devices, mesh {report['mesh']}, "
         f"global batch {report['global_batch']}: compiled in {report['compile_s']:.0f} s")
-  print(f"  parameters: {report['trainable_params'] / 1e6:,.1f}M trainable, {report['frozen_params'] / 1e6:,.1f}M frozen")
+  print(f"  parameters: {report['trainable_params'] / 1e6:,.1f}M trainable, "
+        f"{report['frozen_params'] / 1e6:,.1f}M frozen")
   print(f"  memory per device (GiB): arguments {m['arguments']:.2f}, outputs {m['outputs']:.2f}, "
         f"temporaries {m['temporaries']:.2f}, peak ~{m['peak_estimate']:.2f}")
   print(f"  FLOPs: {report['flops_per_step_per_device'] / 1e12:.2f} TFLOP per step per device, "
         f"{report['flops_per_example'] / 1e12:.3f} TFLOP per example")
   for op, c in sorted(report["collectives"].items()):
     print(f"  {op}: {c['count']} ops, {c['bytes'] / 2 ** 20:,.1f} MiB per device per step")
-  if _MEMORY.value:
-    try:
-      print_fit(config, stage, _MEMORY.value, report)
-    except ValueError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 1
-  return 0
+  if memory_gib:
+    print_fit(config, stage, memory_gib, report)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import pathlib
 import sys
 from typing import Iterable
 
+from lion_jax import errors
+
 TRAIN_LOSSES = ("loss", "loss_image_level", "loss_region_level")
 # Eval losses join the training-loss panel; eval timings are not curves worth a panel.
 _NOT_EVAL_PANELS = ("loss", "seconds")
@@ -80,10 +82,10 @@ def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -
             if (workdir / name / "metrics.jsonl").exists()}
   stages = {name: metrics for name, metrics in stages.items() if metrics}
   if not stages:
-    raise FileNotFoundError(f"no stage directory of {workdir} has a metrics.jsonl with rows")
+    raise errors.UserError(f"no stage directory of {workdir} has a metrics.jsonl with rows")
   layout = panels(itertools.chain.from_iterable(stages.values()))
   if not layout:
-    raise ValueError(f"{workdir} logged no loss or eval/<name>/<metric> metrics to plot")
+    raise errors.UserError(f"{workdir} logged no loss or eval/<name>/<metric> metrics to plot")
   # A stage's length is its last logged step: train.py always logs the final one, so a finished stage's num_steps.
   lengths = [max(step for pairs in metrics.values() for step, _ in pairs) for metrics in stages.values()]
   offsets = dict(zip(stages, stage_offsets(lengths)))
@@ -130,18 +132,18 @@ def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m lion_jax.plot",
-                                   description="Draws a training run's curves, all stages on one global-step axis.",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   description="Draws a training run's curves, all stages on one global-step axis.")
   parser.add_argument("workdir", help="the run's workdir: config.json and one directory per stage with metrics.jsonl")
-  parser.add_argument("--out", metavar="PATH", default=None, help="PNG to write, WORKDIR/curves.png when not given")
+  parser.add_argument("--out", metavar="PATH", help="PNG to write (default: WORKDIR/curves.png)")
   args = parser.parse_args(argv)
-  try:
-    path = plot_run(args.workdir, args.out)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"wrote {path}")
-  return 0
+  return errors.exit_code(lambda: plot_and_report(args.workdir, args.out))
+
+
+def plot_and_report(workdir: str, out: str | None) -> None:
+  """The command line's body: plots and prints where to."""
+  if not pathlib.Path(workdir).is_dir():
+    raise errors.MissingFile(f"WORKDIR: no such folder: {workdir}")
+  print(f"wrote {plot_run(workdir, out)}")
 
 
 if __name__ == "__main__":

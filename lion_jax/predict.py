@@ -1,4 +1,4 @@
-"""Ask a LION checkpoint about an image from the command line.
+r"""Ask a LION checkpoint about an image from the command line.
 
   python -m lion_jax.predict --checkpoint DIR --image PATH --question "..." \
       [--tags "dog, grass"] [--task region_level] [--draw OUT.png] [--num_beams 5] [--max_new_tokens 256]
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from lion_jax.data.records import BadRecord
+from lion_jax import errors, paths
+from lion_jax.data.images import decode_image
 from lion_jax.inference.predictor import Predictor
 
 
@@ -30,30 +32,35 @@ def draw_boxes(image: Image.Image, boxes, color=(255, 40, 40)) -> Image.Image:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m lion_jax.predict", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--checkpoint", required=True, help="converted or exported checkpoint directory")
-  parser.add_argument("--image", required=True)
-  parser.add_argument("--question", required=True)
-  parser.add_argument("--tags", help="comma-separated image tags (precomputed with RAM)")
-  parser.add_argument("--task", default="image_level", choices=["image_level", "region_level"])
-  parser.add_argument("--draw", help="save the image with the predicted boxes here")
-  parser.add_argument("--num_beams", type=int, default=5)
-  parser.add_argument("--max_new_tokens", type=int, default=256)
+  parser.add_argument("--checkpoint", required=True, metavar="DIR", help="converted or exported checkpoint directory")
+  parser.add_argument("--image", required=True, metavar="FILE", help="the image to ask about")
+  parser.add_argument("--question", required=True, help="the question or instruction")
+  parser.add_argument("--tags", help="comma-separated image tags, precomputed with RAM (default: none)")
+  parser.add_argument("--task", default="image_level", choices=["image_level", "region_level"],
+                      help="the adapter gate to route through; region_level for boxes (default: %(default)s)")
+  parser.add_argument("--draw", metavar="FILE", help="save the image with the predicted boxes here (default: none)")
+  parser.add_argument("--num_beams", type=int, default=5, metavar="N", help="beam width (default: %(default)s)")
+  parser.add_argument("--max_new_tokens", type=int, default=256, metavar="N",
+                      help="longest answer in tokens (default: %(default)s)")
   args = parser.parse_args(argv)
-  try:
-    predictor = Predictor.load(args.checkpoint, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
-    from lion_jax.data.images import decode_image
-    image = decode_image(args.image)
-    result = predictor(image, args.question, tags=args.tags, task=args.task)
-  except (FileNotFoundError, ValueError, BadRecord) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  return errors.exit_code(lambda: answer(args))
+
+
+def answer(args: argparse.Namespace) -> None:
+  """Prints the answer and its boxes; the inputs are checked before the checkpoint takes its time to load."""
+  if not paths.as_path(args.checkpoint).is_dir():
+    raise errors.MissingFile(f"--checkpoint: no such folder: {args.checkpoint}")
+  if not Path(args.image).is_file():
+    raise errors.MissingFile(f"--image: no such file: {args.image}")
+  image = decode_image(args.image)
+  predictor = Predictor.load(args.checkpoint, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+  result = predictor(image, args.question, tags=args.tags, task=args.task)
   print(result.text)
   for i, box in enumerate(result.boxes):
     print(f"box {i + 1}: [{', '.join(f'{v:.1f}' for v in box)}]")
   if args.draw:
     draw_boxes(image, result.boxes).save(args.draw)
     print(f"saved {args.draw}")
-  return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Validate a record file before a run: every record parsed, every image decoded, every text built.
 
-  python -m lion_jax.data.inspect --records FILE --image-root DIR [--strict] [--json]
-      [--t5-vocab spiece.model --bert-vocab vocab.txt [--max-input-len N] [--max-target-len N]
-       [--max-qformer-len N]]
+  python -m lion_jax.data.inspect --records FILE --image_root DIR [--strict] [--json]
+      [--t5_vocab spiece.model --bert_vocab vocab.txt [--max_input_len N] [--max_target_len N]
+       [--max_qformer_len N]]
 
 Prints the number of valid records, the invalid ones per reason and a few rendered examples
 (instruction, T5 input with the tag prompt, target). With both vocabularies it also counts the
@@ -24,6 +24,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from lion_jax import errors
 from lion_jax.data import images, pipeline, templates
 from lion_jax.data.records import BadRecord, Record, load_records
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
@@ -72,29 +73,36 @@ def inspect_file(records_path: Path, image_root: Path, num_examples: int = 3, se
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m lion_jax.data.inspect", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--records", required=True, help="JSONL records or the official LION JSON list")
-  parser.add_argument("--image-root", required=True)
-  parser.add_argument("--strict", action="store_true", help="exit 1 if any record is invalid")
-  parser.add_argument("--json", action="store_true", help="print one JSON object with the counts")
-  parser.add_argument("--t5-vocab", help="T5 SentencePiece model; with --bert-vocab, count truncated texts")
-  parser.add_argument("--bert-vocab", help="Q-Former WordPiece vocab; with --t5-vocab, count truncated texts")
+  parser.add_argument("--records", required=True, metavar="FILE", help="JSONL records or the official LION JSON list")
+  parser.add_argument("--image_root", "--image-root", required=True, metavar="DIR",
+                      help="the folder the records' image paths are relative to")
+  parser.add_argument("--strict", action="store_true", help="exit 1 if any record is invalid (default: off)")
+  parser.add_argument("--json", action="store_true", help="print one JSON object with the counts (default: off)")
+  parser.add_argument("--t5_vocab", "--t5-vocab", metavar="FILE",
+                      help="T5 SentencePiece model; with --bert_vocab, count truncated texts (default: none)")
+  parser.add_argument("--bert_vocab", "--bert-vocab", metavar="FILE",
+                      help="Q-Former WordPiece vocab; with --t5_vocab, count truncated texts (default: none)")
   data_config = pipeline.default_config()
   for key in pipeline.TRUNCATION_LIMITS.values():
-    parser.add_argument(f"--{key.replace('_', '-')}", type=int, default=data_config[key],
-                        help=f"the pipeline's {key}, for the truncation counts (default {data_config[key]})")
+    parser.add_argument(f"--{key}", f"--{key.replace('_', '-')}", type=int, default=data_config[key], metavar="N",
+                        help=f"the pipeline's {key}, for the truncation counts (default: %(default)s)")
   args = parser.parse_args(argv)
   if bool(args.t5_vocab) != bool(args.bert_vocab):
-    parser.error("--t5-vocab and --bert-vocab go together")
+    parser.error("--t5_vocab and --bert_vocab go together")
   if args.t5_vocab:
     data_config.update(t5_vocab=args.t5_vocab, bert_vocab=args.bert_vocab,
                        **{key: getattr(args, key) for key in pipeline.TRUNCATION_LIMITS.values()})
+  return errors.exit_code(lambda: print_report(args, data_config if args.t5_vocab else None))
+
+
+def print_report(args: argparse.Namespace, data_config: ml_collections.ConfigDict | None) -> int:
+  """Inspects the file the flags name and prints the counts; the exit status (see the module doc)."""
+  if not Path(args.records).is_file():
+    raise errors.MissingFile(f"--records: no such file: {args.records}")
+  if not Path(args.image_root).is_dir():
+    raise errors.MissingFile(f"--image_root: no such folder: {args.image_root}")
   logging.getLogger("quiet").setLevel(logging.ERROR)
-  try:
-    result = inspect_file(Path(args.records), Path(args.image_root),
-                          data_config=data_config if args.t5_vocab else None)
-  except (OSError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  result = inspect_file(Path(args.records), Path(args.image_root), data_config=data_config)
   if args.json:
     print(json.dumps({k: result[k] for k in ("valid", "invalid", "truncated") if k in result}))
   else:

@@ -6,8 +6,8 @@ color, shape, count and existence, REC/REG on uniquely named shapes, grounded ca
 JSONL schema of `records.py`, boxes in pixels. The tokenizers are trained on the records' own text
 plus every instruction template, so the instructions built later tokenise without `<unk>`.
 
-  python -m lion_jax.data.synthetic --out DIR --num-images N --seed S [--image-size 224] [--val-fraction 0.1]
-      [--max-shapes 4] [--size-range 0.12 0.32] [--grid 1]
+  python -m lion_jax.data.synthetic --out DIR --num_images N --seed S [--image_size 224] [--val_fraction 0.1]
+      [--max_shapes 4] [--size_range 0.12 0.32] [--grid 1]
 
 writes DIR/images/NNNNNN.png, DIR/train.jsonl, DIR/val.jsonl (image paths relative to DIR; val holds
 the last images), DIR/spiece.model (+ .vocab), DIR/bert_vocab.txt and DIR/dataset.json (the summary).
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lion_jax import errors
 from lion_jax.data import templates
 from lion_jax.data.boxes import REC_ANSWER_PREFIX
 from lion_jax.data.records import BOXES_PLACEHOLDER, Record, validate, write_jsonl
@@ -285,17 +286,17 @@ def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, 
   how crowded and how small the scenes are; `grid` > 1 puts every box corner on a lattice of that
   many pixels, so a coordinate takes image_size / grid + 1 values."""
   if num_images < 1:
-    raise ValueError(f"num_images must be >= 1, got {num_images}")
+    raise errors.UserError(f"num_images must be >= 1, got {num_images}")
   if not 0.0 <= val_fraction < 1.0:
-    raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    raise errors.UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
   if image_size < 32:
-    raise ValueError(f"image_size must be >= 32 to fit {MAX_SHAPES} shapes, got {image_size}")
+    raise errors.UserError(f"image_size must be >= 32 to fit {MAX_SHAPES} shapes, got {image_size}")
   if not 1 <= max_shapes <= len(NUMBER_WORDS) - 1:
-    raise ValueError(f"max_shapes must be in [1, {len(NUMBER_WORDS) - 1}], got {max_shapes}")
+    raise errors.UserError(f"max_shapes must be in [1, {len(NUMBER_WORDS) - 1}], got {max_shapes}")
   if grid < 1 or image_size % grid:
-    raise ValueError(f"grid must be a positive divisor of image_size={image_size}, got {grid}")
+    raise errors.UserError(f"grid must be a positive divisor of image_size={image_size}, got {grid}")
   if not 0.0 < size_range[0] <= size_range[1] < 1.0:
-    raise ValueError(f"size_range must satisfy 0 < low <= high < 1, got {tuple(size_range)}")
+    raise errors.UserError(f"size_range must satisfy 0 < low <= high < 1, got {tuple(size_range)}")
   out = Path(out_dir)
   (out / "images").mkdir(parents=True, exist_ok=True)
   num_val = min(int(round(num_images * val_fraction)), num_images - 1)
@@ -336,30 +337,35 @@ def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m lion_jax.data.synthetic", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--num-images", type=int, default=2000)
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--image-size", type=int, default=224)
-  parser.add_argument("--val-fraction", type=float, default=0.1)
-  parser.add_argument("--max-shapes", type=int, default=MAX_SHAPES, help="at most this many shapes per image")
-  parser.add_argument("--size-range", type=float, nargs=2, default=SIZE_RANGE, metavar=("LOW", "HIGH"),
-                      help="shape side as a fraction of the image side")
-  parser.add_argument("--grid", type=int, default=1, help="box corners on a lattice of this many pixels")
+  parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+  parser.add_argument("--num_images", "--num-images", type=int, default=2000, metavar="N",
+                      help="images in all, the last val_fraction of them for val (default: %(default)s)")
+  parser.add_argument("--seed", type=int, default=0, help="image i depends only on (seed, i) (default: %(default)s)")
+  parser.add_argument("--image_size", "--image-size", type=int, default=224, metavar="PIXELS",
+                      help="side of the square images (default: %(default)s)")
+  parser.add_argument("--val_fraction", "--val-fraction", type=float, default=0.1, metavar="F",
+                      help="fraction of the images in val.jsonl, in [0, 1) (default: %(default)s)")
+  parser.add_argument("--max_shapes", "--max-shapes", type=int, default=MAX_SHAPES, metavar="N",
+                      help="at most this many shapes per image (default: %(default)s)")
+  parser.add_argument("--size_range", "--size-range", type=float, nargs=2, default=SIZE_RANGE, metavar=("LOW", "HIGH"),
+                      help="shape side as a fraction of the image side (default: %(default)s)")
+  parser.add_argument("--grid", type=int, default=1, metavar="PIXELS",
+                      help="box corners on a lattice of this many pixels (default: %(default)s)")
   args = parser.parse_args(argv)
+  return errors.exit_code(lambda: generate_and_report(args))
+
+
+def generate_and_report(args: argparse.Namespace) -> None:
+  """Runs `generate` with the flags and prints one line: where, how long, how much."""
   start = time.perf_counter()
-  try:
-    summary = generate(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-                       val_fraction=args.val_fraction, max_shapes=args.max_shapes, size_range=tuple(args.size_range),
-                       grid=args.grid)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  summary = generate(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
+                     val_fraction=args.val_fraction, max_shapes=args.max_shapes, size_range=tuple(args.size_range),
+                     grid=args.grid)
   seconds = time.perf_counter() - start
   counts = ", ".join(f"{name}: {s['images']} images / {s['records']} records"
                      for name, s in summary["splits"].items())
   print(f"wrote {args.out} in {seconds:.1f}s ({counts}; T5 vocab {summary['t5_vocab_size']}, "
         f"BERT vocab {summary['bert_vocab_size']})")
-  return 0
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 
 import ml_collections
 import numpy as np
 
+from lion_jax import errors
 from lion_jax.convert.mapping import flat_shapes
 from lion_jax.models import param_paths
 from lion_jax.models.lion import abstract_params
@@ -31,23 +33,28 @@ def count_params(config: ml_collections.ConfigDict, rule: param_paths.FreezeRule
   return dict(counts)
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", choices=sorted(PRESETS), default="flant5xl")
-  parser.add_argument("--visual_input", default="all", choices=["qformer", "aggregator", "all"])
-  parser.add_argument("--frozen", nargs="*", default=list(param_paths.LION_FROZEN),
-                      help="whole-path regular expressions of the frozen parameters (default: LION's rule)")
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m lion_jax.models.summary", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--preset", choices=sorted(PRESETS), default="flant5xl",
+                      help="model preset (default: %(default)s)")
+  parser.add_argument("--visual_input", default="all", choices=["qformer", "aggregator", "all"],
+                      help="which visual branches the model has, as a stage's visual_input (default: %(default)s)")
+  parser.add_argument("--frozen", nargs="*", default=list(param_paths.LION_FROZEN), metavar="REGEX",
+                      help="whole-path regular expressions of the frozen parameters (default: LION's rule, "
+                           "%(default)s)")
   args = parser.parse_args(argv)
-  try:
-    rule = param_paths.FreezeRule(args.frozen, "--frozen")
-    config = get(args.preset, args.visual_input)
-    rule.check(list(flat_shapes(abstract_params(config))))
-  except ValueError as e:
-    parser.error(str(e))
-  counts = count_params(config, rule)
-  for name, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+  return errors.exit_code(lambda: print_counts(args.preset, args.visual_input, args.frozen))
+
+
+def print_counts(preset: str, visual_input: str, frozen: list[str]) -> None:
+  """One line per module and for trainable / frozen / total, largest first."""
+  rule = param_paths.FreezeRule(frozen, "--frozen")
+  config = get(preset, visual_input)
+  rule.check(list(flat_shapes(abstract_params(config))))
+  for name, n in sorted(count_params(config, rule).items(), key=lambda kv: -kv[1]):
     print(f"{name:>20s} {n:>16,d}  ({n / 1e6:,.2f}M)")
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())
