@@ -29,6 +29,7 @@ Why these choices (measured on the 2-core CI machine, docs/training.md "The demo
 
 from lion_jax import run_config as common
 from lion_jax.data import synthetic
+from lion_jax.errors import UserError
 
 STAGE_LENGTHS = {"pretrain": 9, "stage1": 2, "stage2": 4, "stage3": 3}  # x `steps`
 
@@ -36,7 +37,7 @@ STAGE_LENGTHS = {"pretrain": 9, "stage1": 2, "stage2": 4, "stage3": 3}  # x `ste
 def get_config(arg=None):
   args = common.parse_arg(arg, steps=100, images=2000, eval=64, size="demo")
   if args.size not in ("demo", "tiny"):
-    raise ValueError(f"size={args.size!r}; expected demo or tiny")
+    raise UserError(f"size={args.size!r}; expected demo or tiny")
   config = common.base_config("tiny")
   config.model.dtype = "float32"
   config.frozen_dtype = "float32"

@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from lion_jax import errors, paths
+from lion_jax import cli, errors, paths
 from lion_jax.evaluation import runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config, e.g. configs/eval/okvqa.py.",
@@ -40,4 +40,4 @@ def evaluate_checkpoint(config, checkpoint: str, output: str | None) -> None:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parse_flags)

@@ -17,7 +17,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from lion_jax import errors, paths, train
+from lion_jax import cli, errors, paths, train
 from lion_jax.demo import evaluate_export, prepare_synthetic_data
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/stage1.py[:size=xxl].",
@@ -64,34 +64,12 @@ def run(config, workdir) -> int:
     if losses:
       head, tail = losses[: max(1, len(losses) // 10)], losses[-max(1, len(losses) // 10):]
       log.info("%s: %d steps, loss %.4f -> %.4f", s["stage"], s["steps"], sum(head) / len(head), sum(tail) / len(tail))
-  if config.synthetic.enabled and config.synthetic.eval_limit and jax.process_index() == 0:
+  if summaries and summaries[-1].get("preempted"):
+    return 0  # the checkpoint is saved; the same command resumes
+  if config.synthetic.enabled and config.synthetic.eval_limit:
     evaluate_export(config, Path(workdir))
   return 0
 
 
-def config_file_error(e: BaseException) -> str | None:
-  """The message of a UserError that a config file's get_config(arg) raised (e.g. size=xxxl).
-  ml_collections re-raises it with the formatted traceback as its text, and absl wraps that in a
-  flag error: the original message is what follows the traceback's last `UserError: `."""
-  while e is not None and not isinstance(e, errors.UserError):
-    e = e.__cause__ or e.__context__
-  return None if e is None else str(e).rpartition("UserError: ")[2].strip()
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, with a one-line error for a config override that names no config field."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    bad = [a for a in argv if a.startswith("--config.")]
-    name = str(e).strip("\"'")
-    print(f"error: the config has no field {name!r} (overrides given: {bad}); only the fields the config "
-          f"file defines can be set", file=sys.stderr)
-    sys.exit(2)
-  except flags.Error as e:
-    print(f"error: {config_file_error(e) or e}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parse_flags)

@@ -44,7 +44,7 @@ import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from lion_jax import errors, sharding, stages, train  # noqa: E402
+from lion_jax import cli, errors, sharding, stages, train  # noqa: E402
 from lion_jax.data import contract  # noqa: E402
 from lion_jax.models import Lion  # noqa: E402
 
@@ -176,4 +176,4 @@ def print_plan(config, stage: str, mesh: str, batch: int, memory_gib: float) -> 
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=cli.parse_flags)

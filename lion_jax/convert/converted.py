@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from lion_jax import paths
-from lion_jax.errors import MissingFile
+from lion_jax.errors import MissingFile, UserError
 
 T5_VOCAB_NAME = "spiece.model"
 BERT_VOCAB_NAME = "bert_vocab.txt"
@@ -35,7 +35,7 @@ def save_converted(directory: str | os.PathLike, config: ml_collections.ConfigDi
   writes the config, tokenizer and conversion files."""
   directory = paths.as_path(directory)
   if (directory / "params").exists():
-    raise FileExistsError(f"{directory / 'params'} already exists; choose a new output directory")
+    raise UserError(f"{directory / 'params'} already exists; choose a new output directory")
   writer = jax.process_index() == 0
   if writer:
     directory.mkdir(parents=True, exist_ok=True)
@@ -61,11 +61,11 @@ def save_converted(directory: str | os.PathLike, config: ml_collections.ConfigDi
 def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
   path = paths.as_path(directory) / "config.json"
   if not path.exists():
-    raise FileNotFoundError(f"{path} not found: {directory} is not a converted LION checkpoint")
+    raise MissingFile(f"{path} not found: {directory} is not a converted LION checkpoint")
   try:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON: {e}") from e
+    raise UserError(f"{path}: not valid JSON: {e}") from e
 
 
 def load_converted(directory: str | os.PathLike, shardings: Any = None

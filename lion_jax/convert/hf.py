@@ -21,6 +21,7 @@ from flax import traverse_util
 
 from lion_jax.convert import mapping
 from lion_jax.convert.sources import SafetensorsSource
+from lion_jax.errors import MissingFile, UserError
 from lion_jax.models import abstract_params, num_adapters, presets
 from lion_jax.models.adapters import MixtureOfAdapters
 from lion_jax.models.t5 import T5
@@ -40,16 +41,16 @@ T5_DEFAULTS = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers
 
 def read_json(path: Path) -> dict[str, Any]:
   if not path.exists():
-    raise FileNotFoundError(f"config not found: {path}")
+    raise MissingFile(f"config not found: {path}")
   try:
     return json.loads(path.read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON: {e}") from e
+    raise UserError(f"{path}: not valid JSON: {e}") from e
 
 
 def _require(cond: bool, where: str, message: str) -> None:
   if not cond:
-    raise ValueError(f"{where}: {message}")
+    raise UserError(f"{where}: {message}")
 
 
 def t5_config_from_hf(text: dict, *, has_lm_head: bool, where: str) -> ml_collections.ConfigDict:

@@ -16,6 +16,7 @@ import numpy as np
 from lion_jax.convert import mapping
 from lion_jax.convert.hf import load_hf_t5
 from lion_jax.convert.sources import TorchSource
+from lion_jax.errors import UserError
 from lion_jax.models import abstract_params, num_adapters, param_paths, presets
 
 # Keys of the LION file the model does not read: a BERT buffer and T5's tied embedding copies.
@@ -30,7 +31,7 @@ def visual_input_of(keys) -> str:
     return "all"
   if has_qformer or has_aggregator:
     return "qformer" if has_qformer else "aggregator"
-  raise ValueError("the LION file has neither Q-Former ('Qformer.*') nor aggregator ('fusion_adapter.*') keys")
+  raise UserError("the LION file has neither Q-Former ('Qformer.*') nor aggregator ('fusion_adapter.*') keys")
 
 
 def lion_trainable_entries(config: ml_collections.ConfigDict) -> list[mapping.Entry]:

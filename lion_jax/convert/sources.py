@@ -18,7 +18,7 @@ from typing import Iterator
 import ml_dtypes
 import numpy as np
 
-from lion_jax.errors import UserError
+from lion_jax.errors import MissingFile, UserError
 
 
 class SafetensorsSource(Mapping):
@@ -43,12 +43,12 @@ class SafetensorsSource(Mapping):
         files = {p.name: p for p in sorted(path.glob("*.safetensors"))}
         index = None
       if not files:
-        raise FileNotFoundError(f"no *.safetensors files in {path}")
+        raise MissingFile(f"no *.safetensors files in {path}")
     self._handles = {}
     self._key_to_file: dict[str, str] = {}
     for name, file in files.items():
       if not file.exists():
-        raise FileNotFoundError(f"safetensors shard listed in the index is missing: {file}")
+        raise MissingFile(f"safetensors shard listed in the index is missing: {file}")
       try:
         handle = safe_open(str(file), framework="numpy")
       except Exception as e:  # safetensors raises its own error types
@@ -98,7 +98,7 @@ class TorchSource(Mapping):
       raise ImportError(f"reading {path} needs torch (pip install torch==2.13.0): {e}") from e
     path = Path(path)
     if not path.exists():
-      raise FileNotFoundError(f"checkpoint not found: {path}")
+      raise MissingFile(f"checkpoint not found: {path}")
     try:
       obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for bad files

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lion_jax.data.boxes import parse_boxes
-from lion_jax.errors import UserError
+from lion_jax.errors import MissingFile, UserError
 
 
 TASK_TYPES = ("region_level", "image_level")  # index = the MoA task id (0 region, 1 image)
@@ -199,9 +199,9 @@ def _iter_file(path: Path, fmt: str) -> Iterable[tuple[str, Any]]:
     try:
       items = json.loads(text)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not a JSON list of LION records: {e}") from e
+      raise UserError(f"{path}: not a JSON list of LION records: {e}") from e
     if not isinstance(items, list):
-      raise ValueError(f"{path}: the official LION format is a JSON list, got {type(items).__name__}")
+      raise UserError(f"{path}: the official LION format is a JSON list, got {type(items).__name__}")
     for i, item in enumerate(items):
       yield f"{path}[{i}]", item
     return
@@ -229,10 +229,10 @@ def load_records(path: str | os.PathLike, *, fmt: str = "auto", source: str | No
   (unless `require_valid=False`)."""
   path = Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"record file not found: {path}")
+    raise MissingFile(f"record file not found: {path}")
   fmt = detect_format(path) if fmt == "auto" else fmt
   if fmt not in ("jsonl", "lion_json"):
-    raise ValueError(f"unknown record format {fmt!r} for {path}; expected 'jsonl' or 'lion_json'")
+    raise UserError(f"unknown record format {fmt!r} for {path}; expected 'jsonl' or 'lion_json'")
   logger = logger or logging.getLogger(__name__)
   source = source or path.stem
   records, report = [], LoadReport(str(path))
@@ -251,7 +251,7 @@ def load_records(path: str | os.PathLike, *, fmt: str = "auto", source: str | No
     records.append(record)
     report.valid += 1
   if not records and require_valid:
-    raise ValueError(f"{path}: no valid record ({dict(report.invalid)}); first problems: "
+    raise UserError(f"{path}: no valid record ({dict(report.invalid)}); first problems: "
                      f"{report.first_errors[:3]}")
   return records, report
 

@@ -30,6 +30,8 @@ from etils import epath
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from lion_jax.errors import MissingFile, UserError
+
 TRUNCATION_SIDES = ("left", "right")
 SPACE_PIECE = "▁"  # SentencePiece's (and HF Metaspace's) marker for a preceding space
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -92,7 +94,7 @@ class T5Tokenizer:
     try:
       proto = path.read_bytes()
     except FileNotFoundError:
-      raise FileNotFoundError(f"T5 SentencePiece model not found: {path}") from None
+      raise MissingFile(f"T5 SentencePiece model not found: {path}") from None
     except OSError as e:
       raise OSError(f"cannot read T5 SentencePiece model {path}: {e}") from e
     self._load(proto, num_extra_ids, source=str(path))
@@ -111,10 +113,10 @@ class T5Tokenizer:
     try:  # not model_proto=: that silently skips loading an empty proto
       self._sp.LoadFromSerializedProto(proto)
     except (RuntimeError, TypeError) as e:
-      raise ValueError(f"not a valid SentencePiece model: {source}: {e}") from e
+      raise UserError(f"not a valid SentencePiece model: {source}: {e}") from e
     layout = (self._sp.pad_id(), self._sp.eos_id(), self._sp.unk_id())
     if layout != (0, 1, 2):
-      raise ValueError(f"{source}: (pad, eos, unk) ids are {layout}, but T5 needs (0, 1, 2)")
+      raise UserError(f"{source}: (pad, eos, unk) ids are {layout}, but T5 needs (0, 1, 2)")
     self._sp_size = self._sp.get_piece_size()
     self._num_extra_ids = num_extra_ids
     # HF's added tokens: they are matched in the raw text, longest first, and never split further.
@@ -201,7 +203,7 @@ class BertTokenizer:
       with path.open(encoding="utf-8") as f:
         lines = f.readlines()
     except FileNotFoundError:
-      raise FileNotFoundError(f"BERT WordPiece vocab not found: {path}") from None
+      raise MissingFile(f"BERT WordPiece vocab not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
       raise OSError(f"cannot read BERT WordPiece vocab {path}: {e}") from e
     vocab: dict[str, int] = {}
@@ -209,11 +211,11 @@ class BertTokenizer:
       token = line.rstrip("\n")
       if token in vocab:
         # HF would then give [DEC] an id that is already taken.
-        raise ValueError(f"{path}: duplicate token {token!r} on lines {vocab[token] + 1} and {index + 1}")
+        raise UserError(f"{path}: duplicate token {token!r} on lines {vocab[token] + 1} and {index + 1}")
       vocab[token] = index
     missing = [t for t in BERT_SPECIAL_TOKENS if t not in vocab]
     if missing:
-      raise ValueError(f"{path}: BERT vocab lacks the special tokens {missing}")
+      raise UserError(f"{path}: BERT vocab lacks the special tokens {missing}")
 
     self._tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
     self._tokenizer.normalizer = normalizers.BertNormalizer(

@@ -20,6 +20,7 @@ from lion_jax.data import images, templates
 from lion_jax.convert.converted import load_converted, tokenizer_files
 from lion_jax.data.records import BadRecord, Record, load_records
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
+from lion_jax.errors import MissingFile, UserError
 from lion_jax.evaluation import benchmarks, metrics
 from lion_jax.inference.generate import generate
 
@@ -89,7 +90,7 @@ def score(kind: str, records: Sequence[Record], predictions: Sequence[str | None
   if kind == "rec":
     unsized = [r.id or r.image for r in records if not (r.width and r.height)]
     if unsized:
-      raise ValueError(f"REC records need width and height to normalise their boxes; missing in {unsized[:5]}")
+      raise UserError(f"REC records need width and height to normalise their boxes; missing in {unsized[:5]}")
     gts = [[b[0] / r.width, b[1] / r.height, b[2] / r.width, b[3] / r.height] for r in records for b in r.boxes[:1]]
     return {"accuracy": 100 * metrics.rec_accuracy(preds, gts)}
   if kind == "pope":
@@ -123,11 +124,11 @@ def run_benchmark(config, checkpoint: str | Path, output: str | Path | None = No
   """One benchmark config (lion_jax.evaluation.benchmarks.eval_config) on a checkpoint directory:
   predictions and scores written to `output` (default: the checkpoint), a table printed."""
   if not config.records or not config.image_root:
-    raise ValueError(f"set --config.records and --config.image_root for {config.name}")
+    raise UserError(f"set --config.records and --config.image_root for {config.name}")
   model_config, params = load_converted(checkpoint)
   files = tokenizer_files(checkpoint)
   if set(files) != {"t5", "bert"}:
-    raise FileNotFoundError(f"{checkpoint}/tokenizer must hold spiece.model and bert_vocab.txt")
+    raise MissingFile(f"{checkpoint}/tokenizer must hold spiece.model and bert_vocab.txt")
   records, _ = load_records(config.records)
   if config.get("tasks"):
     records = [r for r in records if r.task in config.tasks]

@@ -23,6 +23,7 @@ from lion_jax.data import boxes as box_text
 from lion_jax.data import images, templates
 from lion_jax.data.records import TASK_TYPES
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
+from lion_jax.errors import MissingFile, UserError
 from lion_jax.inference.generate import generate
 
 
@@ -48,7 +49,7 @@ class Predictor:
     files = tokenizer_files(checkpoint_dir)
     missing = [name for name in ("t5", "bert") if name not in files]
     if missing:
-      raise FileNotFoundError(f"{Path(checkpoint_dir) / 'tokenizer'} lacks the {' and '.join(missing)} tokenizer "
+      raise MissingFile(f"{Path(checkpoint_dir) / 'tokenizer'} lacks the {' and '.join(missing)} tokenizer "
                               "file(s); convert again with --t5_vocab / --bert_vocab")
     return cls(config, params, T5Tokenizer(files["t5"]), BertTokenizer(files["bert"]), **settings)
 
@@ -65,7 +66,7 @@ class Predictor:
   def __call__(self, image: str | os.PathLike | Image.Image | np.ndarray, question: str,
                tags: Sequence[str] | str | None = None, task: str = "image_level") -> Prediction:
     if task not in TASK_TYPES:
-      raise ValueError(f"task={task!r}; expected one of {TASK_TYPES}")
+      raise UserError(f"task={task!r}; expected one of {TASK_TYPES}")
     if isinstance(image, np.ndarray):
       image = Image.fromarray(image)
     if not isinstance(image, Image.Image):
