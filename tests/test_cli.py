@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lion_jax import plot, predict
@@ -225,3 +226,18 @@ def test_a_user_error_in_a_process_has_no_traceback(module, argv, message):
   result = run_module(module, *argv)
   assert result.returncode == 1 and result.stderr.startswith("error: ") and message in result.stderr
   assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_summary_table_lists_every_parameter(capsys):
+  """--table: clu's overview of every parameter path, whose sizes add up to the counted total."""
+  from lion_jax.convert.mapping import flat_shapes
+  from lion_jax.models import presets
+  from lion_jax.models.lion import abstract_params
+  assert summary.main(["--preset", "tiny", "--table"]) == 0
+  out = capsys.readouterr().out
+  shapes = flat_shapes(abstract_params(presets.get("tiny")))
+  rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines()
+          if line.startswith("| ") and not line.startswith("| Name")}
+  assert rows == {path: str(tuple(shape)) for path, shape in shapes.items()}
+  total = sum(int(np.prod(s)) for s in shapes.values())
+  assert f"Total: {total:,}" in out and re.search(rf"^\s+total\s+{total:,}\s", out, re.M)

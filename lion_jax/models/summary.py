@@ -1,6 +1,8 @@
 """Parameter counts of a model config, by module and frozen/trainable (nothing is allocated).
 
-  python -m lion_jax.models.summary --preset flant5xl [--visual_input all] [--frozen 'vit/.*' ...]
+  python -m lion_jax.models.summary --preset flant5xl [--visual_input all] [--frozen 'vit/.*' ...] [--table]
+
+`--table` also prints every parameter (path, shape, dtype, size) with clu's parameter overview.
 
 Frozen means matched by a freezing rule (models.param_paths; LION's by default), as a stage's
 `frozen` patterns decide in training.
@@ -14,6 +16,7 @@ import sys
 
 import ml_collections
 import numpy as np
+from clu import parameter_overview
 
 from lion_jax import errors
 from lion_jax.convert.mapping import flat_shapes
@@ -43,15 +46,21 @@ def main(argv=None) -> int:
   parser.add_argument("--frozen", nargs="*", default=list(param_paths.LION_FROZEN), metavar="REGEX",
                       help="whole-path regular expressions of the frozen parameters (default: LION's rule, "
                            "%(default)s)")
+  parser.add_argument("--table", action="store_true",
+                      help="also print every parameter's path, shape, dtype and size (default: %(default)s)")
   args = parser.parse_args(argv)
-  return errors.exit_code(lambda: print_counts(args.preset, args.visual_input, args.frozen))
+  return errors.exit_code(lambda: print_counts(args.preset, args.visual_input, args.frozen, args.table))
 
 
-def print_counts(preset: str, visual_input: str, frozen: list[str]) -> None:
-  """One line per module and for trainable / frozen / total, largest first."""
+def print_counts(preset: str, visual_input: str, frozen: list[str], table: bool = False) -> None:
+  """One line per module and for trainable / frozen / total, largest first (after the per-parameter
+  table when asked for)."""
   rule = param_paths.FreezeRule(frozen, "--frozen")
   config = get(preset, visual_input)
-  rule.check(list(flat_shapes(abstract_params(config))))
+  params = abstract_params(config)
+  rule.check(list(flat_shapes(params)))
+  if table:
+    print(parameter_overview.get_parameter_overview(params, include_stats=False))
   for name, n in sorted(count_params(config, rule).items(), key=lambda kv: -kv[1]):
     print(f"{name:>20s} {n:>16,d}  ({n / 1e6:,.2f}M)")
 
