@@ -1,7 +1,13 @@
-"""lion-jax: LION in JAX. Runtime pins live in requirements.txt; `pip install -e '.[test]'` adds the
-reference stack the tests compare against (torch must stay pinned exactly: a looser pin pulls a
-multi-GB CUDA build)."""
+"""lion-jax: LION in JAX.
 
+requirements.txt holds the exact versions CI tests (`pip install -r requirements.txt` reproduces
+them). install_requires takes them as compatible ranges, >= the tested version and < the next major
+one, so the package installs next to a preinstalled JAX (Colab, TPU VM images) without replacing it.
+`pip install -e '.[test]'` adds the reference stack the tests compare against (torch stays pinned
+exactly: a looser pin pulls a multi-GB CUDA build).
+"""
+
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -14,6 +20,17 @@ def read_requirements(name: str) -> list[str]:
   return [l.split("#")[0].strip() for l in lines if l.split("#")[0].strip()]
 
 
+def compatible_range(pin: str) -> str:
+  """'jax==0.10.2' -> 'jax>=0.10.2,<1'; 'numpy==2.4.6' -> 'numpy>=2.4.6,<3'."""
+  match = re.fullmatch(r"([A-Za-z0-9_.\-\[\]]+)==(\d+)(\.[\w.]+)?", pin)
+  if not match:
+    raise ValueError(f"requirements.txt: {pin!r} is not an exact pin (name==version)")
+  name, major, rest = match.groups()
+  return f"{name}>={major}{rest or ''},<{int(major) + 1}"
+
+
+RUNTIME = read_requirements("requirements.txt")
+JAX_RANGE = next(compatible_range(p) for p in RUNTIME if p.startswith("jax=="))[len("jax"):]
 TEST = [
     "pytest==9.2.0",
     "torch==2.13.0",
@@ -35,7 +52,15 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["lion_jax", "lion_jax.*"]),
-    install_requires=read_requirements("requirements.txt"),
-    # gcs: filesystem driver for gs:// workdirs (etils epath, tensorboardX); cloud hosts only.
-    extras_require={"test": TEST, "gcs": ["gcsfs==2026.10.1"]},
+    install_requires=[compatible_range(pin) for pin in RUNTIME],
+    extras_require={
+        "test": TEST,
+        # Accelerator builds of the same JAX range (jaxlib comes with them).
+        "tpu": [f"jax[tpu]{JAX_RANGE}"],
+        "cuda12": [f"jax[cuda12]{JAX_RANGE}"],
+        # Reading .pth checkpoints (python -m lion_jax.convert lion); the CPU wheel, pinned exactly.
+        "torch": ["torch==2.13.0"],
+        # gs:// workdirs (etils epath, tensorboardX); cloud hosts only.
+        "gcs": ["gcsfs==2026.10.1"],
+    },
 )
