@@ -76,7 +76,8 @@ def format_stage_table(table: dict[str, dict[str, float]]) -> str:
 def evaluate_export(config, workdir: Path) -> dict:
   """The demo's last step: the final export, reloaded from disk, scored by the same evaluators that
   ran during training (WORKDIR/results.json, predictions under WORKDIR/eval), then the per-stage
-  table and WORKDIR/curves.png."""
+  table and WORKDIR/curves.png. Multi-host: every process loads and predicts (each on its own
+  devices, so no process waits on another), process 0 writes."""
   last_stage = run_stage_names(config)[-1]
   export = workdir / last_stage / config.export_dir_name
   if not (export / "config.json").exists():
@@ -90,7 +91,10 @@ def evaluate_export(config, workdir: Path) -> dict:
     records = evaluator.source.records
     predictions = evaluator.predict(params)
     rows[name] = runner.score(evaluator.spec.kind, records, predictions)
-    runner.write_results(workdir / "eval", name, records, predictions, rows[name])
+    if jax.process_index() == 0:
+      runner.write_results(workdir / "eval", name, records, predictions, rows[name])
+  if jax.process_index() != 0:
+    return rows
   (workdir / "results.json").write_text(json.dumps(rows, indent=2))
   print(runner.format_table(rows))
   print(format_stage_table(stage_table(config, workdir)))
