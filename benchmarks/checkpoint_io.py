@@ -2,8 +2,8 @@
 
   python -m benchmarks.checkpoint_io [--size xl] [--stage stage3] [--dir /tmp/lion-ckpt-bench]
 
-A stage checkpoint (`lion_jax.checkpoints.StageCheckpoints`: trainables + AdamW state + data
-position + meta) is written and restored at the released model size, with random values (so no
+A stage checkpoint (`lion_jax.checkpoints.StageCheckpoints`: trainables + AdamW state + meta,
+which holds the data position) is written and restored at the released model size, with random values (so no
 compression helps either side); "everything" additionally writes the frozen towers in their stored
 dtype (bf16), which is what a checkpoint of the whole model would add. Reports seconds (save
 including the wait for the async write; restore onto the host's devices) and bytes on disk.
@@ -36,16 +36,16 @@ def main() -> None:
   parser.add_argument("--dir", default="/tmp/lion-ckpt-bench")
   args = parser.parse_args()
 
-  import grain
+  import importlib
+
   import jax
   import jax.numpy as jnp
   import orbax.checkpoint as ocp
 
   from lion_jax import sharding, train
   from lion_jax.checkpoints import StageCheckpoints
-  from lion_jax.run_config import stage_config
 
-  config = stage_config(args.stage, f"size={args.size}")
+  config = importlib.import_module(f"configs.{args.stage}").get_config(f"size={args.size}")
   mesh = sharding.make_mesh(devices=jax.devices()[:1])
   abstract, frozen, _, _ = train.abstract_state(config, args.stage, mesh, sharding.config_rules(config), 1000)
   rng = np.random.default_rng(0)
@@ -53,19 +53,18 @@ def main() -> None:
   # Moments as after some steps (not compressible zeros); the step counters stay scalars.
   opt_state = jax.tree.map(lambda x: jnp.abs(jnp.asarray(random_like(x, np.float32, rng))) if x.ndim
                            else jnp.zeros(x.shape, x.dtype), abstract.opt_state)
-  data_iter = iter(grain.MapDataset.range(100).to_iter_dataset())
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
   root = Path(args.dir)
   shutil.rmtree(root, ignore_errors=True)
   ckpt = StageCheckpoints(root / "stage", async_save=True)
   start = time.perf_counter()
-  ckpt.save(1, trainable, opt_state, data_iter, {"step": 1})
+  ckpt.save(1, trainable, opt_state, {"step": 1})
   ckpt.wait()
   stage_save_s = time.perf_counter() - start
   abstract_of = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
   start = time.perf_counter()
-  restored, _, _ = ckpt.restore(1, abstract_of(trainable), abstract_of(opt_state), data_iter)
+  restored, _, _ = ckpt.restore_newest_intact(abstract_of(trainable), abstract_of(opt_state))
   jax.block_until_ready(restored)
   stage_restore_s = time.perf_counter() - start
   ckpt.close()

@@ -55,9 +55,9 @@ def main() -> None:
   from lion_jax import sharding, stages, train
   from lion_jax.inference import generate
   from lion_jax.models import Lion, param_paths
-  from lion_jax.run_config import stage_config
+  from configs import stage3
 
-  config = stage_config("stage3", f"size={args.size}")
+  config = stage3.get_config(f"size={args.size}")
   if args.size == "tiny":  # input lengths that fit the tiny towers' tables, as configs/demo.py
     config.data.update(image_size=28, max_input_len=64, max_target_len=24, max_qformer_len=32)
   config.model.t5.remat = args.remat

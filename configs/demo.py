@@ -67,15 +67,15 @@ def get_config(arg=None):
   config.log_every_steps = 20
   config.checkpoint_every_steps = 200
   lengths = {name: n * args.steps for name, n in STAGE_LENGTHS.items()}
-  stages = common.lion_stages(1)
-  stages.pretrain = common.pretrain_stage({"synthetic_image": 1.0, "synthetic_region": 1.0}, lengths["pretrain"])
-  for name in ("stage1", "stage2", "stage3"):
-    stages[name].num_steps = lengths[name]
-  stages.stage1.mixture = {"synthetic_image": 1.0}
-  stages.stage2.mixture = {"synthetic_region": 1.0}
-  stages.stage3.mixture = {"synthetic_image": 1.0, "synthetic_region": 1.0}
-  stages.stage3.lr = 3e-4  # starts from two trained branches: a full-size step would undo stage 1
-  config.stages = stages
+  image, region = {"synthetic_image": 1.0}, {"synthetic_region": 1.0}
+  config.stages = {
+      "pretrain": common.pretrain_stage({**image, **region}, lengths["pretrain"]),
+      "stage1": common.stage("qformer", image, lengths["stage1"]),
+      "stage2": common.stage("aggregator", region, lengths["stage2"], init_from=("stage1",)),
+      # Starts from two trained branches: a full-size step would undo stage 1.
+      "stage3": common.stage("all", {**image, **region}, lengths["stage3"], init_from=("stage1", "stage2"),
+                             export=True, lr=3e-4),
+  }
   config.run_stages = "pretrain,stage1,stage2,stage3"
   if args.eval:
     every = 3 * args.steps  # and at the end of every stage

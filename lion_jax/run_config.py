@@ -78,14 +78,20 @@ def evaluator(kind: str, records: str = "", image_root: str = "", *, tasks=(), t
       repetition_penalty=1.0, length_penalty=1.0, batch_size=batch_size))
 
 
-def lion_stages(num_steps: int) -> ml_collections.ConfigDict:
-  image = {name: 1.0 for name in IMAGE_LEVEL_SOURCES}
-  region = {name: 1.0 for name in REGION_LEVEL_SOURCES}
-  both = {**{k: 1.0 / len(image) for k in image}, **{k: 1.0 / len(region) for k in region}}  # 1:1
-  return ml_collections.ConfigDict(dict(
-      stage1=stage("qformer", image, num_steps),
-      stage2=stage("aggregator", region, num_steps, init_from=("stage1",)),
-      stage3=stage("all", both, num_steps, init_from=("stage1", "stage2"), export=True)))
+def image_level_mixture() -> dict[str, float]:
+  """Stage 1's data: the image-level sources, equal weights."""
+  return {name: 1.0 for name in IMAGE_LEVEL_SOURCES}
+
+
+def region_level_mixture() -> dict[str, float]:
+  """Stage 2's data: the region-level sources, equal weights."""
+  return {name: 1.0 for name in REGION_LEVEL_SOURCES}
+
+
+def both_levels_mixture() -> dict[str, float]:
+  """Stage 3's data: image-level and region-level 1:1, equal weights within a level."""
+  return {**{k: 1.0 / len(IMAGE_LEVEL_SOURCES) for k in IMAGE_LEVEL_SOURCES},
+          **{k: 1.0 / len(REGION_LEVEL_SOURCES) for k in REGION_LEVEL_SOURCES}}
 
 
 def base_config(size: str = "xl") -> ml_collections.ConfigDict:
@@ -125,8 +131,9 @@ def base_config(size: str = "xl") -> ml_collections.ConfigDict:
       enabled=False, num_images=0, image_size=0, eval_limit=0, max_shapes=synthetic.MAX_SHAPES,
       size_range=list(synthetic.SIZE_RANGE)))
   config.evals = ml_collections.ConfigDict()  # name -> evaluator(...): evaluation during training
-  config.stages = lion_stages(num_steps=60_000)
-  config.run_stages = "stage1,stage2,stage3"
+  # name -> stage(...): set by each config file (configs/stage{1,2,3}.py, demo.py, finetune.py).
+  config.stages = ml_collections.ConfigDict()
+  config.run_stages = ""
   return config
 
 
@@ -148,11 +155,3 @@ def adopt_pretrained_model(config: ml_collections.ConfigDict) -> None:
       if name not in files:
         raise MissingFile(f"{config.pretrained}/tokenizer has no {name} vocabulary: set --config.data.{key}")
       config.data[key] = str(files[name])
-
-
-def stage_config(stage: str, arg: str | None) -> ml_collections.ConfigDict:
-  """configs/stageN.py: the LION config at `size` (xl or xxl) running one stage."""
-  args = parse_arg(arg, size="xl")
-  config = base_config(args.size)
-  config.run_stages = stage
-  return config

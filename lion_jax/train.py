@@ -1,13 +1,15 @@
 """The trainer: one function per stage, readable top to bottom.
 
-  mesh -> model and shardings -> frozen towers and trainables (pretrained, previous stages) ->
-  optimizer -> resume from the newest checkpoint -> data -> compiled step -> loop (metrics,
-  checkpoints, NaN guard) -> final checkpoint (+ export)
+  mesh -> model, data sources, evaluators and the abstract state -> resume from the newest intact
+  checkpoint, else frozen towers and trainables (pretrained, previous stages) -> data from the
+  resumed step -> compiled step -> loop (metrics, evaluations, checkpoints, NaN guard, SIGTERM) ->
+  final checkpoint (+ export)
 
 Frozen towers (ViT, T5 body) and trainables are two trees: the step differentiates and updates the
 trainables only, so frozen weights get no optimizer state, no weight decay and no writes, and are
-never saved in a stage checkpoint. The state is donated to the step. Batches become global arrays
-from each host's shard. The dropout key of step s is fold_in(seed, s), so a resumed run repeats an
+never saved in a stage checkpoint. The state is donated to the step. Each process prepares its rows
+of the global batch (the same examples on any number of processes) and they become one global
+array. The dropout key of step s is fold_in(seed, s), so a resumed run repeats an
 uninterrupted one exactly.
 """
 
@@ -108,10 +110,6 @@ def check_config(config: ml_collections.ConfigDict, stage_name: str, mesh, proce
     raise UserError(f"{stage_name} would start a {config.model.t5.num_layers}-layer T5 and its ViT from random "
                     f"weights: set --config.pretrained=CONVERTED_DIR (python -m lion_jax.convert), or "
                     f"--config.pretrained=random to train from scratch on purpose")
-  unknown = sorted(set(stage.init_from.keys()) - set(config.stages.keys()))
-  if unknown:
-    raise UserError(f"stages.{stage_name}.init_from names {unknown}, which config.stages does not define "
-                     f"({sorted(config.stages)})")
 
 
 # ------------------------------------------------------------------------------ parameters ---
@@ -195,6 +193,18 @@ def _report_unused(what: str, paths: set[str]) -> None:
              ", ".join(modules), sorted(paths)[:3])
 
 
+def trained_layout(config, stage_name: str, directory) -> tuple[str, str]:
+  """(visual_input, adapters) of a finished earlier stage, as its checkpoint records them (so a stage
+  config needs to define only its own stage), else as this config defines that stage."""
+  _, meta = checkpoints.read_meta(directory)
+  if "visual_input" in meta:
+    return meta["visual_input"], meta["adapters"]
+  if stage_name in config.stages:
+    return config.stages[stage_name].visual_input, config.stages[stage_name].get("adapters", "moa")
+  raise UserError(f"{directory} does not record the layout of {stage_name} and config.stages does not define "
+                  f"it: add stages.{stage_name} to the config")
+
+
 def process_rows(batch_sharding, global_batch_size: int) -> tuple[int, int]:
   """(first row, number of rows) of the global batch that this process's devices hold."""
   index_map = batch_sharding.addressable_devices_indices_map((global_batch_size,))
@@ -225,6 +235,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
   model_config = stages.model_config(config, stage_name)
   model = Lion(model_config)
   data_config = stages.data_config(config, stage_name)
+  mixture = pipeline.load_mixture(data_config, where=f"stages.{stage_name}.mixture")  # bad data fails here
   # Evaluators (config.evals) run on the training parameters and mesh; their data fails here if wrong.
   evaluators = make_evaluators(config, model_config, data_config, num_steps)
   abstract, abstract_frozen, tx, schedule = abstract_state(config, stage_name, mesh, rules, num_steps)
@@ -238,9 +249,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
   restored = ckpt.restore_newest_intact(abstract.params, abstract.opt_state)
   previous = []
   for prev_name, prev_dir in stage.init_from.items():
-    path = paths.as_path(prev_dir) if prev_dir else workdir / prev_name
-    previous.append((config.stages[prev_name].visual_input, config.stages[prev_name].get("adapters", "moa"),
-                     checkpoints.load_final_trainables(path / "checkpoints", prev_name)))
+    directory = (paths.as_path(prev_dir) if prev_dir else workdir / prev_name) / "checkpoints"
+    trained = checkpoints.load_final_trainables(directory, prev_name)
+    previous.append((*trained_layout(config, prev_name, directory), trained))
   trainable, frozen = init_params(config, stage_name, mesh, rules, previous, (abstract.params, abstract_frozen))
   first_step, counters = 0, {}
   if restored is None:
@@ -260,9 +271,8 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
   # examples whatever the number of processes). Counters restart on process 0 with the totals.
   batch_sharding = sharding.batch_sharding(mesh, rules)
   rows = process_rows(batch_sharding, config.global_batch_size)
-  data_iter = pipeline.make_iterator(data_config, config.global_batch_size, rows=rows, first_batch=first_step,
-                                     seed=config.seed + zlib.crc32(stage_name.encode()) % 1000,
-                                     where=f"stages.{stage_name}.mixture")
+  data_iter = pipeline.make_iterator(data_config, config.global_batch_size, mixture=mixture, rows=rows,
+                                     first_batch=first_step, seed=config.seed + zlib.crc32(stage_name.encode()) % 1000)
   if jax.process_index() == 0:
     data_iter.restore_counters(counters)
 
@@ -317,6 +327,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
         if step % config.checkpoint_every_steps == 0 or is_last or preempted:
           ckpt.save(step, state.params, state.opt_state, {
               "stage": stage_name, "step": step, "num_steps": num_steps, "final": is_last,
+              "visual_input": model_config.visual_input, "adapters": model_config.adapters,
               "data_counters": data_iter.global_counters()})
       ckpt.wait()
   finally:

@@ -282,12 +282,17 @@ class CountingIterator(grain.DatasetIterator):
     self._parent.set_state(state)
 
 
-def make_iterator(config: ml_collections.ConfigDict, batch_size: int, *, seed: int | None = None,
-                  rows: tuple[int, int] | None = None, first_batch: int = 0, where: str = "data.mixture"
-                  ) -> CountingIterator:
-  """Loads the sources named in `config.mixture` (name -> weight; weight 0 leaves a source out) and
-  returns the iterator over this process's `rows` of each global batch of `batch_size` examples,
-  from global batch `first_batch` on. `where` names the mixture in messages."""
+@dataclasses.dataclass
+class Mixture:
+  """The loaded sources of a mixture and their weights (sorted by name)."""
+
+  sources: list[Source]
+  weights: list[float]
+
+
+def load_mixture(config: ml_collections.ConfigDict, where: str = "data.mixture") -> Mixture:
+  """Loads and checks the sources named in `config.mixture` (name -> weight; weight 0 leaves a
+  source out). `where` names the mixture in messages."""
   mixture = {name: float(weight) for name, weight in config.mixture.items() if float(weight) != 0.0}
   if not mixture:
     raise UserError(f"{where} is empty: name at least one source with a weight")
@@ -300,10 +305,19 @@ def make_iterator(config: ml_collections.ConfigDict, batch_size: int, *, seed: i
     raise UserError(f"{where} names sources without records: {', '.join(unset)}. Set "
                     f"data.sources.<name>.records and .image_root (JSONL from python -m lion_jax.data.adapters), "
                     f"or leave a source out with --config.{where}.<name>=0")
-  sources = [load_source(name, config.sources[name], config.strict) for name in names]
-  dataset = build_dataset(config, sources, [mixture[n] for n in names], batch_size,
+  return Mixture([load_source(name, config.sources[name], config.strict) for name in names],
+                 [mixture[n] for n in names])
+
+
+def make_iterator(config: ml_collections.ConfigDict, batch_size: int, *, mixture: Mixture | None = None,
+                  seed: int | None = None, rows: tuple[int, int] | None = None, first_batch: int = 0
+                  ) -> CountingIterator:
+  """The iterator over this process's `rows` of each global batch of `batch_size` examples of
+  `mixture` (default: `load_mixture(config)`), from global batch `first_batch` on."""
+  mixture = mixture or load_mixture(config)
+  dataset = build_dataset(config, mixture.sources, mixture.weights, batch_size,
                           seed=config.seed if seed is None else seed, rows=rows, first_batch=first_batch)
-  return CountingIterator(iter(dataset), names)
+  return CountingIterator(iter(dataset), [s.name for s in mixture.sources])
 
 
 def default_config() -> ml_collections.ConfigDict:
