@@ -6,6 +6,7 @@
 #SBATCH --cpus-per-task=8
 #SBATCH --time=24:00:00
 #SBATCH --output=lion-jax-%j.out
+#SBATCH --signal=TERM@120
 #
 # Multi-node GPU training under SLURM: one process per GPU (default) or one per node.
 #
@@ -21,6 +22,11 @@
 # The #SBATCH lines above are defaults: options given to sbatch override them. The launcher options
 # (--dry-run, --help) come first; everything else goes to lion_jax.main, followed by
 # --config.distributed=True. The workdir must be on storage every node sees (or gs://).
+#
+# Preemption: SLURM sends SIGTERM 120 s before the time limit (--signal above) and on scancel or
+# preemption; every process then saves a checkpoint at a step they agree on and exits 0. Re-launch
+# (sbatch the same command again, or submit with --requeue) and it resumes from that checkpoint, on
+# any number of nodes (launch/README.md, "Preemption and re-launching").
 #
 # Environment (sbatch passes the submitting shell's environment to the job):
 #   PYTHON            interpreter (default: python)

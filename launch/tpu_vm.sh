@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Cloud TPU VM launcher: create a slice, put the code on every worker, install, train on all workers,
 # delete the slice. Usage: launch/tpu_vm.sh --help (or launch/README.md).
+# After a preemption (the workers get SIGTERM: each saves a checkpoint at an agreed step and exits 0)
+# run the same command again, with `create` if the slice is gone: the run resumes from that
+# checkpoint (launch/README.md, "Preemption and re-launching").
 set -euo pipefail
 
 usage() {
