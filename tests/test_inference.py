@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import flax.linen as nn
@@ -150,3 +152,20 @@ def test_evaluate_on_real_format_fixtures(checkpoint, tmp_path):
     scores = runner.run_benchmark(config, checkpoint / "ckpt", tmp_path / "results")
     assert scores and all(np.isfinite(v) for v in scores.values())
     assert (tmp_path / "results" / f"{benchmark}_results.json").exists()
+
+
+def test_notebook_install_on_colab_keeps_the_runtime_jax(monkeypatch):
+  """The install cell on Colab: pip gets a constraints file holding the installed jax and jaxlib."""
+  import importlib.metadata
+  import types
+  nbformat = require("nbformat")
+  notebook = nbformat.read(REPO / "notebooks" / "inference.ipynb", as_version=4)
+  install = next(c for c in notebook.cells if c.cell_type == "code" and "LION_JAX_SOURCE" in c.source)
+  calls = []
+  monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+  monkeypatch.setattr(subprocess, "run", lambda command, check: calls.append(command))
+  exec(install.source, {})
+  [command] = calls
+  assert command[:5] == [sys.executable, "-m", "pip", "install", "-q"] and command[-1].startswith("git+")
+  constraints = Path(command[command.index("-c") + 1]).read_text().split()
+  assert constraints == [f"jax=={importlib.metadata.version('jax')}", f"jaxlib=={importlib.metadata.version('jaxlib')}"]
