@@ -1,6 +1,6 @@
 """Input-pipeline throughput (examples/s) on 224x224 synthetic images, with 0, 1 and 2 worker processes.
 
-  python benchmarks/pipeline_throughput.py [--num-images 400] [--batch 16] [--batches 40] [--out FILE]
+  python benchmarks/pipeline_throughput.py [--num_images 400] [--batch 16] [--batches 40] [--out FILE]
 
 Generates the synthetic dataset once into a temp dir, then times `--batches` batches per setting
 after a warm-up of 3 batches (worker start-up excluded). Appends one JSON line per setting to --out.
@@ -33,11 +33,12 @@ def config_for(root: Path, num_workers: int):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--num-images", type=int, default=400)
-  parser.add_argument("--batch", type=int, default=16)
-  parser.add_argument("--batches", type=int, default=40)
-  parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline_throughput.jsonl"))
+  parser.add_argument("--num_images", "--num-images", type=int, default=400, help="synthetic images generated")
+  parser.add_argument("--batch", type=int, default=16, help="batch size")
+  parser.add_argument("--batches", type=int, default=40, help="batches timed per worker count")
+  parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="Grain worker counts to time")
+  parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline_throughput.jsonl"),
+                      help="JSONL file the rows are appended to")
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
   with tempfile.TemporaryDirectory() as tmp:
