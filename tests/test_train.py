@@ -23,18 +23,11 @@ import pytest
 from configs import demo
 from lion_jax import checkpoints, sharding, stages, train
 from lion_jax.convert import load_converted
-from lion_jax.data import contract, synthetic
+from lion_jax.data import contract
 from lion_jax.demo import prepare_synthetic_data
 from lion_jax.models import Lion, param_paths
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("synthetic")
-  synthetic.generate(root / "data", num_images=40, seed=0, image_size=64)
-  return root / "data"
 
 
 STEPS = 30  # every run below uses the same schedule length, so compiled programs are shared
@@ -44,7 +37,8 @@ DEMO_ARGS = "images=40,eval=0,size=tiny"  # the demo config with the test preset
 
 
 def make_config(data_dir: Path, workdir: Path, *, steps=STEPS, stages_to_run="stage1", eval_limit=0, **overrides):
-  """The demo config at test size (every stage `steps` long), reading the shared synthetic dataset."""
+  """The demo config at test size (every stage `steps` long), reading the shared synthetic dataset
+  (the `data_dir` fixture; it and `three_stages` are session fixtures in conftest.py)."""
   config = demo.get_config(DEMO_ARGS.replace("eval=0", f"eval={eval_limit}"))
   config.num_steps = steps
   config.run_stages = stages_to_run
@@ -54,17 +48,6 @@ def make_config(data_dir: Path, workdir: Path, *, steps=STEPS, stages_to_run="st
     (workdir / "data").symlink_to(data_dir)
   prepare_synthetic_data(config, workdir)
   return config
-
-
-@pytest.fixture(scope="module")
-def three_stages(data_dir, tmp_path_factory):
-  """One demo-sized run of the demo's stages, pretrain -> 1 -> 2 -> 3, evaluating 8 records per
-  evaluator at the end of each (checkpoints every 5 steps, all kept), shared by tests."""
-  workdir = tmp_path_factory.mktemp("three_stages")
-  config = make_config(data_dir, workdir, stages_to_run="pretrain,stage1,stage2,stage3", eval_limit=8,
-                       checkpoint_every_steps=5, keep_checkpoints=10)
-  summaries = train.run(config, workdir)
-  return config, workdir, {s["stage"]: s for s in summaries}
 
 
 def flat(tree):
@@ -192,29 +175,61 @@ def _main_command(workdir: Path | str, *overrides: str) -> list[str]:
           f"--workdir={workdir}", "--config.run_stages=stage1", f"--config.num_steps={STEPS}", *overrides]
 
 
-def test_kill_9_and_resume_equals_an_uninterrupted_run(data_dir, three_stages, tmp_path):
+def _wait_for_step(workdir: Path, proc: subprocess.Popen, step: int, what: str) -> None:
+  """Until the stage's metrics log `step` (log_every_steps=1) or the process exits."""
+  metrics = workdir / "stage1" / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if metrics.exists() and any(json.loads(l).get("step", 0) >= step for l in metrics.read_text().splitlines()):
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"{what}: the run exited ({proc.poll()}) or timed out before step {step}")
+
+
+def test_sigterm_kill_9_and_a_damaged_checkpoint_all_resume_to_the_uninterrupted_run(data_dir, three_stages,
+                                                                                    tmp_path):
+  """A pod's life on one run: SIGTERM (preemption) saves at the next step and exits 0; the resumed
+  run is killed with -9 anywhere; its newest checkpoint is then truncated (a full disk) and moved
+  aside on resume; the run still ends with the uninterrupted run's losses and weights."""
   _, straight, summaries = three_stages
   expected = summaries["stage1"]["losses"]
-  killed = tmp_path / "killed"
-  killed.mkdir()
-  (killed / "data").symlink_to(data_dir)
-  command = _main_command(killed, "--config.checkpoint_every_steps=5", "--config.log_every_steps=1",
-                          f"--config.pretrained={straight / 'pretrain' / 'export'}")
+  workdir = tmp_path / "interrupted"
+  workdir.mkdir()
+  (workdir / "data").symlink_to(data_dir)
+  command = _main_command(workdir, "--config.checkpoint_every_steps=5", "--config.log_every_steps=1",
+                          "--config.keep_checkpoints=10", f"--config.pretrained={straight / 'pretrain' / 'export'}")
+  ckpt_dir = workdir / "stage1" / "checkpoints"
+
+  proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for_step(workdir, proc, 2, "before SIGTERM")
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=240)
+  assert proc.returncode == 0, stderr[-3000:]
+  preempted_at, meta = checkpoints.read_meta(ckpt_dir)
+  assert 2 <= preempted_at < STEPS and not meta["final"], (preempted_at, meta)
+  assert f"preempted; saved step {preempted_at}" in stderr
+
   proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None and \
-      (checkpoints.read_meta(killed / "stage1" / "checkpoints")[0] or 0) < 10:
+  while time.time() < deadline and proc.poll() is None and (checkpoints.read_meta(ckpt_dir)[0] or 0) < 15:
     time.sleep(0.05)
   os.kill(proc.pid, signal.SIGKILL)  # wherever it is: mid-step, mid-save, ...
   proc.wait()
-  killed_at = checkpoints.read_meta(killed / "stage1" / "checkpoints")[0]
-  assert killed_at is not None and killed_at < STEPS, f"the run finished before the kill ({killed_at})"
-  subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
-  a, b = final_trainables(straight), final_trainables(killed)
+  killed_at = checkpoints.read_meta(ckpt_dir)[0]
+  assert killed_at is not None and 15 <= killed_at < STEPS, f"the run finished before the kill ({killed_at})"
+
+  for file in (ckpt_dir / str(killed_at)).rglob("*"):
+    if file.is_file():
+      file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])  # half written, as on a full disk
+  result = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"checkpoint {ckpt_dir}/{killed_at} is damaged" in result.stderr
+  assert [p.name.split("-")[0] for p in (workdir / "stage1" / "damaged_checkpoints").iterdir()] == [str(killed_at)]
+  a, b = final_trainables(straight), final_trainables(workdir)
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   logged = {}
-  for line in (killed / "stage1" / "metrics.jsonl").read_text().splitlines():
+  for line in (workdir / "stage1" / "metrics.jsonl").read_text().splitlines():
     entry = json.loads(line)
     logged[entry["step"]] = entry["loss"]  # steps redone after the kill are logged again
   for step in range(1, STEPS + 1):
