@@ -71,13 +71,15 @@ def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
 def load_converted(directory: str | os.PathLike, shardings: Any = None
                    ) -> tuple[ml_collections.ConfigDict, Any]:
   """Reads DIR -> (config, params). With `shardings` (a tree of NamedShardings matching the params)
-  every array is restored straight onto its devices."""
+  every array is restored straight onto its devices; without, onto this process's first device,
+  whatever mesh and number of hosts wrote it (a pod's export loads on one GPU)."""
   directory = paths.as_path(directory)
   config = load_config(directory)
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(directory / "params").item_metadata
     if shardings is None:
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta.tree)
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta.tree)
     else:
       target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), meta.tree, shardings)
     params = ckptr.restore(directory / "params", target)
