@@ -1,7 +1,8 @@
 """Test defaults: CPU with 8 fake devices (for sharding tests), absl flags marked parsed (Grain workers).
 
-Reference packages (torch, transformers, pycocoevalcap, ...) are part of the `test` extra. Outside CI a
-test whose reference is missing is skipped with the reason; in CI (`CI=true`) it fails instead.
+Reference packages (torch, transformers, pycocoevalcap, ...) are part of the `test` extra, reference
+programs (java) come from .ci/run. Outside CI a test whose reference is missing is skipped with the
+reason; in CI (`CI=true`) it fails instead.
 """
 
 import os
@@ -21,6 +22,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import importlib  # noqa: E402
+import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
@@ -28,11 +30,47 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 
+def _unavailable(what: str):
+  """Skips the test locally; in CI (`CI=true`) a missing reference fails it instead."""
+  if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    pytest.fail(f"{what} is required in CI")
+  pytest.skip(f"{what} is not available")
+
+
 def require(module_name: str):
   """Imports a reference package; skips locally, fails in CI when it is missing."""
   try:
     return importlib.import_module(module_name)
   except ImportError as e:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-      pytest.fail(f"reference package {module_name!r} is required in CI: {e}")
-    pytest.skip(f"reference package {module_name!r} not installed: {e}")
+    _unavailable(f"reference package {module_name!r} ({e})")
+
+
+def require_program(name: str) -> str:
+  """The path of a reference program on PATH (e.g. `java` for PTBTokenizer); skips locally, fails in CI."""
+  path = shutil.which(name)
+  if path is None:
+    _unavailable(f"program {name!r} on PATH")
+  return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """The synthetic dataset the trainer tests read (40 images)."""
+  from lion_jax.data import synthetic
+  root = tmp_path_factory.mktemp("synthetic")
+  synthetic.generate(root / "data", num_images=40, seed=0, image_size=64)
+  return root / "data"
+
+
+@pytest.fixture(scope="session")
+def three_stages(data_dir, tmp_path_factory):
+  """One demo-sized run of the demo's stages, pretrain -> 1 -> 2 -> 3, evaluating 8 records per
+  evaluator at the end of each (checkpoints every 5 steps, all kept): (config, workdir, summaries by
+  stage), trained once per session for every test module that reads it."""
+  from lion_jax import train
+  from tests.test_train import make_config
+  workdir = tmp_path_factory.mktemp("three_stages")
+  config = make_config(data_dir, workdir, stages_to_run="pretrain,stage1,stage2,stage3", eval_limit=8,
+                       checkpoint_every_steps=5, keep_checkpoints=10)
+  summaries = train.run(config, workdir)
+  return config, workdir, {s["stage"]: s for s in summaries}

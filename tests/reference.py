@@ -19,7 +19,7 @@ def randomize_(torch_module, seed: int = 0, std: float = 0.1) -> None:
 
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
-    for name, p in torch_module.named_parameters():
+    for p in torch_module.parameters():
       p.add_(torch.randn(p.shape, generator=g) * std)
 
 
@@ -43,3 +43,51 @@ def save_safetensors_sharded(state: dict[str, np.ndarray], directory, num_shards
     save_file(part, str(directory / name))
     weight_map.update({k: name for k in part})
   (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def add_lion_adapters_(t5_model, bottleneck: int = 64) -> None:
+  """LION's two-adapter MoA in torch, written from lion_reference.md section 2 (the official
+  `set_adapter_t5`): every HF `T5LayerFF` gets an `adapter` module under the official key names and
+  returns `sublayer(h) + sum_k router_ratio{k+1}[r] * scale_k * up_k(relu(down_k(h)))`, where `h` is the
+  sublayer's input (the residual stream before its RMSNorm) and `r` the module's `router_idx`."""
+  import types
+
+  import torch
+  from transformers.models.t5.modeling_t5 import T5LayerFF
+
+  class Adapter(torch.nn.Module):
+    def __init__(self, d_model):
+      super().__init__()
+      self.down_proj, self.up_proj = torch.nn.Linear(d_model, bottleneck), torch.nn.Linear(bottleneck, d_model)
+      self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+      return self.up_proj(torch.relu(self.down_proj(x))) * self.scale
+
+  class AdapterRouter(torch.nn.Module):
+    def __init__(self, d_model):
+      super().__init__()
+      self.adapters = torch.nn.ModuleList([Adapter(d_model), Adapter(d_model)])
+      self.router_ratio1 = torch.nn.Parameter(torch.tensor([[1.0], [0.0]]).repeat(1, d_model))
+      self.router_ratio2 = torch.nn.Parameter(torch.tensor([[0.0], [1.0]]).repeat(1, d_model))
+      self.router_idx = None
+
+    def forward(self, x):
+      assert self.router_idx in (0, 1)
+      r = self.router_idx
+      return self.adapters[0](x) * self.router_ratio1[r] + self.adapters[1](x) * self.router_ratio2[r]
+
+  def forward_with_adapter(self, hidden_states):
+    return T5LayerFF.forward(self, hidden_states) + self.adapter(hidden_states)
+
+  for module in list(t5_model.modules()):
+    if isinstance(module, T5LayerFF):
+      module.adapter = AdapterRouter(module.layer_norm.weight.shape[0])
+      module.forward = types.MethodType(forward_with_adapter, module)
+
+
+def set_router_index_(torch_module, index: int) -> None:
+  """The official `set_router_idx`: one task-type index for every adapter router (0 region, 1 image)."""
+  for module in torch_module.modules():
+    if hasattr(module, "router_idx"):
+      module.router_idx = index

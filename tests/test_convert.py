@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -11,89 +12,144 @@ import pytest
 from lion_jax.convert import CheckpointMismatchError, load_converted, load_lion_release
 from lion_jax.convert.__main__ import main as convert_main
 from lion_jax.convert.mapping import flat_shapes
-from lion_jax.models import Lion, abstract_params, presets
+from lion_jax.models import abstract_params, param_paths, presets
 from tests.conftest import require
-from tests.test_model import random_batch
+from tests.reference import randomize_, state_dict_numpy
 
 
-def official_lion_state_dict(torch, towers, d_model, n_enc, n_dec, seed=0):
+class Release:
+  """A state dict in a released key layout, built together with where each tensor must land in our
+  tree (after torch Linear [out, in] -> kernel [in, out] and conv OIHW -> HWIO): the test's own
+  statement of the key maps, independent of lion_jax.convert.mapping."""
+
+  def __init__(self, torch, seed):
+    self.torch, self.g = torch, torch.Generator().manual_seed(seed)
+    self.state, self.expected = {}, {}
+
+  def random(self, *shape, offset=0.0):
+    return offset + self.torch.randn(*shape, generator=self.g) * 0.1
+
+  def put(self, key, value, dst=None, to_ours=lambda x: x):
+    self.state[key] = value
+    if dst is not None:
+      self.expected[dst] = to_ours(value.float().numpy())
+
+  def linear(self, src, dst, out_dim, in_dim):
+    self.put(f"{src}.weight", self.random(out_dim, in_dim), f"{dst}/kernel", np.transpose)
+    self.put(f"{src}.bias", self.random(out_dim), f"{dst}/bias")
+
+  def layer_norm(self, src, dst, dim):
+    self.put(f"{src}.weight", self.random(dim, offset=1.0), f"{dst}/scale")
+    self.put(f"{src}.bias", self.random(dim), f"{dst}/bias")
+
+  def bert_attention(self, src, dst, width, memory_width):
+    for name in ("query", "key", "value"):
+      self.linear(f"{src}.self.{name}", f"{dst}/{name}", width, width if name == "query" else memory_width)
+    self.linear(f"{src}.output.dense", f"{dst}/out", width, width)
+    self.layer_norm(f"{src}.output.LayerNorm", f"{dst}/norm", width)
+
+  def bert_ffn(self, intermediate, output, dst, width, mlp_dim):
+    self.linear(f"{intermediate}.dense", f"{dst}/fc1", mlp_dim, width)
+    self.linear(f"{output}.dense", f"{dst}/fc2", width, mlp_dim)
+    self.layer_norm(f"{output}.LayerNorm", f"{dst}/norm", width)
+
+
+def official_lion_state_dict(torch, towers, d_model, n_enc, n_dec, seed=0) -> Release:
   """A random stage-3 trainables dict in the released key layout (docs/model.md, 'LION .pth')."""
-  g = torch.Generator().manual_seed(seed)
-  r = lambda *shape: torch.randn(*shape, generator=g) * 0.1
+  sd = Release(torch, seed)
   q, vit_w, a = towers.qformer, towers.vit.width, towers.aggregator
-  sd = {"query_tokens": r(1, q.num_queries, q.width), "t5_proj.weight": r(d_model, q.width),
-        "t5_proj.bias": r(d_model), "ln_vision.weight": 1 + r(vit_w), "ln_vision.bias": r(vit_w),
-        "ln_adapter.weight": 1 + r(vit_w), "ln_adapter.bias": r(vit_w),
-        "adapter_proj.0.weight": r(a.proj_dim, vit_w), "adapter_proj.0.bias": r(a.proj_dim),
-        "adapter_proj.2.weight": r(d_model, a.proj_dim), "adapter_proj.2.bias": r(d_model),
-        "soft_prompt_hint": r(d_model),
-        "Qformer.bert.embeddings.word_embeddings.weight": r(q.vocab_size, q.width),
-        "Qformer.bert.embeddings.position_embeddings.weight": r(q.max_positions, q.width),
-        "Qformer.bert.embeddings.LayerNorm.weight": 1 + r(q.width),
-        "Qformer.bert.embeddings.LayerNorm.bias": r(q.width),
-        "Qformer.bert.embeddings.position_ids": torch.arange(q.max_positions)[None]}
-
-  def linear(prefix, out_dim, in_dim):
-    sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = r(out_dim, in_dim), r(out_dim)
-
-  def layer_norm(prefix, dim):
-    sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] = 1 + r(dim), r(dim)
-
-  def bert_attention(prefix, width, memory_width):
-    linear(f"{prefix}.self.query", width, width)
-    linear(f"{prefix}.self.key", width, memory_width)
-    linear(f"{prefix}.self.value", width, memory_width)
-    linear(f"{prefix}.output.dense", width, width)
-    layer_norm(f"{prefix}.output.LayerNorm", width)
-
+  sd.put("query_tokens", sd.random(1, q.num_queries, q.width), "qformer/query_tokens")
+  sd.linear("t5_proj", "qformer/proj", d_model, q.width)
+  sd.layer_norm("ln_vision", "qformer/vision_norm", vit_w)
+  sd.layer_norm("ln_adapter", "aggregator/out_norm", vit_w)
+  sd.linear("adapter_proj.0", "aggregator/proj_in", a.proj_dim, vit_w)
+  sd.linear("adapter_proj.2", "aggregator/proj_out", d_model, a.proj_dim)
+  sd.put("soft_prompt_hint", sd.random(d_model), "soft_prompt")
+  bert, ours = "Qformer.bert.", "qformer/encoder/"
+  sd.put(f"{bert}embeddings.word_embeddings.weight", sd.random(q.vocab_size, q.width), f"{ours}word_embeddings")
+  sd.put(f"{bert}embeddings.position_embeddings.weight", sd.random(q.max_positions, q.width),
+         f"{ours}position_embeddings")
+  sd.layer_norm(f"{bert}embeddings.LayerNorm", f"{ours}embed_norm", q.width)
+  sd.put(f"{bert}embeddings.position_ids", torch.arange(q.max_positions)[None])  # a buffer, not read
   for i in range(q.num_layers):
-    p = f"Qformer.bert.encoder.layer.{i}"
-    bert_attention(f"{p}.attention", q.width, q.width)
+    p, d = f"{bert}encoder.layer.{i}", f"{ours}layers_{i}"
+    sd.bert_attention(f"{p}.attention", f"{d}/self_attention", q.width, q.width)
     if i % q.cross_attention_freq == 0:
-      bert_attention(f"{p}.crossattention", q.width, vit_w)
-    for inter, out in (("intermediate", "output"), ("intermediate_query", "output_query")):
-      linear(f"{p}.{inter}.dense", q.mlp_dim, q.width)
-      linear(f"{p}.{out}.dense", q.width, q.mlp_dim)
-      layer_norm(f"{p}.{out}.LayerNorm", q.width)
+      sd.bert_attention(f"{p}.crossattention", f"{d}/cross_attention", q.width, vit_w)
+    sd.bert_ffn(f"{p}.intermediate", f"{p}.output", f"{d}/text_ffn", q.width, q.mlp_dim)
+    sd.bert_ffn(f"{p}.intermediate_query", f"{p}.output_query", f"{d}/query_ffn", q.width, q.mlp_dim)
   for b in range(2):
-    p = f"fusion_adapter.blocks.{b}"
-    bert_attention(f"{p}.attention", vit_w, vit_w)
-    bert_attention(f"{p}.crossattention", vit_w, vit_w)
-    linear(f"{p}.intermediate.dense", a.mlp_dim, vit_w)
-    linear(f"{p}.output.dense", vit_w, a.mlp_dim)
-    layer_norm(f"{p}.output.LayerNorm", vit_w)
+    p, d = f"fusion_adapter.blocks.{b}", f"aggregator/blocks_{b}"
+    sd.bert_attention(f"{p}.attention", f"{d}/self_attention", vit_w, vit_w)
+    sd.bert_attention(f"{p}.crossattention", f"{d}/cross_attention", vit_w, vit_w)
+    sd.bert_ffn(f"{p}.intermediate", f"{p}.output", f"{d}/ffn", vit_w, a.mlp_dim)
   for stack, n, ffn in (("encoder", n_enc, 1), ("decoder", n_dec, 2)):
     for i in range(n):
-      p = f"t5_model.{stack}.block.{i}.layer.{ffn}.adapter"
-      sd[f"{p}.router_ratio1"] = torch.tensor([[1.0], [0.0]]).expand(2, d_model) + r(2, d_model)
-      sd[f"{p}.router_ratio2"] = torch.tensor([[0.0], [1.0]]).expand(2, d_model) + r(2, d_model)
+      p, d = f"t5_model.{stack}.block.{i}.layer.{ffn}.adapter", f"t5/{stack}/layers_{i}/moa"
       for k in range(2):
-        sd[f"{p}.adapters.{k}.scale"] = 1 + r(1)
-        linear(f"{p}.adapters.{k}.down_proj", 64, d_model)
-        linear(f"{p}.adapters.{k}.up_proj", d_model, 64)
-    sd[f"t5_model.{stack}.embed_tokens.weight"] = r(120, d_model).to(torch.bfloat16)  # tied copies
+        one_hot = torch.tensor([[1.0 - k], [float(k)]]).expand(2, d_model)  # task k starts on adapter k
+        sd.put(f"{p}.router_ratio{k + 1}", one_hot + sd.random(2, d_model), f"{d}/gate_{k}")
+        sd.put(f"{p}.adapters.{k}.scale", sd.random(1, offset=1.0), f"{d}/adapter_{k}/scale")
+        sd.linear(f"{p}.adapters.{k}.down_proj", f"{d}/adapter_{k}/down", 64, d_model)
+        sd.linear(f"{p}.adapters.{k}.up_proj", f"{d}/adapter_{k}/up", d_model, 64)
+    sd.put(f"t5_model.{stack}.embed_tokens.weight", sd.random(120, d_model).to(torch.bfloat16))  # tied copies
   return sd
 
 
-def official_eva_state_dict(torch, vit, num_blocks, seed=1):
+def official_eva_state_dict(torch, vit, num_blocks, seed=1) -> Release:
   """LAVIS eva_vit_g.pth layout, with one block more than the model keeps (40 vs 39 in the real file)."""
-  g = torch.Generator().manual_seed(seed)
-  r = lambda *shape: torch.randn(*shape, generator=g) * 0.1
+  sd = Release(torch, seed)
   w, p = vit.width, vit.patch_size
-  sd = {"cls_token": r(1, 1, w), "pos_embed": r(1, (vit.image_size // p) ** 2 + 1, w),
-        "patch_embed.proj.weight": r(w, 3, p, p), "patch_embed.proj.bias": r(w)}
+  sd.put("cls_token", sd.random(1, 1, w), "vit/cls_token")
+  sd.put("pos_embed", sd.random(1, (vit.image_size // p) ** 2 + 1, w), "vit/pos_embed")
+  sd.put("patch_embed.proj.weight", sd.random(w, 3, p, p), "vit/patch_embed/kernel", lambda x: x.transpose(2, 3, 1, 0))
+  sd.put("patch_embed.proj.bias", sd.random(w), "vit/patch_embed/bias")
   for i in range(num_blocks):
-    b = f"blocks.{i}"
-    sd.update({f"{b}.norm1.weight": 1 + r(w), f"{b}.norm1.bias": r(w), f"{b}.attn.q_bias": r(w),
-               f"{b}.attn.v_bias": r(w), f"{b}.attn.qkv.weight": r(3 * w, w), f"{b}.attn.proj.weight": r(w, w),
-               f"{b}.attn.proj.bias": r(w), f"{b}.norm2.weight": 1 + r(w), f"{b}.norm2.bias": r(w),
-               f"{b}.mlp.fc1.weight": r(vit.mlp_dim, w), f"{b}.mlp.fc1.bias": r(vit.mlp_dim),
-               f"{b}.mlp.fc2.weight": r(w, vit.mlp_dim), f"{b}.mlp.fc2.bias": r(w)})
+    b, d = f"blocks.{i}", (f"vit/blocks_{i}" if i < vit.depth else None)  # the extra block lands nowhere
+    at = lambda name, d=d: d and f"{d}/{name}"
+    for norm in ("norm1", "norm2"):
+      sd.put(f"{b}.{norm}.weight", sd.random(w, offset=1.0), at(f"{norm}/scale"))
+      sd.put(f"{b}.{norm}.bias", sd.random(w), at(f"{norm}/bias"))
+    sd.put(f"{b}.attn.q_bias", sd.random(w), at("attn/q_bias"))
+    sd.put(f"{b}.attn.v_bias", sd.random(w), at("attn/v_bias"))
+    sd.put(f"{b}.attn.qkv.weight", sd.random(3 * w, w), at("attn/qkv/kernel"), np.transpose)
+    for src, dst, out_dim, in_dim in (("attn.proj", "attn/proj", w, w), ("mlp.fc1", "fc1", vit.mlp_dim, w),
+                                      ("mlp.fc2", "fc2", w, vit.mlp_dim)):
+      sd.put(f"{b}.{src}.weight", sd.random(out_dim, in_dim), at(f"{dst}/kernel"), np.transpose)
+      sd.put(f"{b}.{src}.bias", sd.random(out_dim), at(f"{dst}/bias"))
   return sd
+
+
+# HF T5 names -> ours (Linear weights transposed); the embedding copies are the shared embedding.
+HF_T5_NAMES = [
+    (r"(shared|(en|de)coder\.embed_tokens)\.weight", r"t5/shared"),
+    (r"lm_head\.weight", r"t5/lm_head/kernel"),
+    (r"(\w+)\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
+     r"t5/\1/relative_position_bias/rel_embedding"),
+    (r"(\w+)\.final_layer_norm\.weight", r"t5/\1/final_norm/scale"),
+    (r"(\w+)\.block\.(\d+)\.layer\.0\.SelfAttention\.(\w)\.weight", r"t5/\1/layers_\2/self_attention/\3/kernel"),
+    (r"(\w+)\.block\.(\d+)\.layer\.0\.layer_norm\.weight", r"t5/\1/layers_\2/self_attention_norm/scale"),
+    (r"decoder\.block\.(\d+)\.layer\.1\.EncDecAttention\.(\w)\.weight",
+     r"t5/decoder/layers_\1/cross_attention/\2/kernel"),
+    (r"decoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"t5/decoder/layers_\1/cross_attention_norm/scale"),
+    (r"encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.(\w+)\.weight", r"t5/encoder/layers_\1/ffn/\2/kernel"),
+    (r"decoder\.block\.(\d+)\.layer\.2\.DenseReluDense\.(\w+)\.weight", r"t5/decoder/layers_\1/ffn/\2/kernel"),
+    (r"encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"t5/encoder/layers_\1/ffn_norm/scale"),
+    (r"decoder\.block\.(\d+)\.layer\.2\.layer_norm\.weight", r"t5/decoder/layers_\1/ffn_norm/scale"),
+]
+
+
+def hf_t5_expected(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  expected = {}
+  for key, value in state.items():
+    (dst,) = [re.sub(pattern, ours, key) for pattern, ours in HF_T5_NAMES if re.fullmatch(pattern, key)]
+    expected[dst] = value.T if dst.endswith("/kernel") else value
+  return expected
 
 
 @pytest.fixture(scope="module")
 def release_files(tmp_path_factory):
+  """(the three files, the LION file's tensors, every parameter the model must load from them)."""
   torch = require("torch")
   transformers = require("transformers")
   from safetensors.torch import save_file
@@ -106,50 +162,36 @@ def release_files(tmp_path_factory):
   torch.manual_seed(0)
   t5 = transformers.T5ForConditionalGeneration(t5_cfg)
   t5.lm_head.weight = torch.nn.Parameter(torch.randn(120, 32))
+  randomize_(t5)  # unit norm scales would hide a swap between norms
   (root / "flan-t5").mkdir()
   save_file({k: v.detach().clone().contiguous() for k, v in t5.state_dict().items()},
             str(root / "flan-t5" / "model.safetensors"))
   (root / "flan-t5" / "config.json").write_text(json.dumps(
       {**t5_cfg.to_dict(), "tie_word_embeddings": False, "dense_act_fn": "gelu_new"}))
   lion = official_lion_state_dict(torch, towers, 32, 2, 3)
-  torch.save({"model": lion, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}, "epoch": 9},
+  torch.save({"model": lion.state, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}, "epoch": 9},
              root / "lion.pth")
   eva = official_eva_state_dict(torch, towers.vit, towers.vit.depth + 1)
-  torch.save(eva, root / "eva_vit_g.pth")
+  torch.save(eva.state, root / "eva_vit_g.pth")
   files = dict(lion_pth=root / "lion.pth", eva_vit_pth=root / "eva_vit_g.pth", flant5_dir=root / "flan-t5")
-  return files, {k: v.float().numpy() for k, v in lion.items()}, {k: v.numpy() for k, v in eva.items()}, \
-      {k: v.detach().numpy() for k, v in t5.state_dict().items()}
+  expected = {**lion.expected, **eva.expected, **hf_t5_expected(state_dict_numpy(t5))}
+  return files, {k: v.float().numpy() for k, v in lion.state.items()}, expected
 
 
-def test_lion_release_round_trip_lands_every_key(release_files):
-  files, lion, eva, t5 = release_files
+def test_lion_release_round_trip_lands_every_tensor(release_files):
+  files, _, expected = release_files
   config, params = load_lion_release(**files, towers=presets.tiny())
   assert config.visual_input == "all" and config.use_soft_prompt
   assert config.t5.activation == "gelu"  # LION overrides FlanT5's gelu_new
-  shapes = flat_shapes(abstract_params(config))
-  got = flat_shapes(params)
-  assert got == shapes  # names and shapes: every model parameter came from a file, none invented
-  np.testing.assert_array_equal(params["soft_prompt"], lion["soft_prompt_hint"])
-  np.testing.assert_array_equal(params["qformer"]["query_tokens"], lion["query_tokens"])
-  np.testing.assert_array_equal(params["aggregator"]["proj_in"]["kernel"], lion["adapter_proj.0.weight"].T)
-  moa = params["t5"]["decoder"]["layers_2"]["moa"]
-  np.testing.assert_array_equal(moa["gate_1"], lion["t5_model.decoder.block.2.layer.2.adapter.router_ratio2"])
-  np.testing.assert_array_equal(moa["adapter_0"]["down"]["kernel"],
-                                lion["t5_model.decoder.block.2.layer.2.adapter.adapters.0.down_proj.weight"].T)
-  cross = params["qformer"]["encoder"]["layers_0"]["cross_attention"]["key"]["kernel"]
-  np.testing.assert_array_equal(cross, lion["Qformer.bert.encoder.layer.0.crossattention.self.key.weight"].T)
-  np.testing.assert_array_equal(params["vit"]["blocks_4"]["attn"]["v_bias"], eva["blocks.4.attn.v_bias"])
-  np.testing.assert_array_equal(params["vit"]["patch_embed"]["kernel"],
-                                eva["patch_embed.proj.weight"].transpose(2, 3, 1, 0))
-  np.testing.assert_array_equal(params["t5"]["lm_head"]["kernel"], t5["lm_head.weight"].T)
-  batch = random_batch(config)
-  logits = jax.jit(lambda p, x: Lion(config).apply({"params": p}, x))(params, batch)
-  assert logits.shape == (4, 5, 120) and np.isfinite(np.asarray(logits)).all()
+  flat = param_paths.flatten(params)
+  assert sorted(flat) == sorted(expected) == sorted(flat_shapes(abstract_params(config)))
+  for path, value in flat.items():
+    np.testing.assert_array_equal(np.asarray(value), expected[path], err_msg=path)
 
 
 def _rewrite_lion(release_files, tmp_path, edit):
   torch = require("torch")
-  files, lion, _, _ = release_files
+  files, lion, _ = release_files
   sd = {k: torch.from_numpy(v.copy()) for k, v in lion.items()}
   edit(sd)
   torch.save({"model": sd}, tmp_path / "edited.pth")
@@ -191,9 +233,12 @@ def test_cli_writes_a_directory_that_loads_back(release_files, tmp_path, capsys,
   config, params = load_converted(tmp_path / "out")
   direct_config, direct = load_lion_release(**files, towers=presets.tiny())
   assert config.to_dict() == json.loads(direct_config.to_json())
-  assert params["vit"]["pos_embed"].dtype == jax.numpy.bfloat16  # frozen towers stored in bf16
-  assert params["soft_prompt"].dtype == np.float32  # trainables stay fp32
-  np.testing.assert_array_equal(np.asarray(params["soft_prompt"]), direct["soft_prompt"])
+  loaded, direct = param_paths.flatten(params), param_paths.flatten(direct)
+  assert sorted(loaded) == sorted(direct)
+  for path, value in loaded.items():
+    dtype = jax.numpy.bfloat16 if param_paths.LION.is_frozen(path) else np.float32  # frozen towers in bf16
+    assert value.dtype == dtype, path
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(direct[path]).astype(dtype), err_msg=path)
   assert (tmp_path / "out" / "tokenizer" / "bert_vocab.txt").read_text() == vocab.read_text()
   assert convert_main(argv) == 1  # never overwrites a converted checkpoint
   assert "already exists" in capsys.readouterr().err

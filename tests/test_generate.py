@@ -12,17 +12,21 @@ from lion_jax.models import Lion
 from tests.conftest import require
 from tests.reference import save_safetensors_sharded, state_dict_numpy
 
-EOS, PAD, NEW_TOKENS = 1, 0, 12
+EOS, PAD, START, NEW_TOKENS = 1, 0, 0, 12
+# Rows of the LM head scaled per model kind (see _converted).
+HEAVY_TOKENS = {"plain": {}, "eos_heavy": {EOS: 4.0}, "start_heavy": {START: 2.0}}
 
 
 def _converted(kind: str, tmp_path_factory):
-  """A random InstructBLIP-T5 (HF) and its conversion; 'eos_heavy' ends some sequences early."""
+  """A random InstructBLIP-T5 (HF) and its conversion. 'eos_heavy' ends some sequences early;
+  'start_heavy' makes the decoder start token a likely next token, so that leaving it out of the
+  repetition penalty (HF counts it as generated) changes the ids."""
   torch, transformers = require("torch"), require("transformers")
   from tests.test_parity_hf import make_instructblip
   model = make_instructblip(transformers, torch, num_decoder_layers=2)
-  if kind == "eos_heavy":
-    with torch.no_grad():
-      model.language_model.lm_head.weight[EOS] *= 4
+  with torch.no_grad():
+    for token, factor in HEAVY_TOKENS[kind].items():
+      model.language_model.lm_head.weight[token] *= factor
   directory = tmp_path_factory.mktemp(kind)
   save_safetensors_sharded(state_dict_numpy(model), directory, num_shards=1)
   model.config.save_pretrained(directory)
@@ -30,14 +34,31 @@ def _converted(kind: str, tmp_path_factory):
   return model, config, params
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  """kind -> (HF model, our config, our params), each kind built once per module."""
+  built = {}
+
+  def get(kind):
+    if kind not in built:
+      built[kind] = _converted(kind, tmp_path_factory)
+    return built[kind]
+  return get
+
+
 @pytest.fixture(scope="module", params=["plain", "eos_heavy"])
-def both(request, tmp_path_factory):
-  return _converted(request.param, tmp_path_factory)
+def both(request, models):
+  return models(request.param)
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-  return _converted("plain", tmp_path_factory)
+def converted(models):
+  return models("plain")
+
+
+@pytest.fixture(scope="module")
+def eos_heavy(models):
+  return models("eos_heavy")
 
 
 def inputs(b=3, seed=0):
@@ -74,21 +95,51 @@ def hf_generate(model, batch, **kwargs) -> np.ndarray:
   return padded
 
 
+def assert_ids_equal_hf(converted, batch, **settings) -> np.ndarray:
+  """Our ids equal HF's for these generation settings; returns them."""
+  model, config, params = converted
+  expected = hf_generate(model, batch, **settings)
+  ours = np.asarray(generate(config, params, batch, max_new_tokens=NEW_TOKENS, **settings))
+  assert ours.dtype == np.int32
+  np.testing.assert_array_equal(ours, expected)
+  return expected
+
+
+DEFAULTS = dict(num_beams=3, repetition_penalty=1.5, min_length=1, length_penalty=1.0, early_stopping=False)
+
+
 @pytest.mark.parametrize("num_beams", [1, 3, 5])
 @pytest.mark.parametrize("repetition_penalty", [1.0, 1.5])
 def test_ids_equal_hf_generate(both, num_beams, repetition_penalty):
-  model, config, params = both
-  batch = inputs()
-  settings = dict(num_beams=num_beams, repetition_penalty=repetition_penalty, min_length=1, length_penalty=1.0)
-  expected = hf_generate(model, batch, **settings)
-  ours = np.asarray(generate(config, params, batch, max_new_tokens=NEW_TOKENS, **settings))
-  assert ours.dtype == np.int32 and ours.shape == (3, NEW_TOKENS)
-  np.testing.assert_array_equal(ours, expected)
-  assert len({tuple(r) for r in ours}) > 1  # a real comparison, not three identical rows
+  ids = assert_ids_equal_hf(both, inputs(), **{**DEFAULTS, "num_beams": num_beams,
+                                               "repetition_penalty": repetition_penalty})
+  assert len({tuple(r) for r in ids}) > 1  # a real comparison, not three identical rows
 
 
-def test_eos_heavy_model_finishes_some_sequences_early(tmp_path_factory):
-  _, config, params = _converted("eos_heavy", tmp_path_factory)
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_the_decoder_start_token_counts_for_the_repetition_penalty(models, num_beams):
+  """HF penalises every token of the decoder sequence, the start token included: with the
+  start-heavy model, leaving it out changes the ids."""
+  assert_ids_equal_hf(models("start_heavy"), inputs(), **{**DEFAULTS, "num_beams": num_beams})
+
+
+@pytest.mark.parametrize("changed", [
+    dict(length_penalty=2.0, early_stopping=True, min_length=5),
+    dict(length_penalty=2.0, early_stopping="never"),
+    dict(num_beams=1, min_length=5),
+])
+def test_length_penalty_early_stopping_and_min_length_equal_hf(eos_heavy, changed):
+  """With the eos-heavy model, whose hypotheses finish at different lengths, on inputs where the
+  three early-stopping rules part: every changed setting changes HF's ids (checked)."""
+  model, batch = eos_heavy[0], inputs(seed=1)
+  settings = {**DEFAULTS, **changed}
+  expected = assert_ids_equal_hf(eos_heavy, batch, **settings)
+  for name in changed.keys() - {"num_beams"}:
+    assert not np.array_equal(hf_generate(model, batch, **{**settings, name: DEFAULTS[name]}), expected), name
+
+
+def test_eos_heavy_model_finishes_some_sequences_early(eos_heavy):
+  _, config, params = eos_heavy
   ours = np.asarray(generate(config, params, inputs(), num_beams=3, max_new_tokens=NEW_TOKENS))
   finished = np.any(ours == EOS, axis=1)
   assert finished.any() and not finished.all()  # the HF comparison covers both kinds of rows

@@ -3,7 +3,7 @@ by hand from the official VQA, POPE, VisDial and MMBench algorithms."""
 
 from __future__ import annotations
 
-import shutil
+import math
 
 import numpy as np
 import pytest
@@ -21,25 +21,7 @@ from lion_jax.evaluation import (
   simple_tokenize,
   vqa_accuracy,
 )
-from tests.conftest import require
-
-# Already tokenised (lower-case, space-separated): every tokenizer leaves these unchanged.
-TOKENIZED_REFERENCES = {
-  "1": ["a man riding a wave on top of a surfboard", "a surfer rides a large wave in the ocean",
-        "a person on a surfboard riding a wave"],
-  "2": ["two giraffes standing next to each other in a field", "a pair of giraffes in a grassy field",
-        "two giraffes stand near trees on a sunny day"],
-  "3": ["a plate with a sandwich chips and a pickle", "a sandwich and chips on a white plate",
-        "lunch of a sandwich with chips on a plate"],
-  "4": ["a red bus driving down a city street", "a double decker bus on the road",
-        "a bus that is driving down the street"],
-}
-TOKENIZED_PREDICTIONS = {
-  "1": "a man riding a wave on a surfboard",
-  "2": "two giraffes standing in a field",
-  "3": "a sandwich and chips on a plate",
-  "4": "a bus parked next to a building",
-}
+from tests.conftest import require, require_program
 
 # Raw captions with the punctuation, case and contractions PTBTokenizer deals with.
 RAW_REFERENCES = {
@@ -54,20 +36,31 @@ RAW_PREDICTIONS = {
 }
 
 
-def test_cider_and_bleu4_equal_pycocoevalcap_on_tokenized_text(capsys):
+def test_cider_on_a_two_image_toy_worked_by_hand():
+  """CIDEr-D (pycocoevalcap): per n <= 4, the cosine of clipped tf-idf vectors, idf = log(N / df) over the
+  N = 2 images' references, times exp(-delta^2 / 72) for the length difference delta (counted in
+  bigrams); the mean over n, times 10; then the mean over images."""
   require("pycocoevalcap")
-  from pycocoevalcap.bleu.bleu import Bleu
-  from pycocoevalcap.cider.cider import Cider
+  # idf: 'a' is in both images' references (log 2/2 = 0), every other n-gram in one or none (log 2).
+  # Image 1, 'a cat cat' vs 'a cat sat' (delta 0): unigrams (a 0, cat 2g) vs (a 0, cat g, sat g): clipped
+  # cat g*g / (2g * g sqrt 2); bigrams 'a cat' shared of two each: 1/2; the trigram differs; no 4-grams.
+  image_1 = 10 * (1 / (2 * math.sqrt(2)) + 1 / 2) / 4
+  # Image 2, 'a dog' vs 'a dog ran' (delta = 1 - 2 bigrams): unigrams and bigrams 1/sqrt 2 each.
+  image_2 = 10 * math.exp(-1 / 72) * (2 / math.sqrt(2)) / 4
+  references = {"1": ["a cat sat"], "2": ["a dog ran"]}
+  assert cider(references, {"1": "a cat cat", "2": "a dog"}) == pytest.approx((image_1 + image_2) / 2, abs=1e-9)
 
-  gts = TOKENIZED_REFERENCES
-  res = {k: [v] for k, v in TOKENIZED_PREDICTIONS.items()}
-  expected_cider, _ = Cider().compute_score(gts, res)
-  expected_bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-  capsys.readouterr()
 
-  assert expected_cider > 0.1 and expected_bleu[3] > 0.1  # the fixtures are not a trivial 0
-  assert cider(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS) == pytest.approx(expected_cider, abs=1e-6)
-  assert bleu4(TOKENIZED_REFERENCES, TOKENIZED_PREDICTIONS) == pytest.approx(expected_bleu[3], abs=1e-6)
+def test_bleu4_on_a_corpus_worked_by_hand(capsys):
+  """Corpus BLEU-4 (pycocoevalcap, closest reference length): clipped n-gram matches summed over the
+  corpus, the geometric mean of the four precisions, times the brevity penalty exp(1 - r / c)."""
+  require("pycocoevalcap")
+  references = {"1": ["the cat sat on the mat"], "2": ["a dog ran"]}
+  predictions = {"1": "the cat sat on a mat", "2": "a dog"}
+  # n = 1..4 matches / guesses: (5 + 2) / (6 + 2), (3 + 1) / (5 + 1), (2 + 0) / (4 + 0), (1 + 0) / (3 + 0);
+  # c = 8 predicted tokens, r = 6 + 3 reference tokens.
+  expected = (7 / 8 * 4 / 6 * 2 / 4 * 1 / 3) ** (1 / 4) * math.exp(1 - 9 / 8)
+  assert bleu4(references, predictions) == pytest.approx(expected, abs=1e-9)
   assert capsys.readouterr().out == ""  # Bleu's printing is switched off
 
 
@@ -89,9 +82,9 @@ def test_ptb_tokenizer_without_java_is_a_clear_error(monkeypatch):
     cider(RAW_REFERENCES, RAW_PREDICTIONS, tokenizer="ptb")
 
 
-@pytest.mark.skipif(shutil.which("java") is None, reason="PTBTokenizer needs Java, which is optional")
 def test_simple_tokenizer_matches_ptb_tokenizer_on_raw_captions():
   require("pycocoevalcap")
+  require_program("java")  # PTBTokenizer is Java; .ci/run installs a JRE
   from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
   captions = [c for refs in RAW_REFERENCES.values() for c in refs] + list(RAW_PREDICTIONS.values())
@@ -166,6 +159,19 @@ def test_rec_accuracy():
   assert rec_accuracy(["[0,0,1,1]", "[ 0 , 0 , 1 , 1 ]"], [[0, 0, 1, 1]] * 2) == 1.0
   assert rec_accuracy(list(cases), [gt] * len(cases)) == pytest.approx(4 / 10)
   assert rec_accuracy(["[0.000,0.000,0.500,0.249]"], [gt], iou_threshold=0.4) == 1.0
+
+
+def test_rec_score_normalises_boxes_by_their_own_image_width_and_height():
+  """Ground-truth pixel boxes become [0, 1] coordinates of their image: x by the width, y by the height."""
+  from lion_jax.data.records import Record
+  from lion_jax.evaluation import runner
+  records = [Record("region_level", "rec", image="wide.jpg", expression="the dog", boxes=[[64, 12, 320, 36]],
+                    width=640, height=48),  # [0.1, 0.25, 0.5, 0.75]
+             Record("region_level", "rec", image="tall.jpg", expression="the cat", boxes=[[12, 64, 36, 320]],
+                    width=48, height=640)]  # [0.25, 0.1, 0.75, 0.5]
+  right = ["[0.100,0.250,0.500,0.750]", "Answer: [0.250,0.100,0.750,0.500]"]
+  assert runner.score("rec", records, right) == {"accuracy": 100.0}
+  assert runner.score("rec", records, right[::-1]) == {"accuracy": 0.0}  # each box on the other image
 
 
 def test_pope_scores():

@@ -14,12 +14,18 @@ import pytest
 from lion_jax.convert import mapping
 from lion_jax.convert.hf import load_hf_instructblip
 from lion_jax.models import Lion, presets
-from lion_jax.models.aggregator import Aggregator
 from lion_jax.models.qformer import QFormerEncoder
 from lion_jax.models.t5 import T5
 from lion_jax.models.vit import VisionTransformer
 from tests.conftest import require
-from tests.reference import max_relative_error, randomize_, save_safetensors_sharded, state_dict_numpy
+from tests.reference import (
+  add_lion_adapters_,
+  max_relative_error,
+  randomize_,
+  save_safetensors_sharded,
+  set_router_index_,
+  state_dict_numpy,
+)
 
 TOL = 1e-4
 
@@ -65,9 +71,9 @@ def subset(state, *prefixes, exclude=()):
   return {k: v for k, v in state.items() if k.startswith(prefixes) and not k.startswith(tuple(exclude))}
 
 
-def convert(entries, state, config, prefixes, ignore=()):
+def convert(entries, state, config, prefixes, ignore=(), exclude=("/moa/",)):
   from lion_jax.models import abstract_params
-  shapes = mapping.select(mapping.flat_shapes(abstract_params(config)), prefixes, ["/moa/"])
+  shapes = mapping.select(mapping.flat_shapes(abstract_params(config)), prefixes, exclude)
   flat = mapping.assemble(entries, state, shapes, source_name="test", ignore=ignore)
   return mapping.unflatten(flat)
 
@@ -144,61 +150,105 @@ def test_qformer_matches_hf(transformers, torch):
   assert max_relative_error(np.asarray(ours)[keep], ref[keep]) <= TOL
 
 
-@pytest.mark.parametrize("activation,tied", [("gelu", False), ("gelu_new", False), ("gelu", True),
-                                             ("gelu_new", True)])
-def test_t5_logits_match_hf(transformers, torch, activation, tied):
+def t5_pair(transformers, torch, activation="gelu", tied=False, with_adapters=False):
+  """(HF T5, our T5 config, our T5 params converted from it); `with_adapters`: LION's two-adapter MoA
+  added to every HF FFN sublayer (tests/reference.py) and to ours."""
   cfg = hf_t5_config(transformers, activation, tied)
   torch.manual_seed(0)
   hf = transformers.T5ForConditionalGeneration(cfg).eval()
   if not tied:
     hf.lm_head.weight = torch.nn.Parameter(torch.randn(hf.lm_head.weight.shape) * 0.2)
+  if with_adapters:
+    add_lion_adapters_(hf)
   randomize_(hf)
   from lion_jax.convert.hf import t5_config_from_hf
   t5c = t5_config_from_hf(cfg.to_dict(), has_lm_head=not tied, where="test")
   assert t5c.activation == activation and t5c.tie_word_embeddings == tied
-  config = presets._lion(presets._vit(), presets._qformer(), presets._aggregator(), t5c, visual_input="qformer")
-  state = state_dict_numpy(hf)
-  params = convert(mapping.t5_body(config), state, config, ["t5/"],
+  config = presets._lion(presets._vit(), presets._qformer(), presets._aggregator(), t5c,
+                         visual_input="all" if with_adapters else "qformer")
+  entries = mapping.t5_body(config) + (mapping.t5_adapters_lion(config, 2, src="") if with_adapters else [])
+  params = convert(entries, state_dict_numpy(hf), config, ["t5/"], exclude=() if with_adapters else ("/moa/",),
                    ignore=[r".*embed_tokens\.weight"] + ([r"lm_head\.weight"] if tied else []))["t5"]
+  return hf, t5c, params
+
+
+def t5_logits(hf, torch):
+  """(inputs, HF logits) on text long enough for the log-spaced position buckets, one row padded."""
   rng = np.random.default_rng(3)
-  ids = rng.integers(2, 120, size=(2, 30)).astype(np.int32)  # long enough for the log-spaced buckets
+  ids = rng.integers(2, 120, size=(2, 30)).astype(np.int32)
   mask = np.ones_like(ids)
   mask[0, 21:] = 0
   dec = rng.integers(2, 120, size=(2, 25)).astype(np.int32)
   with torch.no_grad():
     ref = hf(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
              decoder_input_ids=torch.from_numpy(dec).long()).logits.numpy()
-  ours = T5(t5c).apply({"params": params}, ids, mask, dec)
-  assert max_relative_error(ours, ref) <= TOL
+  return (ids, mask, dec), ref
 
 
-def test_aggregator_matches_hf_bert_layers(transformers, torch):
-  """LION's FusionAdapter: HF BertLayers (is_decoder, cross-attention, no masks) + LN + MLP."""
-  width, d_model = 32, 24
-  bert_cfg = transformers.BertConfig(hidden_size=width, num_attention_heads=4, intermediate_size=40,
-                                     is_decoder=True, add_cross_attention=True)
+@pytest.mark.parametrize("activation,tied", [("gelu", False), ("gelu_new", False), ("gelu", True),
+                                             ("gelu_new", True)])
+def test_t5_logits_match_hf(transformers, torch, activation, tied):
+  hf, t5c, params = t5_pair(transformers, torch, activation, tied)
+  inputs, ref = t5_logits(hf, torch)
+  assert max_relative_error(T5(t5c).apply({"params": params}, *inputs), ref) <= TOL
+
+
+def test_t5_mixture_of_adapters_matches_lion_adapters_on_hf_t5(transformers, torch):
+  """Every encoder and decoder FFN sublayer with LION's adapters (read from the sublayer's input,
+  added after its residual, gated per task type) against HF T5 with the torch reference MoA."""
+  hf, t5c, params = t5_pair(transformers, torch, with_adapters=True)
+  refs = []
+  for task_type in (0, 1):
+    set_router_index_(hf, task_type)
+    inputs, ref = t5_logits(hf, torch)
+    ours = T5(t5c, num_adapters=2).apply({"params": params}, *inputs, np.full((2,), task_type, np.int32))
+    assert max_relative_error(ours, ref) <= TOL, task_type
+    refs.append(ref)
+  assert max_relative_error(refs[0], refs[1]) > 0.01  # the two task types really take different adapters
+
+
+# lion_reference.md 1.1 / 8.2 (1-based ViT blocks): the query stream is the last block's output, the
+# aggregator's block 1 cross-attends to block 29 and block 2 to block 19, all un-normalised.
+SPEC_VIT_DEPTH, SPEC_MEMORY_BLOCKS = 39, (29, 19)
+
+
+def test_visual_tokens_of_the_aggregator_match_hf_parts(transformers, torch):
+  """`Lion.visual_tokens` (aggregator layout, the preset's block indices) against LION's FusionAdapter
+  built from HF parts: InstructBLIP ViT hidden states, two `BertLayer`s configured as the official
+  code configures them (HF defaults, is_decoder, cross-attention, no masks), LayerNorm, MLP."""
   from transformers.models.bert.modeling_bert import BertLayer
+  width, d_model, proj_dim = 32, 24, 56
+  vision_cfg = transformers.InstructBlipVisionConfig(hidden_size=width, intermediate_size=72, num_attention_heads=4,
+                                                     num_hidden_layers=SPEC_VIT_DEPTH, image_size=28, patch_size=7)
+  bert_cfg = transformers.BertConfig(hidden_size=width, num_attention_heads=4)  # official: only these two set
+  bert_cfg.is_decoder, bert_cfg.add_cross_attention = True, True
   torch.manual_seed(0)
-  blocks = torch.nn.ModuleList([BertLayer(bert_cfg) for _ in range(2)]).eval()
+  vision = transformers.InstructBlipVisionModel(vision_cfg).eval()
+  blocks = torch.nn.ModuleList([BertLayer(bert_cfg) for _ in SPEC_MEMORY_BLOCKS]).eval()
   ln = torch.nn.LayerNorm(width)  # eps 1e-5, as LION's ln_adapter
-  mlp = torch.nn.Sequential(torch.nn.Linear(width, 56), torch.nn.GELU(), torch.nn.Linear(56, d_model))
-  for m in (blocks, ln, mlp):
+  mlp = torch.nn.Sequential(torch.nn.Linear(width, proj_dim), torch.nn.GELU(), torch.nn.Linear(proj_dim, d_model))
+  for m in (vision, blocks, ln, mlp):
     randomize_(m)
-  rng = np.random.default_rng(4)
-  h_last, h_a, h_b = (rng.normal(size=(2, 17, width)).astype(np.float32) for _ in range(3))
+  image = np.random.default_rng(4).normal(size=(2, 28, 28, 3)).astype(np.float32)
   with torch.no_grad():
-    x = torch.from_numpy(h_last)
-    for block, memory in zip(blocks, (h_a, h_b)):
-      x = block(x, encoder_hidden_states=torch.from_numpy(memory))
+    hidden = vision(torch.from_numpy(image.transpose(0, 3, 1, 2)), output_hidden_states=True).hidden_states
+    x = hidden[SPEC_VIT_DEPTH]  # hidden[0] is the patch embedding, hidden[i] block i's output
+    for block, memory_block in zip(blocks, SPEC_MEMORY_BLOCKS):
+      x = block(x, encoder_hidden_states=hidden[memory_block])
       x = x[0] if isinstance(x, tuple) else x
     ref = mlp(ln(x)).numpy()
-  state = {**state_dict_numpy(blocks, "fusion_adapter.blocks."), **state_dict_numpy(ln, "ln_adapter."),
-           **state_dict_numpy(mlp, "adapter_proj.")}
-  config = presets.tiny("aggregator")
-  config.vit.width, config.t5.d_model = width, d_model
-  config.aggregator.update(num_heads=4, mlp_dim=40, proj_dim=56, memory_layers=(3, 2))
-  params = convert(mapping.aggregator_lion(config), state, config, ["aggregator/"])["aggregator"]
-  ours = Aggregator(config.aggregator, width, d_model).apply({"params": params}, h_last, [h_a, h_b])
+
+  config = presets._lion(presets._vit(image_size=28, patch_size=7, width=width, num_heads=4, mlp_dim=72),
+                         presets._qformer(), presets._aggregator(num_heads=4, proj_dim=proj_dim),
+                         presets._t5(vocab_size=8, d_model=d_model, d_ff=8, num_layers=1, num_decoder_layers=1),
+                         visual_input="aggregator", use_soft_prompt=False)
+  assert config.vit.depth == SPEC_VIT_DEPTH and config.aggregator.mlp_dim == bert_cfg.intermediate_size
+  state = {**state_dict_numpy(vision, "vision_model."), **state_dict_numpy(blocks, "fusion_adapter.blocks."),
+           **state_dict_numpy(ln, "ln_adapter."), **state_dict_numpy(mlp, "adapter_proj.")}
+  params = convert(mapping.vit_hf(config) + mapping.aggregator_lion(config),
+                   subset(state, "vision_model.", "fusion_adapter.", "ln_adapter.", "adapter_proj.",
+                          exclude=["vision_model.post_layernorm"]), config, ["vit/", "aggregator/"])
+  ours = Lion(config).apply({"params": params}, {"image": image}, method=Lion.visual_tokens)
   assert max_relative_error(ours, ref) <= TOL
 
 
