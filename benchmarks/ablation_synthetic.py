@@ -30,6 +30,7 @@ def variant_config(name: str, seed: int, steps: int, eval_limit: int):
   """configs/demo.py, changed only where the variant differs from LION's recipe."""
   from configs import demo
   from lion_jax import run_config
+
   config = demo.get_config(f"steps={steps},eval={eval_limit}")
   config.seed = seed
   stages = config.stages
@@ -51,11 +52,13 @@ def variant_config(name: str, seed: int, steps: int, eval_limit: int):
 
 def last_scores(workdir: Path, config) -> dict[str, float]:
   from lion_jax import demo
+
   return demo.stage_table(config, workdir)[demo.run_stage_names(config)[-1]]
 
 
 def run_seed(seed: int, variants, steps: int, eval_limit: int, out: Path) -> dict[str, dict[str, float]]:
   from lion_jax import demo, train
+
   pretrain_dir = out / f"seed{seed}" / "pretrain_run"
   config = variant_config("lion", seed, steps, eval_limit)
   config.run_stages = "pretrain"
@@ -92,8 +95,10 @@ def main() -> None:
   for name in variants:
     metrics = per_seed[seeds[0]][name].keys()
     values = {m: [per_seed[s][name][m] for s in seeds] for m in metrics}
-    summary[name] = {m: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "runs": v}
-                     for m, v in values.items()}
+    summary[name] = {
+      m: {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "runs": v}
+      for m, v in values.items()
+    }
     print(f"{name:<16s}" + "".join(f"  {m} {s['mean']:6.2f} ± {s['std']:5.2f}" for m, s in summary[name].items()))
   record("ablation_synthetic", {"seeds": seeds, "steps": args.steps, "eval": args.eval, "variants": summary})
 

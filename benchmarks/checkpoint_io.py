@@ -51,8 +51,10 @@ def main() -> None:
   rng = np.random.default_rng(0)
   trainable = jax.tree.map(lambda a: jnp.asarray(random_like(a, np.float32, rng)), abstract.params)
   # Moments as after some steps (not compressible zeros); the step counters stay scalars.
-  opt_state = jax.tree.map(lambda x: jnp.abs(jnp.asarray(random_like(x, np.float32, rng))) if x.ndim
-                           else jnp.zeros(x.shape, x.dtype), abstract.opt_state)
+  opt_state = jax.tree.map(
+    lambda x: jnp.abs(jnp.asarray(random_like(x, np.float32, rng))) if x.ndim else jnp.zeros(x.shape, x.dtype),
+    abstract.opt_state,
+  )
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
   root = Path(args.dir)
@@ -89,13 +91,27 @@ def main() -> None:
   frozen_bytes = disk_bytes(root / "frozen")
   shutil.rmtree(root, ignore_errors=True)
 
-  gib = lambda b: round(b / 2 ** 30, 2)
-  record("checkpoint_io", {
-      "size": args.size, "stage": args.stage, "trainable_params": trainable_params, "frozen_params": count(frozen),
-      "stage_checkpoint": {"gib": gib(stage_bytes), "save_s": round(stage_save_s, 1), "restore_s": round(stage_restore_s, 1)},
-      "everything": {"gib": gib(stage_bytes + frozen_bytes), "save_s": round(stage_save_s + frozen_save_s, 1),
-                     "restore_s": round(stage_restore_s + frozen_restore_s, 1)},
-      "disk": str(root)})
+  gib = lambda b: round(b / 2**30, 2)
+  record(
+    "checkpoint_io",
+    {
+      "size": args.size,
+      "stage": args.stage,
+      "trainable_params": trainable_params,
+      "frozen_params": count(frozen),
+      "stage_checkpoint": {
+        "gib": gib(stage_bytes),
+        "save_s": round(stage_save_s, 1),
+        "restore_s": round(stage_restore_s, 1),
+      },
+      "everything": {
+        "gib": gib(stage_bytes + frozen_bytes),
+        "save_s": round(stage_save_s + frozen_save_s, 1),
+        "restore_s": round(stage_restore_s + frozen_restore_s, 1),
+      },
+      "disk": str(root),
+    },
+  )
 
 
 if __name__ == "__main__":

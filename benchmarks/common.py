@@ -22,17 +22,41 @@ def hf_instructblip(seed: int = 0):
   """A random HF InstructBLIP-T5 of the benchmark size (exact GELU in T5, as LION)."""
   import torch
   import transformers
-  vision = transformers.InstructBlipVisionConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
-                                                 num_attention_heads=6, image_size=224, patch_size=14)
-  qformer = transformers.InstructBlipQFormerConfig(vocab_size=30523, hidden_size=384, num_hidden_layers=6,
-                                                   num_attention_heads=6, intermediate_size=1536,
-                                                   encoder_hidden_size=384, max_position_embeddings=512)
-  text = transformers.T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=6, num_decoder_layers=6,
-                               num_heads=8, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                               decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+  vision = transformers.InstructBlipVisionConfig(
+    hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6, image_size=224, patch_size=14
+  )
+  qformer = transformers.InstructBlipQFormerConfig(
+    vocab_size=30523,
+    hidden_size=384,
+    num_hidden_layers=6,
+    num_attention_heads=6,
+    intermediate_size=1536,
+    encoder_hidden_size=384,
+    max_position_embeddings=512,
+  )
+  text = transformers.T5Config(
+    vocab_size=32128,
+    d_model=512,
+    d_kv=64,
+    d_ff=1024,
+    num_layers=6,
+    num_decoder_layers=6,
+    num_heads=8,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+  )
   text.dense_act_fn = "gelu"
-  config = transformers.InstructBlipConfig(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
-                                           text_config=text.to_dict(), num_query_tokens=32, image_token_id=32100)
+  config = transformers.InstructBlipConfig(
+    vision_config=vision.to_dict(),
+    qformer_config=qformer.to_dict(),
+    text_config=text.to_dict(),
+    num_query_tokens=32,
+    image_token_id=32100,
+  )
   config.text_config.dense_act_fn = "gelu"
   torch.manual_seed(seed)
   model = transformers.InstructBlipForConditionalGeneration(config).eval()
@@ -46,6 +70,7 @@ def convert_to_jax(model):
   from safetensors.numpy import save_file
 
   from lion_jax.convert.hf import load_hf_instructblip
+
   with tempfile.TemporaryDirectory() as tmp:
     save_file({k: v.detach().numpy().copy() for k, v in model.state_dict().items()}, f"{tmp}/model.safetensors")
     model.config.save_pretrained(tmp)
@@ -74,8 +99,13 @@ def cpu_model() -> str:
 
 def record(name: str, result: dict) -> dict:
   """Appends one JSON line to benchmarks/results/<name>.jsonl with the machine and date."""
-  result = {"benchmark": name, **result, "machine": f"{platform.machine()} {os.cpu_count()} cores",
-            "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d")}
+  result = {
+    "benchmark": name,
+    **result,
+    "machine": f"{platform.machine()} {os.cpu_count()} cores",
+    "cpu": cpu_model(),
+    "date": time.strftime("%Y-%m-%d"),
+  }
   RESULTS.mkdir(parents=True, exist_ok=True)
   with open(RESULTS / f"{name}.jsonl", "a") as f:
     f.write(json.dumps(result) + "\n")

@@ -38,13 +38,23 @@ def main() -> None:
   q_ids = rng.integers(1000, 30000, (b, 32)).astype(np.int32)
   text = rng.integers(3, 32000, (b, 32)).astype(np.int32)
   ones = np.ones_like(text)
-  batch = dict(image=image, qformer_ids=q_ids, qformer_mask=np.ones_like(q_ids), input_ids=text, input_mask=ones,
-               task=np.ones((b,), np.int32))
+  batch = dict(
+    image=image,
+    qformer_ids=q_ids,
+    qformer_mask=np.ones_like(q_ids),
+    input_ids=text,
+    input_mask=ones,
+    task=np.ones((b,), np.int32),
+  )
   settings = dict(num_beams=args.beams, max_new_tokens=n, min_length=n + 1, repetition_penalty=1.5)
   hf_ids = np.concatenate([np.full((b, 32), 32100), text], 1)
-  hf_inputs = dict(pixel_values=torch.from_numpy(image.transpose(0, 3, 1, 2)), qformer_input_ids=torch.from_numpy(q_ids).long(),
-                   qformer_attention_mask=torch.ones(b, 32, dtype=torch.long), input_ids=torch.from_numpy(hf_ids).long(),
-                   attention_mask=torch.ones(b, 64, dtype=torch.long))
+  hf_inputs = dict(
+    pixel_values=torch.from_numpy(image.transpose(0, 3, 1, 2)),
+    qformer_input_ids=torch.from_numpy(q_ids).long(),
+    qformer_attention_mask=torch.ones(b, 32, dtype=torch.long),
+    input_ids=torch.from_numpy(hf_ids).long(),
+    attention_mask=torch.ones(b, 64, dtype=torch.long),
+  )
 
   def run_hf():
     with torch.no_grad():
@@ -56,11 +66,22 @@ def main() -> None:
   same = np.array_equal(run_hf()[:, 1:], run_jax())
   hf_s, hf_all = median_seconds(run_hf, args.repeats)
   jax_s, jax_all = median_seconds(run_jax, args.repeats)
-  record("decode_vs_hf", {"batch": b, "beams": args.beams, "new_tokens": n, "ids_equal": bool(same),
-                          "hf_s": round(hf_s, 3), "jax_s": round(jax_s, 3),
-                          "hf_tokens_per_s": round(b * n / hf_s, 1), "jax_tokens_per_s": round(b * n / jax_s, 1),
-                          "speedup": round(hf_s / jax_s, 2), "hf_runs": [round(t, 3) for t in hf_all],
-                          "jax_runs": [round(t, 3) for t in jax_all]})
+  record(
+    "decode_vs_hf",
+    {
+      "batch": b,
+      "beams": args.beams,
+      "new_tokens": n,
+      "ids_equal": bool(same),
+      "hf_s": round(hf_s, 3),
+      "jax_s": round(jax_s, 3),
+      "hf_tokens_per_s": round(b * n / hf_s, 1),
+      "jax_tokens_per_s": round(b * n / jax_s, 1),
+      "speedup": round(hf_s / jax_s, 2),
+      "hf_runs": [round(t, 3) for t in hf_all],
+      "jax_runs": [round(t, 3) for t in jax_all],
+    },
+  )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,17 @@ from lion_jax.data import pipeline, synthetic
 
 def config_for(root: Path, num_workers: int):
   c = pipeline.default_config()
-  c.sources = {"image": dict(records=str(root / "train.jsonl"), image_root=str(root), task_types=["image_level"]),
-               "region": dict(records=str(root / "train.jsonl"), image_root=str(root), task_types=["region_level"])}
+  c.sources = {
+    "image": dict(records=str(root / "train.jsonl"), image_root=str(root), task_types=["image_level"]),
+    "region": dict(records=str(root / "train.jsonl"), image_root=str(root), task_types=["region_level"]),
+  }
   c.mixture = {"image": 1.0, "region": 1.0}
-  c.update(t5_vocab=str(root / "spiece.model"), bert_vocab=str(root / "bert_vocab.txt"), image_size=224,
-           num_workers=num_workers)
+  c.update(
+    t5_vocab=str(root / "spiece.model"),
+    bert_vocab=str(root / "bert_vocab.txt"),
+    image_size=224,
+    num_workers=num_workers,
+  )
   return c
 
 
@@ -37,8 +43,11 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=16, help="batch size")
   parser.add_argument("--batches", type=int, default=40, help="batches timed per worker count")
   parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="Grain worker counts to time")
-  parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline_throughput.jsonl"),
-                      help="JSONL file the rows are appended to")
+  parser.add_argument(
+    "--out",
+    default=str(Path(__file__).parent / "results" / "pipeline_throughput.jsonl"),
+    help="JSONL file the rows are appended to",
+  )
   args = parser.parse_args()
   flags.FLAGS.mark_as_parsed()  # Grain's worker processes read absl flags
   with tempfile.TemporaryDirectory() as tmp:
@@ -53,9 +62,16 @@ def main() -> None:
         next(it)
       seconds = time.perf_counter() - start
       it.close()
-      result = {"benchmark": "pipeline_throughput", "workers": workers, "batch": args.batch,
-                "batches": args.batches, "image_size": 224, "examples_per_s": round(args.batch * args.batches / seconds, 1),
-                "machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+      result = {
+        "benchmark": "pipeline_throughput",
+        "workers": workers,
+        "batch": args.batch,
+        "batches": args.batches,
+        "image_size": 224,
+        "examples_per_s": round(args.batch * args.batches / seconds, 1),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+      }
       print(json.dumps(result))
       Path(args.out).parent.mkdir(parents=True, exist_ok=True)
       with open(args.out, "a") as f:

@@ -22,9 +22,15 @@ from benchmarks.common import convert_to_jax, hf_instructblip
 from benchmarks.train_step_vs_hf import benchmark_arrays, jax_train_step
 
 # First match wins; patterns are searched in the op's model path.
-CATEGORIES = (("dropout", r"Dropout"), ("matmul", r"dot_general|conv_general"),
-              ("attention softmax, masks, scaling", r"attn/|attention/"), ("gelu", r"erf|gelu"), ("norm", r"norm|rsqrt"),
-              ("layout copies", r"transpose|reshape|copy"), ("optimizer and norms of the update", r"^fwd [^/]+$"))
+CATEGORIES = (
+  ("dropout", r"Dropout"),
+  ("matmul", r"dot_general|conv_general"),
+  ("attention softmax, masks, scaling", r"attn/|attention/"),
+  ("gelu", r"erf|gelu"),
+  ("norm", r"norm|rsqrt"),
+  ("layout copies", r"transpose|reshape|copy"),
+  ("optimizer and norms of the update", r"^fwd [^/]+$"),
+)
 
 
 def op_paths(hlo_text: str) -> dict[str, str]:
@@ -33,7 +39,9 @@ def op_paths(hlo_text: str) -> dict[str, str]:
 
 
 def readable(op_name: str) -> str:
-  """'jit(step_fn)/transpose(jvp(Lion))/Lion.encode/.../layers_3/ffn/dot_general' -> 'bwd Lion/Lion.encode/.../L/ffn/dot_general'."""
+  """An XLA op name as a short path, e.g.
+  'jit(step_fn)/transpose(jvp(Lion))/Lion.encode/.../layers_3/ffn/dot_general' ->
+  'bwd Lion/Lion.encode/.../L/ffn/dot_general'."""
   direction = "bwd" if "transpose(" in op_name else "fwd"
   path = re.sub(r"^jit\([^)]*\)/", "", op_name)
   unwrapped = None
@@ -84,8 +92,10 @@ def main() -> None:
   for path, ms in by_path.items():
     by_category[next((name for name, pattern in CATEGORIES if re.search(pattern, path)), "other")] += ms
     by_short_path[shorten(path, args.depth)] += ms
-  print(f"op time per step, summed over threads: {sum(by_path.values()) + unknown:.0f} ms "
-        f"({unknown:.0f} ms in ops without model metadata)")
+  print(
+    f"op time per step, summed over threads: {sum(by_path.values()) + unknown:.0f} ms "
+    f"({unknown:.0f} ms in ops without model metadata)"
+  )
   for name, ms in by_category.most_common():
     print(f"  {ms:8.1f} ms  {name}")
   print(f"top {args.top} model paths:")

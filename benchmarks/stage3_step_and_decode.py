@@ -9,7 +9,8 @@ device. Reports the median step time over --steps timed steps (after 2 warm-up s
 XLA's FLOPs per step, MFU = FLOPs / step time / peak (H100 and H200: 989 TFLOP/s dense bf16 unless
 --peak-tflops says otherwise) and the device's peak memory; then beam-5 decode (min_length keeps
 every sequence at --new-tokens) in seconds and tokens/s (no decode MFU: XLA's cost analysis counts
-a while-loop body once, and decode is bound by memory, not FLOPs). One JSON line goes to benchmarks/results/stage3_step_and_decode.jsonl.
+a while-loop body once, and decode is bound by memory, not FLOPs). One JSON line goes to
+benchmarks/results/stage3_step_and_decode.jsonl.
 `--size tiny` runs the same code on a CPU in a minute (a check of the script, not a measurement).
 """
 
@@ -31,7 +32,12 @@ def random_batch(data_config, batch: int, vocab: int, bert_vocab: int, seed: int
   rng = np.random.default_rng(seed)
   out = contract.zeros(contract.data_spec(data_config), batch)
   out["image"] = rng.normal(size=out["image"].shape).astype(np.float32)
-  for key, high in (("qformer_ids", bert_vocab), ("input_ids", vocab), ("decoder_input_ids", vocab), ("target_ids", vocab)):
+  for key, high in (
+    ("qformer_ids", bert_vocab),
+    ("input_ids", vocab),
+    ("decoder_input_ids", vocab),
+    ("target_ids", vocab),
+  ):
     out[key] = rng.integers(3, high, out[key].shape).astype(np.int32)
   out["task"] = rng.integers(0, 2, out["task"].shape).astype(np.int32)
   return out
@@ -48,14 +54,14 @@ def main() -> None:
   parser.add_argument("--new-tokens", type=int, default=32)
   args = parser.parse_args()
 
+  import flax.linen as nn
   import jax
   import jax.numpy as jnp
-  import flax.linen as nn
 
+  from configs import stage3
   from lion_jax import sharding, stages, train
   from lion_jax.inference import generate
   from lion_jax.models import Lion, param_paths
-  from configs import stage3
 
   config = stage3.get_config(f"size={args.size}")
   if args.size == "tiny":  # input lengths that fit the tiny towers' tables, as configs/demo.py
@@ -88,25 +94,42 @@ def main() -> None:
   step_s, step_all = median_seconds(one_step, args.steps, warmup=2)
   peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device.device_kind), 0.0)
   stats = device.memory_stats() or {}
-  train_peak_gib = stats.get("peak_bytes_in_use", 0) / 2 ** 30
+  train_peak_gib = stats.get("peak_bytes_in_use", 0) / 2**30
 
   params = param_paths.merge(holder["state"].params, frozen)
-  decode_batch = random_batch(config.data, args.decode_batch, model_config.t5.vocab_size,
-                              model_config.qformer.vocab_size, seed=1)
+  decode_batch = random_batch(
+    config.data, args.decode_batch, model_config.t5.vocab_size, model_config.qformer.vocab_size, seed=1
+  )
   settings = dict(num_beams=5, max_new_tokens=args.new_tokens, min_length=args.new_tokens + 1)
   run_decode = lambda: jax.block_until_ready(generate(model_config, params, decode_batch, **settings))
   decode_s, decode_all = median_seconds(run_decode, 3)
 
-  record("stage3_step_and_decode", {
-      "device": device.device_kind, "size": args.size, "batch": args.batch, "remat": args.remat,
-      "init_s": round(init_s, 1), "compile_s": round(compile_s, 1), "step_s": round(step_s, 4),
-      "examples_per_s": round(args.batch / step_s, 2), "tflop_per_step": round(flops / 1e12, 2),
-      "mfu": round(flops / step_s / (peak * 1e12), 3) if peak else None, "peak_tflops": peak or None,
+  record(
+    "stage3_step_and_decode",
+    {
+      "device": device.device_kind,
+      "size": args.size,
+      "batch": args.batch,
+      "remat": args.remat,
+      "init_s": round(init_s, 1),
+      "compile_s": round(compile_s, 1),
+      "step_s": round(step_s, 4),
+      "examples_per_s": round(args.batch / step_s, 2),
+      "tflop_per_step": round(flops / 1e12, 2),
+      "mfu": round(flops / step_s / (peak * 1e12), 3) if peak else None,
+      "peak_tflops": peak or None,
       "train_peak_memory_gib": round(train_peak_gib, 2) if stats else None,
       "step_runs": [round(t, 4) for t in step_all],
-      "decode": {"batch": args.decode_batch, "beams": 5, "new_tokens": args.new_tokens, "s": round(decode_s, 3),
-                 "tokens_per_s": round(args.decode_batch * args.new_tokens / decode_s, 1)},
-      "decode_runs": [round(t, 3) for t in decode_all]})
+      "decode": {
+        "batch": args.decode_batch,
+        "beams": 5,
+        "new_tokens": args.new_tokens,
+        "s": round(decode_s, 3),
+        "tokens_per_s": round(args.decode_batch * args.new_tokens / decode_s, 1),
+      },
+      "decode_runs": [round(t, 3) for t in decode_all],
+    },
+  )
 
 
 if __name__ == "__main__":

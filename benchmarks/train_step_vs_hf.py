@@ -22,21 +22,24 @@ def matmul_gflops(n: int = 2048) -> dict[str, float]:
   import jax
   import jax.numpy as jnp
   import torch
+
   a = torch.randn(n, n)
   t_torch, _ = median_seconds(lambda: a @ a, 5)
   x = jnp.ones((n, n))
   f = jax.jit(lambda m: m @ m)
   t_jax, _ = median_seconds(lambda: f(x).block_until_ready(), 5)
-  return {"torch": 2 * n ** 3 / t_torch / 1e9, "xla": 2 * n ** 3 / t_jax / 1e9}
+  return {"torch": 2 * n**3 / t_torch / 1e9, "xla": 2 * n**3 / t_jax / 1e9}
 
 
 def benchmark_arrays(b: int = 8, lq: int = 32, lt: int = 32, lout: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
   """The step's inputs: images, Q-Former ids, T5 input ids and targets (random, fixed seed)."""
   rng = np.random.default_rng(seed)
-  return dict(image=rng.normal(size=(b, 224, 224, 3)).astype(np.float32),
-              q_ids=rng.integers(1000, 30000, (b, lq)).astype(np.int32),
-              text=rng.integers(3, 32000, (b, lt)).astype(np.int32),
-              target=rng.integers(3, 32000, (b, lout)).astype(np.int32))
+  return dict(
+    image=rng.normal(size=(b, 224, 224, 3)).astype(np.float32),
+    q_ids=rng.integers(1000, 30000, (b, lq)).astype(np.int32),
+    text=rng.integers(3, 32000, (b, lt)).astype(np.int32),
+    target=rng.integers(3, 32000, (b, lout)).astype(np.int32),
+  )
 
 
 def jax_train_step(config, params, arrays: dict[str, np.ndarray]):
@@ -51,14 +54,33 @@ def jax_train_step(config, params, arrays: dict[str, np.ndarray]):
   image, q_ids, text, target = arrays["image"], arrays["q_ids"], arrays["text"], arrays["target"]
   b = image.shape[0]
   trainable, frozen = param_paths.LION.split(params)
-  opt_config = ml_collections.ConfigDict(dict(lr=1e-5, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
-                                              schedule="constant", steps_per_epoch=1, warmup_steps=0,
-                                              clip_grad_norm=0.0))
+  opt_config = ml_collections.ConfigDict(
+    dict(
+      lr=1e-5,
+      min_lr=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.05,
+      schedule="constant",
+      steps_per_epoch=1,
+      warmup_steps=0,
+      clip_grad_norm=0.0,
+    )
+  )
   tx, schedule = optim.make_optimizer(opt_config, 100)
   state = train.TrainState(jnp.zeros((), jnp.int32), trainable, tx.init(trainable))
-  batch = dict(image=image, qformer_ids=q_ids, qformer_mask=np.ones_like(q_ids), input_ids=text,
-               input_mask=np.ones_like(text), decoder_input_ids=np.concatenate([np.zeros((b, 1), np.int32), target[:, :-1]], 1),
-               task=np.ones((b,), np.int32), target_ids=target, target_mask=np.ones_like(target))
+  batch = dict(
+    image=image,
+    qformer_ids=q_ids,
+    qformer_mask=np.ones_like(q_ids),
+    input_ids=text,
+    input_mask=np.ones_like(text),
+    decoder_input_ids=np.concatenate([np.zeros((b, 1), np.int32), target[:, :-1]], 1),
+    task=np.ones((b,), np.int32),
+    target_ids=target,
+    target_mask=np.ones_like(target),
+  )
   step = jax.jit(train.make_train_step(Lion(config), tx, schedule, 1, seed=0), donate_argnums=(0,))
   return step.lower(state, frozen, batch).compile(), state, frozen, batch
 
@@ -84,10 +106,14 @@ def main() -> None:
     p.requires_grad = not (name.startswith("vision_model.") or name.startswith("language_model."))
   model.train()
   hf_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.05)
-  hf_inputs = dict(pixel_values=torch.from_numpy(image.transpose(0, 3, 1, 2)), qformer_input_ids=torch.from_numpy(q_ids).long(),
-                   qformer_attention_mask=torch.ones(b, lq, dtype=torch.long),
-                   input_ids=torch.from_numpy(np.concatenate([np.full((b, 32), 32100), text], 1)).long(),
-                   attention_mask=torch.ones(b, 32 + lt, dtype=torch.long), labels=torch.from_numpy(target).long())
+  hf_inputs = dict(
+    pixel_values=torch.from_numpy(image.transpose(0, 3, 1, 2)),
+    qformer_input_ids=torch.from_numpy(q_ids).long(),
+    qformer_attention_mask=torch.ones(b, lq, dtype=torch.long),
+    input_ids=torch.from_numpy(np.concatenate([np.full((b, 32), 32100), text], 1)).long(),
+    attention_mask=torch.ones(b, 32 + lt, dtype=torch.long),
+    labels=torch.from_numpy(target).long(),
+  )
 
   def hf_step():
     hf_opt.zero_grad(set_to_none=True)
@@ -105,11 +131,21 @@ def main() -> None:
   hf_s, hf_all = median_seconds(hf_step, args.repeats)
   jax_s, jax_all = median_seconds(jax_step, args.repeats)
   rates = matmul_gflops()
-  record("train_step_vs_hf", {"batch": b, "hf_s": round(hf_s, 3), "jax_s": round(jax_s, 3),
-                              "speedup_hf_over_jax": round(hf_s / jax_s, 3), "jax_gflop_per_step": round(flops / 1e9, 1),
-                              "jax_gflops_per_s": round(flops / jax_s / 1e9, 1),
-                              "matmul_gflops_torch": round(rates["torch"], 1), "matmul_gflops_xla": round(rates["xla"], 1),
-                              "hf_runs": [round(t, 3) for t in hf_all], "jax_runs": [round(t, 3) for t in jax_all]})
+  record(
+    "train_step_vs_hf",
+    {
+      "batch": b,
+      "hf_s": round(hf_s, 3),
+      "jax_s": round(jax_s, 3),
+      "speedup_hf_over_jax": round(hf_s / jax_s, 3),
+      "jax_gflop_per_step": round(flops / 1e9, 1),
+      "jax_gflops_per_s": round(flops / jax_s / 1e9, 1),
+      "matmul_gflops_torch": round(rates["torch"], 1),
+      "matmul_gflops_xla": round(rates["xla"], 1),
+      "hf_runs": [round(t, 3) for t in hf_all],
+      "jax_runs": [round(t, 3) for t in jax_all],
+    },
+  )
 
 
 if __name__ == "__main__":

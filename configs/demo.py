@@ -45,21 +45,35 @@ def get_config(arg=None):
   if args.size == "demo":
     m = config.model
     width, heads = 64, 4
-    m.vit.update(image_size=image_size, patch_size=8, width=width, mlp_dim=2 * width, num_heads=heads,
-                 pos_embed_init="sincos2d")
+    m.vit.update(
+      image_size=image_size, patch_size=8, width=width, mlp_dim=2 * width, num_heads=heads, pos_embed_init="sincos2d"
+    )
     m.qformer.update(width=width, mlp_dim=2 * width, num_heads=heads, num_queries=8, max_positions=96)
     m.aggregator.update(num_heads=heads, mlp_dim=2 * width, proj_dim=2 * width)
-    m.t5.update(d_model=width, d_kv=width // heads, num_heads=heads, d_ff=2 * width, num_layers=4,
-                num_decoder_layers=4, adapter_bottleneck=32)
+    m.t5.update(
+      d_model=width,
+      d_kv=width // heads,
+      num_heads=heads,
+      d_ff=2 * width,
+      num_layers=4,
+      num_decoder_layers=4,
+      adapter_bottleneck=32,
+    )
   # No dropout: minutes of training on thousands of images do not overfit, and XLA CPU compiles the
   # dropout hash slowly (a stage compiles in 7 s instead of 18 s).
   for tower in (config.model.t5, config.model.qformer, config.model.aggregator):
     tower.dropout_rate = 0.0
-  config.synthetic.update(enabled=True, num_images=args.images, image_size=max(image_size, 32), eval_limit=args.eval,
-                          max_shapes=3, size_range=[0.2, 0.45])
+  config.synthetic.update(
+    enabled=True,
+    num_images=args.images,
+    image_size=max(image_size, 32),
+    eval_limit=args.eval,
+    max_shapes=3,
+    size_range=[0.2, 0.45],
+  )
   config.data.sources = {
-      "synthetic_image": dict(common.source(fmt="jsonl"), task_types=["image_level"]),
-      "synthetic_region": dict(common.source(fmt="jsonl"), tasks=["rec", "reg"]),
+    "synthetic_image": dict(common.source(fmt="jsonl"), task_types=["image_level"]),
+    "synthetic_region": dict(common.source(fmt="jsonl"), tasks=["rec", "reg"]),
   }
   config.data.update(image_size=image_size, **synthetic.TEXT_LENGTHS)
   config.global_batch_size = 16
@@ -69,21 +83,23 @@ def get_config(arg=None):
   lengths = {name: n * args.steps for name, n in STAGE_LENGTHS.items()}
   image, region = {"synthetic_image": 1.0}, {"synthetic_region": 1.0}
   config.stages = {
-      "pretrain": common.pretrain_stage({**image, **region}, lengths["pretrain"]),
-      "stage1": common.stage("qformer", image, lengths["stage1"]),
-      "stage2": common.stage("aggregator", region, lengths["stage2"], init_from=("stage1",)),
-      # Starts from two trained branches: a full-size step would undo stage 1.
-      "stage3": common.stage("all", {**image, **region}, lengths["stage3"], init_from=("stage1", "stage2"),
-                             export=True, lr=3e-4),
+    "pretrain": common.pretrain_stage({**image, **region}, lengths["pretrain"]),
+    "stage1": common.stage("qformer", image, lengths["stage1"]),
+    "stage2": common.stage("aggregator", region, lengths["stage2"], init_from=("stage1",)),
+    # Starts from two trained branches: a full-size step would undo stage 1.
+    "stage3": common.stage(
+      "all", {**image, **region}, lengths["stage3"], init_from=("stage1", "stage2"), export=True, lr=3e-4
+    ),
   }
   config.run_stages = "pretrain,stage1,stage2,stage3"
   if args.eval:
     every = 3 * args.steps  # and at the end of every stage
     config.evals = {
-        "synthetic_caption": common.evaluator("caption", tasks=["caption"], limit=args.eval, every_steps=every),
-        "synthetic_vqa": common.evaluator("exact_match", tasks=["vqa"], limit=args.eval, every_steps=every),
-        "synthetic_rec": common.evaluator("rec", tasks=["rec"], limit=args.eval, every_steps=every),
-        "validation": common.evaluator("loss", tasks=["caption", "vqa", "rec", "reg"], limit=2 * args.eval,
-                                       every_steps=every),
+      "synthetic_caption": common.evaluator("caption", tasks=["caption"], limit=args.eval, every_steps=every),
+      "synthetic_vqa": common.evaluator("exact_match", tasks=["vqa"], limit=args.eval, every_steps=every),
+      "synthetic_rec": common.evaluator("rec", tasks=["rec"], limit=args.eval, every_steps=every),
+      "validation": common.evaluator(
+        "loss", tasks=["caption", "vqa", "rec", "reg"], limit=2 * args.eval, every_steps=every
+      ),
     }
   return config

@@ -19,10 +19,11 @@ def get_config(arg=None):
   config = run_config.base_config("xl")
   config.model_from_pretrained = True
   config.data.sources = {
-      level: dict(run_config.source(), task_types=[level])
-      for level in ("image_level", "region_level")}
+    level: dict(run_config.source(), task_types=[level]) for level in ("image_level", "region_level")
+  }
   config.data.homogeneous_batches = True
-  config.stages = {"finetune": run_config.stage("all", {"image_level": 1.0, "region_level": 1.0}, num_steps=60_000,
-                                                export=True)}
+  config.stages = {
+    "finetune": run_config.stage("all", {"image_level": 1.0, "region_level": 1.0}, num_steps=60_000, export=True)
+  }
   config.run_stages = "finetune"
   return config

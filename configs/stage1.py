@@ -15,10 +15,13 @@ from lion_jax import run_config
 def get_config(arg=None):
   args = run_config.parse_arg(arg, size="xl", steps=60_000)
   config = run_config.base_config(args.size)
-  config.stages = {"stage1": run_config.stage(
-      visual_input="qformer",                    # the Q-Former branch; one adapter per FFN (image-level)
+  config.stages = {
+    "stage1": run_config.stage(
+      visual_input="qformer",  # the Q-Former branch; one adapter per FFN (image-level)
       mixture=run_config.image_level_mixture(),  # COCO captions, VQAv2, OK-VQA, A-OKVQA, TextCaps
       num_steps=args.steps,
-      init_from=())}                             # the pretrained towers only
+      init_from=(),
+    )
+  }  # the pretrained towers only
   config.run_stages = "stage1"
   return config

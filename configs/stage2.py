@@ -15,10 +15,13 @@ from lion_jax import run_config
 def get_config(arg=None):
   args = run_config.parse_arg(arg, size="xl", steps=60_000)
   config = run_config.base_config(args.size)
-  config.stages = {"stage2": run_config.stage(
-      visual_input="aggregator",                  # the vision aggregator; one adapter per FFN (region-level)
+  config.stages = {
+    "stage2": run_config.stage(
+      visual_input="aggregator",  # the vision aggregator; one adapter per FFN (region-level)
       mixture=run_config.region_level_mixture(),  # RefCOCO, RefCOCO+, RefCOCOg, Visual Genome regions
       num_steps=args.steps,
-      init_from=("stage1",))}                     # what stage 1 trained and this model has
+      init_from=("stage1",),
+    )
+  }  # what stage 1 trained and this model has
   config.run_stages = "stage2"
   return config

@@ -16,11 +16,14 @@ from lion_jax import run_config
 def get_config(arg=None):
   args = run_config.parse_arg(arg, size="xl", steps=60_000)
   config = run_config.base_config(args.size)
-  config.stages = {"stage3": run_config.stage(
-      visual_input="all",                        # Q-Former and aggregator; two adapters + gates per FFN
+  config.stages = {
+    "stage3": run_config.stage(
+      visual_input="all",  # Q-Former and aggregator; two adapters + gates per FFN
       mixture=run_config.both_levels_mixture(),  # image-level : region-level = 1 : 1
       num_steps=args.steps,
-      init_from=("stage1", "stage2"),            # adapter 1 from stage 1, adapter 0 from stage 2
-      export=True)}
+      init_from=("stage1", "stage2"),  # adapter 1 from stage 1, adapter 0 from stage 2
+      export=True,
+    )
+  }
   config.run_stages = "stage3"
   return config

@@ -35,20 +35,26 @@ class StageCheckpoints:
   def __init__(self, directory: str | os.PathLike, *, keep: int = 2, async_save: bool = True):
     self.directory = paths.as_path(directory)
     self.damaged_directory = self.directory.parent / "damaged_checkpoints"
-    self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                                 enable_async_checkpointing=async_save)
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
   def save(self, step: int, trainable: Any, opt_state: Any, meta: dict[str, Any]) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        trainable=ocp.args.StandardSave(trainable), opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    self.manager.save(
+      step,
+      args=ocp.args.Composite(
+        trainable=ocp.args.StandardSave(trainable),
+        opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta),
+      ),
+      force=True,
+    )
 
-  def restore_newest_intact(self, abstract_trainable: Any, abstract_opt_state: Any
-                            ) -> tuple[Any, Any, dict[str, Any]] | None:
+  def restore_newest_intact(
+    self, abstract_trainable: Any, abstract_opt_state: Any
+  ) -> tuple[Any, Any, dict[str, Any]] | None:
     """(trainable, opt_state, meta) of the newest checkpoint that restores, onto the shardings of
     the abstract trees; None when there is none. Damaged ones are moved aside, never deleted. A
     checkpoint whose shapes differ from the model's is a config change, not damage: UserError."""
@@ -61,15 +67,22 @@ class StageCheckpoints:
       except Exception as e:  # noqa: BLE001 -- what a damaged checkpoint raises is not one type
         moved.append(self._move_aside(step, e))
         if self.manager.latest_step() is None:
-          raise UserError(f"no checkpoint of {self.directory} restores; the damaged ones were moved to {moved}. "
-                          f"Re-running starts this stage over; copy an intact checkpoint back to resume") from e
+          raise UserError(
+            f"no checkpoint of {self.directory} restores; the damaged ones were moved to {moved}. "
+            f"Re-running starts this stage over; copy an intact checkpoint back to resume"
+          ) from e
     return None
 
   def _restore(self, step: int, abstract_trainable: Any, abstract_opt_state: Any):
     self._check_shapes(step, abstract_trainable)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
         trainable=ocp.args.StandardRestore(abstract_trainable),
-        opt_state=ocp.args.StandardRestore(abstract_opt_state), meta=ocp.args.JsonRestore()))
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        meta=ocp.args.JsonRestore(),
+      ),
+    )
     return restored["trainable"], restored["opt_state"], restored["meta"]
 
   def _check_shapes(self, step: int, abstract_trainable: Any) -> None:
@@ -83,15 +96,21 @@ class StageCheckpoints:
     differ = sorted(k for k in want.keys() & have.keys() if want[k] != have[k])
     if set(want) != set(have) or differ:
       raise UserError(
-          f"{self.directory}/{step} was written by a different model than this config builds (missing "
-          f"{sorted(set(want) - set(have))[:3]}, unexpected {sorted(set(have) - set(want))[:3]}, other "
-          f"shapes {differ[:3]}): resume with the config that wrote it, or use a new --workdir")
+        f"{self.directory}/{step} was written by a different model than this config builds (missing "
+        f"{sorted(set(want) - set(have))[:3]}, unexpected {sorted(set(have) - set(want))[:3]}, other "
+        f"shapes {differ[:3]}): resume with the config that wrote it, or use a new --workdir"
+      )
 
   def _move_aside(self, step: int, failure: Exception) -> str:
     target = self.damaged_directory / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
     if jax.process_index() == 0:
-      log.warning("checkpoint %s/%d is damaged; moving it to %s and trying the previous one",
-                  self.directory, step, target, exc_info=failure)
+      log.warning(
+        "checkpoint %s/%d is damaged; moving it to %s and trying the previous one",
+        self.directory,
+        step,
+        target,
+        exc_info=failure,
+      )
       self.damaged_directory.mkdir(parents=True, exist_ok=True)
       (self.directory / str(step)).rename(target)
     if jax.process_count() > 1:
@@ -129,11 +148,14 @@ def load_final_trainables(directory: str | os.PathLike, stage: str) -> dict[str,
   directory = paths.as_path(directory)
   step, meta = read_meta(directory)
   if step is None:
-    raise MissingFile(f"no {stage} checkpoint in {directory}: run {stage} first, or point "
-                            f"init_from.{stage} at its workdir")
+    raise MissingFile(
+      f"no {stage} checkpoint in {directory}: run {stage} first, or point init_from.{stage} at its workdir"
+    )
   if not meta.get("final"):
-    raise UserError(f"{stage} in {directory} stopped at step {step} of {meta.get('num_steps')}: "
-                     f"finish it (re-run the same command) before starting the next stage")
+    raise UserError(
+      f"{stage} in {directory} stopped at step {step} of {meta.get('num_steps')}: "
+      f"finish it (re-run the same command) before starting the next stage"
+    )
   with ocp.CheckpointManager(directory) as manager:
     trainable = manager.restore(step, args=ocp.args.Composite(trainable=ocp.args.StandardRestore()))["trainable"]
   return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(trainable), sep="/").items()}

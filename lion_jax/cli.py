@@ -30,8 +30,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   except (AttributeError, KeyError) as e:
     bad = [a for a in argv if a.startswith("--config.")]
     name = str(e).strip("\"'")
-    print(f"error: the config has no field {name!r} (overrides given: {bad}); only the fields the config "
-          f"file defines can be set", file=sys.stderr)
+    print(
+      f"error: the config has no field {name!r} (overrides given: {bad}); only the fields the config "
+      f"file defines can be set",
+      file=sys.stderr,
+    )
     sys.exit(2)
   except flags.Error as e:
     print(f"error: {config_file_error(e) or e}", file=sys.stderr)

@@ -34,11 +34,17 @@ def prepare_synthetic_data(config, workdir: Path) -> None:
   data_dir = workdir / "data"
   if jax.process_index() == 0 and not (data_dir / "dataset.json").exists():
     log.info("generating %d synthetic images into %s", config.synthetic.num_images, data_dir)
-    synthetic.generate(data_dir, num_images=config.synthetic.num_images, seed=config.seed,
-                       image_size=config.synthetic.image_size, max_shapes=config.synthetic.max_shapes,
-                       size_range=tuple(config.synthetic.size_range))
+    synthetic.generate(
+      data_dir,
+      num_images=config.synthetic.num_images,
+      seed=config.seed,
+      image_size=config.synthetic.image_size,
+      max_shapes=config.synthetic.max_shapes,
+      size_range=tuple(config.synthetic.size_range),
+    )
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices("synthetic data ready")
   for split, specs in (("train", config.data.sources.values()), ("val", config.evals.values())):
     for spec in specs:
@@ -60,8 +66,11 @@ def stage_table(config, workdir: Path) -> dict[str, dict[str, float]]:
     if not (workdir / name / "metrics.jsonl").exists():
       continue
     metrics = plot.read_metrics(workdir / name)
-    table[name] = {f"{ev}.{metric}": metrics[f"eval/{ev}/{metric}"][-1][1]
-                   for ev, metric in HEADLINE if f"eval/{ev}/{metric}" in metrics}
+    table[name] = {
+      f"{ev}.{metric}": metrics[f"eval/{ev}/{metric}"][-1][1]
+      for ev, metric in HEADLINE
+      if f"eval/{ev}/{metric}" in metrics
+    }
   return table
 
 

@@ -9,7 +9,7 @@ mistake. `UserError` subclasses `ValueError` so callers that catch `ValueError` 
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 class UserError(ValueError):

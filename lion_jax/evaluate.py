@@ -19,8 +19,9 @@ from ml_collections import config_flags
 from lion_jax import cli, errors, paths
 from lion_jax.evaluation import runner
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Benchmark config, e.g. configs/eval/okvqa.py.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Benchmark config, e.g. configs/eval/okvqa.py.", lock_config=True
+)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Converted or exported checkpoint directory.")
 _OUTPUT = flags.DEFINE_string("output", None, "Where predictions and results go (default: the checkpoint).")
 flags.mark_flags_as_required(["config", "checkpoint"])

@@ -20,9 +20,12 @@ from ml_collections import config_flags
 from lion_jax import cli, errors, paths, train
 from lion_jax.demo import evaluate_export, prepare_synthetic_data
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file, e.g. configs/stage1.py[:size=xxl].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and exports: local or a bucket (gs://...).")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Run config file, e.g. configs/stage1.py[:size=xxl].", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Directory for checkpoints, metrics and exports: local or a bucket (gs://...)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 log = logging.getLogger("lion_jax")
@@ -32,8 +35,9 @@ def start_distributed() -> None:
   """`jax.distributed.initialize()`: arguments from LION_COORDINATOR / LION_NUM_PROCESSES /
   LION_PROCESS_ID when set (local multi-process runs), else auto-detected (TPU VMs, SLURM, ...)."""
   if "LION_COORDINATOR" in os.environ:
-    jax.distributed.initialize(os.environ["LION_COORDINATOR"], int(os.environ["LION_NUM_PROCESSES"]),
-                               int(os.environ["LION_PROCESS_ID"]))
+    jax.distributed.initialize(
+      os.environ["LION_COORDINATOR"], int(os.environ["LION_NUM_PROCESSES"]), int(os.environ["LION_PROCESS_ID"])
+    )
   else:
     jax.distributed.initialize()
 
@@ -49,8 +53,10 @@ def run(config, workdir) -> int:
   """The job: demo data if asked for, every configured stage, the demo's final evaluation. A NaN
   loss (FloatingPointError) is reported like a user error: the message says which step and what to change."""
   if config.synthetic.enabled and paths.is_cloud(workdir):
-    raise errors.UserError(f"the synthetic demo generates its images into the workdir and reads them back with "
-                           f"local file access: give a local --workdir (got {workdir})")
+    raise errors.UserError(
+      f"the synthetic demo generates its images into the workdir and reads them back with "
+      f"local file access: give a local --workdir (got {workdir})"
+    )
   if config.distributed:
     start_distributed()
   if config.synthetic.enabled:
@@ -62,7 +68,7 @@ def run(config, workdir) -> int:
   for s in summaries:
     losses = s.get("losses") or []
     if losses:
-      head, tail = losses[: max(1, len(losses) // 10)], losses[-max(1, len(losses) // 10):]
+      head, tail = losses[: max(1, len(losses) // 10)], losses[-max(1, len(losses) // 10) :]
       log.info("%s: %d steps, loss %.4f -> %.4f", s["stage"], s["steps"], sum(head) / len(head), sum(tail) / len(tail))
   if summaries and summaries[-1].get("preempted"):
     return 0  # the checkpoint is saved; the same command resumes

@@ -43,6 +43,7 @@ class MetricWriter:
     self._local = local
     self._jsonl = open(local / "metrics.jsonl", "a", encoding="utf-8")
     from tensorboardX import SummaryWriter
+
     self._tb = SummaryWriter(os.fspath(local / "tb"))
 
   def write(self, step: int, scalars: dict[str, Any]) -> None:
@@ -88,5 +89,7 @@ class Progress:
     rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
     eta = (self.num_steps - step) / rate if rate else float("nan")
     eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if math.isfinite(eta) else "?"
-    return (f"{self.name} step {step}/{self.num_steps} ({100 * step / max(self.num_steps, 1):.0f}%) "
-            f"loss {loss:.4f} | {rate:.2f} steps/s | ETA {eta_text}")
+    return (
+      f"{self.name} step {step}/{self.num_steps} ({100 * step / max(self.num_steps, 1):.0f}%) "
+      f"loss {loss:.4f} | {rate:.2f} steps/s | ETA {eta_text}"
+    )

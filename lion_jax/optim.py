@@ -17,6 +17,7 @@ import optax
 
 from lion_jax.errors import UserError
 
+
 def decay_mask(params):
   """True for parameters with >= 2 dimensions (norm scales, biases and adapter scales are 1-D)."""
   return jax.tree.map(lambda x: x.ndim >= 2, params)
@@ -30,14 +31,16 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, num_steps: int):
   if c.schedule == "constant":
     return optax.constant_schedule(c.lr)
   if c.schedule == "warmup_cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, c.lr, max(c.warmup_steps, 1), max(num_steps, c.warmup_steps + 1),
-                                              end_value=c.min_lr)
+    return optax.warmup_cosine_decay_schedule(
+      0.0, c.lr, max(c.warmup_steps, 1), max(num_steps, c.warmup_steps + 1), end_value=c.min_lr
+    )
   if c.schedule == "lion_epoch_cosine":
     num_epochs = max(1, math.ceil(num_steps / c.steps_per_epoch))
 
     def schedule(step):
       epoch = jnp.floor_divide(step, c.steps_per_epoch)
       return c.min_lr + (c.lr - c.min_lr) * 0.5 * (1 + jnp.cos(jnp.pi * epoch / num_epochs))
+
     return schedule
   raise UserError(f"optimizer.schedule={c.schedule!r}; expected constant, warmup_cosine or lion_epoch_cosine")
 
@@ -48,6 +51,7 @@ def make_optimizer(config: ml_collections.ConfigDict, num_steps: int):
   parts = []
   if config.clip_grad_norm:
     parts.append(optax.clip_by_global_norm(config.clip_grad_norm))
-  parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                           weight_decay=config.weight_decay, mask=decay_mask))
+  parts.append(
+    optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay, mask=decay_mask)
+  )
   return optax.chain(*parts), schedule

@@ -53,8 +53,12 @@ flags.DEFINE_integer("devices", 8, "Number of simulated devices (--devices=N or 
 _MESH = flags.DEFINE_string("mesh", "data:-1", "Mesh, e.g. data:2,fsdp:4,tensor:1 (-1 = the rest).")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch; 0 takes the config's global_batch_size.")
 _STAGE = flags.DEFINE_string("stage", "", "Stage to plan; empty takes the last one the config runs.")
-_MEMORY = flags.DEFINE_float("memory_gib", 0.0, "Device memory in GiB: also estimate the largest global batch "
-                             "that fits (one more compile, a line through two batch sizes); 0 skips it.")
+_MEMORY = flags.DEFINE_float(
+  "memory_gib",
+  0.0,
+  "Device memory in GiB: also estimate the largest global batch "
+  "that fits (one more compile, a line through two batch sizes); 0 skips it.",
+)
 flags.mark_flags_as_required(["config"])
 PROBE_PER_DEVICE = 8  # the fit's second point when --batch is already 1 example per device
 HEADROOM = 0.9  # the fit must leave 10% of device memory free
@@ -99,8 +103,10 @@ def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int)
   trainable = state.params
   model = Lion(stages.model_config(config, stage_name))
   batch_sharding = sharding.batch_sharding(mesh, rules)
-  batch = {k: jax.ShapeDtypeStruct((global_batch,) + shape, dtype, sharding=batch_sharding)
-           for k, (shape, dtype) in contract.data_spec(stages.data_config(config, stage_name)).items()}
+  batch = {
+    k: jax.ShapeDtypeStruct((global_batch,) + shape, dtype, sharding=batch_sharding)
+    for k, (shape, dtype) in contract.data_spec(stages.data_config(config, stage_name)).items()
+  }
   step = train.make_train_step(model, tx, schedule, config.grad_accum_steps, config.seed)
   start = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -110,15 +116,25 @@ def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int)
   memory = compiled.memory_analysis()
   flops = train.compiled_flops(compiled)
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
-  return {"stage": stage_name, "visual_input": stage.visual_input, "devices": mesh.size, "mesh": dict(mesh.shape),
-          "global_batch": global_batch, "trainable_params": count(trainable), "frozen_params": count(frozen),
-          "compile_s": compile_s,
-          "memory_gib_per_device": {
-              "arguments": memory.argument_size_in_bytes / 2 ** 30, "outputs": memory.output_size_in_bytes / 2 ** 30,
-              "temporaries": memory.temp_size_in_bytes / 2 ** 30,
-              "peak_estimate": (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2 ** 30},
-          "flops_per_step_per_device": flops, "flops_per_example": flops * mesh.size / global_batch,
-          "collectives": collective_bytes(compiled.as_text())}
+  return {
+    "stage": stage_name,
+    "visual_input": stage.visual_input,
+    "devices": mesh.size,
+    "mesh": dict(mesh.shape),
+    "global_batch": global_batch,
+    "trainable_params": count(trainable),
+    "frozen_params": count(frozen),
+    "compile_s": compile_s,
+    "memory_gib_per_device": {
+      "arguments": memory.argument_size_in_bytes / 2**30,
+      "outputs": memory.output_size_in_bytes / 2**30,
+      "temporaries": memory.temp_size_in_bytes / 2**30,
+      "peak_estimate": (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**30,
+    },
+    "flops_per_step_per_device": flops,
+    "flops_per_example": flops * mesh.size / global_batch,
+    "collectives": collective_bytes(compiled.as_text()),
+  }
 
 
 def largest_per_device_batch(peaks: dict[int, float], memory_gib: float) -> int:
@@ -141,12 +157,16 @@ def print_fit(config, stage: str, memory_gib: float, report: dict) -> None:
   shards = mesh_sizes["data"] * mesh_sizes["fsdp"]
   reported = report["global_batch"] // shards
   probe = 1 if reported != 1 else PROBE_PER_DEVICE
-  peaks = {reported: report["memory_gib_per_device"]["peak_estimate"],
-           probe: plan(config, stage, mesh_sizes, shards * probe)["memory_gib_per_device"]["peak_estimate"]}
+  peaks = {
+    reported: report["memory_gib_per_device"]["peak_estimate"],
+    probe: plan(config, stage, mesh_sizes, shards * probe)["memory_gib_per_device"]["peak_estimate"],
+  }
   per_device = largest_per_device_batch(peaks, memory_gib)
   measured = ", ".join(f"~{peak:.2f} GiB at {b} per device" for b, peak in sorted(peaks.items()))
-  print(f"  fit for {memory_gib:g} GiB per device ({HEADROOM:.0%} usable) from peaks {measured}: "
-        f"largest global batch that fits: {per_device * shards} ({per_device} per device)")
+  print(
+    f"  fit for {memory_gib:g} GiB per device ({HEADROOM:.0%} usable) from peaks {measured}: "
+    f"largest global batch that fits: {per_device * shards} ({per_device} per device)"
+  )
 
 
 def main(argv) -> int:
@@ -161,16 +181,23 @@ def print_plan(config, stage: str, mesh: str, batch: int, memory_gib: float) -> 
     raise errors.UserError(f"--stage={stage!r}: the config's stages are {sorted(config.stages)}")
   report = plan(config, stage, parse_mesh(mesh), batch or config.global_batch_size)
   m = report["memory_gib_per_device"]
-  print(f"{report['stage']} ({report['visual_input']}) on {report['devices']} devices, mesh {report['mesh']}, "
-        f"global batch {report['global_batch']}: compiled in {report['compile_s']:.0f} s")
-  print(f"  parameters: {report['trainable_params'] / 1e6:,.1f}M trainable, "
-        f"{report['frozen_params'] / 1e6:,.1f}M frozen")
-  print(f"  memory per device (GiB): arguments {m['arguments']:.2f}, outputs {m['outputs']:.2f}, "
-        f"temporaries {m['temporaries']:.2f}, peak ~{m['peak_estimate']:.2f}")
-  print(f"  FLOPs: {report['flops_per_step_per_device'] / 1e12:.2f} TFLOP per step per device, "
-        f"{report['flops_per_example'] / 1e12:.3f} TFLOP per example")
+  print(
+    f"{report['stage']} ({report['visual_input']}) on {report['devices']} devices, mesh {report['mesh']}, "
+    f"global batch {report['global_batch']}: compiled in {report['compile_s']:.0f} s"
+  )
+  print(
+    f"  parameters: {report['trainable_params'] / 1e6:,.1f}M trainable, {report['frozen_params'] / 1e6:,.1f}M frozen"
+  )
+  print(
+    f"  memory per device (GiB): arguments {m['arguments']:.2f}, outputs {m['outputs']:.2f}, "
+    f"temporaries {m['temporaries']:.2f}, peak ~{m['peak_estimate']:.2f}"
+  )
+  print(
+    f"  FLOPs: {report['flops_per_step_per_device'] / 1e12:.2f} TFLOP per step per device, "
+    f"{report['flops_per_example'] / 1e12:.3f} TFLOP per example"
+  )
   for op, c in sorted(report["collectives"].items()):
-    print(f"  {op}: {c['count']} ops, {c['bytes'] / 2 ** 20:,.1f} MiB per device per step")
+    print(f"  {op}: {c['count']} ops, {c['bytes'] / 2**20:,.1f} MiB per device per step")
   if memory_gib:
     print_fit(config, stage, memory_gib, report)
 

@@ -15,7 +15,7 @@ import math
 import os
 import pathlib
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from lion_jax import errors
 
@@ -78,8 +78,9 @@ def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -
   from matplotlib.figure import Figure
 
   workdir = pathlib.Path(workdir)
-  stages = {name: read_metrics(workdir / name) for name in stage_order(workdir)
-            if (workdir / name / "metrics.jsonl").exists()}
+  stages = {
+    name: read_metrics(workdir / name) for name in stage_order(workdir) if (workdir / name / "metrics.jsonl").exists()
+  }
   stages = {name: metrics for name, metrics in stages.items() if metrics}
   if not stages:
     raise errors.UserError(f"no stage directory of {workdir} has a metrics.jsonl with rows")
@@ -131,8 +132,9 @@ def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m lion_jax.plot",
-                                   description="Draws a training run's curves, all stages on one global-step axis.")
+  parser = argparse.ArgumentParser(
+    prog="python -m lion_jax.plot", description="Draws a training run's curves, all stages on one global-step axis."
+  )
   parser.add_argument("workdir", help="the run's workdir: config.json and one directory per stage with metrics.jsonl")
   parser.add_argument("--out", metavar="PATH", help="PNG to write (default: WORKDIR/curves.png)")
   args = parser.parse_args(argv)

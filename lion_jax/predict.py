@@ -30,18 +30,24 @@ def draw_boxes(image: Image.Image, boxes, color=(255, 40, 40)) -> Image.Image:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m lion_jax.predict", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m lion_jax.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--checkpoint", required=True, metavar="DIR", help="converted or exported checkpoint directory")
   parser.add_argument("--image", required=True, metavar="FILE", help="the image to ask about")
   parser.add_argument("--question", required=True, help="the question or instruction")
   parser.add_argument("--tags", help="comma-separated image tags, precomputed with RAM (default: none)")
-  parser.add_argument("--task", default="image_level", choices=["image_level", "region_level"],
-                      help="the adapter gate to route through; region_level for boxes (default: %(default)s)")
+  parser.add_argument(
+    "--task",
+    default="image_level",
+    choices=["image_level", "region_level"],
+    help="the adapter gate to route through; region_level for boxes (default: %(default)s)",
+  )
   parser.add_argument("--draw", metavar="FILE", help="save the image with the predicted boxes here (default: none)")
   parser.add_argument("--num_beams", type=int, default=5, metavar="N", help="beam width (default: %(default)s)")
-  parser.add_argument("--max_new_tokens", type=int, default=256, metavar="N",
-                      help="longest answer in tokens (default: %(default)s)")
+  parser.add_argument(
+    "--max_new_tokens", type=int, default=256, metavar="N", help="longest answer in tokens (default: %(default)s)"
+  )
   args = parser.parse_args(argv)
   return errors.exit_code(lambda: answer(args))
 

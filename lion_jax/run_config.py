@@ -40,19 +40,44 @@ def source(records: str = "", image_root: str = "", fmt: str = "auto") -> dict:
   """One data source: a record file (`format` auto / jsonl / lion_json) or, with `format='tfds'`, a
   TFDS dataset prepared as array_record: `tfds.name` (e.g. 'coco_captions:1.0.0'), `tfds.data_dir`,
   `tfds.split`, `tfds.fields` ('image=jpeg,answers=captions': record field = feature) and the task."""
-  return dict(records=records, image_root=image_root, format=fmt,
-              tfds=dict(name="", data_dir="", split="train", fields="", task_type="", task=""))
+  return dict(
+    records=records,
+    image_root=image_root,
+    format=fmt,
+    tfds=dict(name="", data_dir="", split="train", fields="", task_type="", task=""),
+  )
 
 
-def stage(visual_input: str, mixture: dict[str, float], num_steps: int, init_from=(), export: bool = False,
-          frozen=param_paths.LION_FROZEN, adapters: str = "moa", soft_prompt: bool = True, tags: bool = True,
-          pretrained: str = "", lr: float = 0.0) -> ml_collections.ConfigDict:
+def stage(
+  visual_input: str,
+  mixture: dict[str, float],
+  num_steps: int,
+  init_from=(),
+  export: bool = False,
+  frozen=param_paths.LION_FROZEN,
+  adapters: str = "moa",
+  soft_prompt: bool = True,
+  tags: bool = True,
+  pretrained: str = "",
+  lr: float = 0.0,
+) -> ml_collections.ConfigDict:
   """One stage (fields explained in lion_jax/stages.py). `init_from`: earlier stages whose final
   trainables start this one ('' = same --workdir); `frozen`: whole-path regular expressions."""
-  return ml_collections.ConfigDict(dict(
-      visual_input=visual_input, mixture=mixture, num_steps=num_steps, init_from={name: "" for name in init_from},
-      export=export, frozen=list(frozen), adapters=adapters, soft_prompt=soft_prompt, tags=tags,
-      pretrained=pretrained, lr=lr))
+  return ml_collections.ConfigDict(
+    dict(
+      visual_input=visual_input,
+      mixture=mixture,
+      num_steps=num_steps,
+      init_from={name: "" for name in init_from},
+      export=export,
+      frozen=list(frozen),
+      adapters=adapters,
+      soft_prompt=soft_prompt,
+      tags=tags,
+      pretrained=pretrained,
+      lr=lr,
+    )
+  )
 
 
 def pretrain_stage(mixture: dict[str, float], num_steps: int) -> ml_collections.ConfigDict:
@@ -62,20 +87,44 @@ def pretrain_stage(mixture: dict[str, float], num_steps: int) -> ml_collections.
   EVA-CLIP / FlanT5 / InstructBLIP pretraining that real LION starts from, for small models. Tags
   stay in the prompt (behind a plain `<extra_id_0>`): a pretrained LLM can read what its prompt
   lists, and a T5 trained from scratch learns it only where it sees it."""
-  return stage("qformer", mixture, num_steps, export=True, frozen=(), adapters="none", soft_prompt=False,
-               pretrained=stages.RANDOM)
+  return stage(
+    "qformer", mixture, num_steps, export=True, frozen=(), adapters="none", soft_prompt=False, pretrained=stages.RANDOM
+  )
 
 
-def evaluator(kind: str, records: str = "", image_root: str = "", *, tasks=(), task_types=(), limit: int = 0,
-              every_steps: int = 0, num_beams: int = 1, max_new_tokens: int = 0, batch_size: int = 16
-              ) -> ml_collections.ConfigDict:
+def evaluator(
+  kind: str,
+  records: str = "",
+  image_root: str = "",
+  *,
+  tasks=(),
+  task_types=(),
+  limit: int = 0,
+  every_steps: int = 0,
+  num_beams: int = 1,
+  max_new_tokens: int = 0,
+  batch_size: int = 16,
+) -> ml_collections.ConfigDict:
   """One entry of `config.evals` (lion_jax/evaluation/evaluators.py): `kind` is a benchmark metric kind
   or 'loss'; `every_steps` 0 = only at the end of each stage; `max_new_tokens` 0 = data.max_target_len.
   Greedy by default: cheap enough to run often (the benchmarks' beam settings are in configs/eval)."""
-  return ml_collections.ConfigDict(dict(
-      kind=kind, records=records, image_root=image_root, format="auto", tasks=list(tasks), task_types=list(task_types),
-      limit=limit, every_steps=every_steps, num_beams=num_beams, max_new_tokens=max_new_tokens,
-      repetition_penalty=1.0, length_penalty=1.0, batch_size=batch_size))
+  return ml_collections.ConfigDict(
+    dict(
+      kind=kind,
+      records=records,
+      image_root=image_root,
+      format="auto",
+      tasks=list(tasks),
+      task_types=list(task_types),
+      limit=limit,
+      every_steps=every_steps,
+      num_beams=num_beams,
+      max_new_tokens=max_new_tokens,
+      repetition_penalty=1.0,
+      length_penalty=1.0,
+      batch_size=batch_size,
+    )
+  )
 
 
 def image_level_mixture() -> dict[str, float]:
@@ -90,8 +139,10 @@ def region_level_mixture() -> dict[str, float]:
 
 def both_levels_mixture() -> dict[str, float]:
   """Stage 3's data: image-level and region-level 1:1, equal weights within a level."""
-  return {**{k: 1.0 / len(IMAGE_LEVEL_SOURCES) for k in IMAGE_LEVEL_SOURCES},
-          **{k: 1.0 / len(REGION_LEVEL_SOURCES) for k in REGION_LEVEL_SOURCES}}
+  return {
+    **{k: 1.0 / len(IMAGE_LEVEL_SOURCES) for k in IMAGE_LEVEL_SOURCES},
+    **{k: 1.0 / len(REGION_LEVEL_SOURCES) for k in REGION_LEVEL_SOURCES},
+  }
 
 
 def base_config(size: str = "xl") -> ml_collections.ConfigDict:
@@ -113,9 +164,20 @@ def base_config(size: str = "xl") -> ml_collections.ConfigDict:
   config.data.sources = data_sources()
   config.global_batch_size = 64
   config.grad_accum_steps = 1
-  config.optimizer = ml_collections.ConfigDict(dict(
-      lr=1e-5, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, schedule="lion_epoch_cosine",
-      steps_per_epoch=6000, warmup_steps=0, clip_grad_norm=0.0))
+  config.optimizer = ml_collections.ConfigDict(
+    dict(
+      lr=1e-5,
+      min_lr=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.05,
+      schedule="lion_epoch_cosine",
+      steps_per_epoch=6000,
+      warmup_steps=0,
+      clip_grad_norm=0.0,
+    )
+  )
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.sharding_rules = [list(rule) for rule in sharding.DEFAULT_RULES]
   config.num_steps = -1  # > 0: overrides every stage's num_steps (smoke runs)
@@ -127,9 +189,16 @@ def base_config(size: str = "xl") -> ml_collections.ConfigDict:
   config.distributed = False  # call jax.distributed.initialize() (multi-host)
   # The demo's embedded data: generated into WORKDIR/data; eval_limit > 0 evaluates the final export
   # with the demo's evaluators at the end.
-  config.synthetic = ml_collections.ConfigDict(dict(
-      enabled=False, num_images=0, image_size=0, eval_limit=0, max_shapes=synthetic.MAX_SHAPES,
-      size_range=list(synthetic.SIZE_RANGE)))
+  config.synthetic = ml_collections.ConfigDict(
+    dict(
+      enabled=False,
+      num_images=0,
+      image_size=0,
+      eval_limit=0,
+      max_shapes=synthetic.MAX_SHAPES,
+      size_range=list(synthetic.SIZE_RANGE),
+    )
+  )
   config.evals = ml_collections.ConfigDict()  # name -> evaluator(...): evaluation during training
   # name -> stage(...): set by each config file (configs/stage{1,2,3}.py, demo.py, finetune.py).
   config.stages = ml_collections.ConfigDict()
@@ -145,6 +214,7 @@ def adopt_pretrained_model(config: ml_collections.ConfigDict) -> None:
   if not config.pretrained or config.pretrained == stages.RANDOM:
     raise UserError("model_from_pretrained needs --config.pretrained=<converted checkpoint directory>")
   from lion_jax.convert.converted import load_config, tokenizer_files
+
   dtype = config.model.dtype
   config.model = load_config(config.pretrained)
   config.model.dtype = dtype

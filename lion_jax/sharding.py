@@ -8,7 +8,8 @@ replicated instead of failing, and reported by `describe_fallbacks`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,13 +24,13 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # sharded weights); weights are split over fsdp on their model dimension and over tensor on their
 # head / MLP / vocabulary dimension. A mesh axis is used at most once per array (flax skips reuse).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("qkv", "tensor"),
-    ("vocab", "tensor"),
+  ("batch", ("data", "fsdp")),
+  ("length", None),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("qkv", "tensor"),
+  ("vocab", "tensor"),
 )
 
 
@@ -38,8 +39,7 @@ def config_rules(config) -> tuple[tuple[str, Any], ...]:
   return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.sharding_rules)
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A (data, fsdp, tensor) mesh; one size may be -1, meaning all remaining devices."""
   devices = list(devices if devices is not None else jax.devices())
   sizes = [data, fsdp, tensor]
@@ -51,8 +51,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
       raise UserError(f"mesh {dict(zip(MESH_AXES, sizes))} does not divide {len(devices)} devices")
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
-    raise UserError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"{len(devices)} are available")
+    raise UserError(
+      f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} devices, {len(devices)} are available"
+    )
   return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
@@ -78,8 +79,12 @@ def logical_shardings(boxed_tree: Any, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
   specs = nn.get_partition_spec(boxed_tree)
   mesh_specs = nn.logical_to_mesh(specs, rules)
   shapes = _shapes(boxed_tree)
-  return jax.tree.map(lambda spec, shape: NamedSharding(mesh, _fit_spec(spec, shape, mesh)),
-                      mesh_specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+  return jax.tree.map(
+    lambda spec, shape: NamedSharding(mesh, _fit_spec(spec, shape, mesh)),
+    mesh_specs,
+    shapes,
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
+  )
 
 
 def describe_fallbacks(boxed_tree: Any, mesh: Mesh, rules=DEFAULT_RULES) -> list[str]:
@@ -97,8 +102,9 @@ def describe_fallbacks(boxed_tree: Any, mesh: Mesh, rules=DEFAULT_RULES) -> list
   return notes
 
 
-def init_sharded(model: nn.Module, rng: jax.Array, example_batch: dict, mesh: Mesh,
-                 rules=DEFAULT_RULES) -> tuple[Any, Any]:
+def init_sharded(
+  model: nn.Module, rng: jax.Array, example_batch: dict, mesh: Mesh, rules=DEFAULT_RULES
+) -> tuple[Any, Any]:
   """Creates parameters already sharded: shapes first, then shardings, then a jitted init.
 
   Returns (params, shardings) with the logical boxes removed.

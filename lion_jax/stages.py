@@ -95,8 +95,9 @@ def _adapter_for_level(layout: str, adapters: str, level: int) -> int | None:
   return 0 if _ADAPTER_OF_LAYOUT[layout] == level else None
 
 
-def handoff(layout: str, adapters: str, previous: Sequence[tuple[str, str, Mapping[str, np.ndarray]]]
-            ) -> dict[str, np.ndarray]:
+def handoff(
+  layout: str, adapters: str, previous: Sequence[tuple[str, str, Mapping[str, np.ndarray]]]
+) -> dict[str, np.ndarray]:
   """Initial values for a stage of `layout` and adapter mode `adapters` from earlier stages, given as
   (their layout, their adapter mode, their flat final trainables) in `init_from` order (a later
   stage wins where two trained the same path).

@@ -31,18 +31,17 @@ import optax
 from etils import epath
 
 from lion_jax import checkpoints, optim, paths, run_config, sharding, stages
-from lion_jax.loss import loss_and_metrics
 from lion_jax.convert.converted import load_converted, save_converted
 from lion_jax.data import contract, pipeline
 from lion_jax.errors import UserError
 from lion_jax.evaluation.evaluators import format_scalars, make_evaluators, run_all
+from lion_jax.loss import loss_and_metrics
 from lion_jax.metrics import MetricWriter, Progress
 from lion_jax.models import VISUAL_INPUTS, Lion, example_batch, param_paths
 from lion_jax.models.param_paths import TASK_LEVELS, flatten, merge, unflatten
 from lion_jax.preemption import PreemptionWatch
 
 log = logging.getLogger(__name__)
-
 
 
 @jax.tree_util.register_dataclass
@@ -60,6 +59,7 @@ def make_train_step(model: Lion, tx: optax.GradientTransformation, schedule, gra
     def loss_fn(p):
       logits = model.apply({"params": merge(p, frozen)}, batch, train=True, rngs={"dropout": rng})
       return loss_and_metrics(logits, batch)
+
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, metrics
 
@@ -74,22 +74,31 @@ def make_train_step(model: Lion, tx: optax.GradientTransformation, schedule, gra
         i, mb = xs
         g, m = micro_grads(state.params, frozen, mb, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, carry, (g, m)), None
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: micro_grads(
-          state.params, frozen, jax.tree.map(lambda x: x[0], micro), rng)))
+
+      zeros = jax.tree.map(
+        jnp.zeros_like,
+        jax.eval_shape(lambda: micro_grads(state.params, frozen, jax.tree.map(lambda x: x[0], micro), rng)),
+      )
       (grads, metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
       grads = jax.tree.map(lambda g: g / grad_accum_steps, grads)
     # Micro-batch gradients are of per-micro-batch token means; the reported loss is the token mean.
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     loss = metrics["loss_sum"] / jnp.maximum(metrics["tokens"], 1.0)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(params), "learning_rate": schedule(state.step)}
+    metrics = {
+      **metrics,
+      "loss": loss,
+      "grad_norm": optax.tree.norm(grads),
+      "param_norm": optax.tree.norm(params),
+      "learning_rate": schedule(state.step),
+    }
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return step_fn
 
 
 # ----------------------------------------------------------------------------- validation ---
+
 
 def check_config(config: ml_collections.ConfigDict, stage_name: str, mesh, process_count: int) -> None:
   """Errors a user can fix, raised before anything is compiled."""
@@ -98,21 +107,25 @@ def check_config(config: ml_collections.ConfigDict, stage_name: str, mesh, proce
     raise UserError(f"stages.{stage_name}.visual_input={stage.visual_input!r}; expected one of {VISUAL_INPUTS}")
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if config.global_batch_size % (batch_shards * config.grad_accum_steps):
-    raise UserError(f"global_batch_size={config.global_batch_size} must be divisible by data*fsdp="
-                     f"{batch_shards} times grad_accum_steps={config.grad_accum_steps}")
+    raise UserError(
+      f"global_batch_size={config.global_batch_size} must be divisible by data*fsdp="
+      f"{batch_shards} times grad_accum_steps={config.grad_accum_steps}"
+    )
   if config.global_batch_size % process_count:
-    raise UserError(f"global_batch_size={config.global_batch_size} must be divisible by the "
-                     f"{process_count} processes")
+    raise UserError(f"global_batch_size={config.global_batch_size} must be divisible by the {process_count} processes")
   if not stage.mixture:
     raise UserError(f"stages.{stage_name}.mixture is empty: give at least one data source and weight")
   own_pretrained = stage.get("pretrained", "")
   if config.get("require_pretrained") and not (own_pretrained or config.pretrained):
-    raise UserError(f"{stage_name} would start a {config.model.t5.num_layers}-layer T5 and its ViT from random "
-                    f"weights: set --config.pretrained=CONVERTED_DIR (python -m lion_jax.convert), or "
-                    f"--config.pretrained=random to train from scratch on purpose")
+    raise UserError(
+      f"{stage_name} would start a {config.model.t5.num_layers}-layer T5 and its ViT from random "
+      f"weights: set --config.pretrained=CONVERTED_DIR (python -m lion_jax.convert), or "
+      f"--config.pretrained=random to train from scratch on purpose"
+    )
 
 
 # ------------------------------------------------------------------------------ parameters ---
+
 
 def abstract_state(config, stage_name: str, mesh, rules, num_steps: int):
   """A stage's train state and frozen tree as abstract arrays carrying their shardings, plus its
@@ -125,16 +138,22 @@ def abstract_state(config, stage_name: str, mesh, rules, num_steps: int):
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example_batch(model_config))["params"])
     shardings = flatten(sharding.logical_shardings(boxed, mesh, rules))
   frozen_dtype = jnp.dtype(config.frozen_dtype)
-  flat = {k: jax.ShapeDtypeStruct(v.shape, frozen_dtype if rule.is_frozen(k) else v.dtype, sharding=shardings[k])
-          for k, v in flatten(nn.unbox(boxed)).items()}
+  flat = {
+    k: jax.ShapeDtypeStruct(v.shape, frozen_dtype if rule.is_frozen(k) else v.dtype, sharding=shardings[k])
+    for k, v in flatten(nn.unbox(boxed)).items()
+  }
   trainable, frozen = rule.split(unflatten(flat))
   tx, schedule = optim.make_optimizer(stages.optimizer_config(config, stage_name), num_steps)
   # Optimizer moments take their parameter's sharding, counters are replicated (stated, not inferred:
   # an inferred sharding can come from a jit cache entry of another mesh).
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   opt_state = optax.tree_utils.tree_map_params(
-      tx, lambda x, p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=p.sharding), jax.eval_shape(tx.init, trainable),
-      trainable, transform_non_params=lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated))
+    tx,
+    lambda x, p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=p.sharding),
+    jax.eval_shape(tx.init, trainable),
+    trainable,
+    transform_non_params=lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+  )
   state = TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trainable, opt_state)
   return state, frozen, tx, schedule
 
@@ -167,8 +186,10 @@ def init_params(config, stage_name, mesh, rules, previous, abstract):
     _report_unused(f"{stage_name}: pretrained {pretrained}", set(loaded) - set(params))
     missing_frozen = sorted(k for k in params if rule.is_frozen(k) and k not in overrides)
     if missing_frozen:
-      raise UserError(f"pretrained {pretrained} lacks {len(missing_frozen)} parameters that "
-                       f"stages.{stage_name}.frozen keeps fixed, e.g. {missing_frozen[:5]}")
+      raise UserError(
+        f"pretrained {pretrained} lacks {len(missing_frozen)} parameters that "
+        f"stages.{stage_name}.frozen keeps fixed, e.g. {missing_frozen[:5]}"
+      )
   handed = stages.handoff(model_config.visual_input, model_config.adapters, previous)
   overrides.update({k: v for k, v in handed.items() if k in params})
   _report_unused(f"{stage_name}: earlier stages' trainables", set(handed) - set(params))
@@ -180,8 +201,9 @@ def init_params(config, stage_name, mesh, rules, previous, abstract):
   with jax.set_mesh(mesh):
     cast = lambda tree, like: jax.tree.map(lambda x, a: x.astype(a.dtype), tree, like)
     frozen_abstract = rule.split(unflatten(abstract))[1]
-    frozen = jax.jit(cast, out_shardings=jax.tree.map(lambda a: a.sharding, frozen_abstract),
-                     donate_argnums=0)(frozen, frozen_abstract)
+    frozen = jax.jit(cast, out_shardings=jax.tree.map(lambda a: a.sharding, frozen_abstract), donate_argnums=0)(
+      frozen, frozen_abstract
+    )
   return trainable, frozen
 
 
@@ -189,8 +211,13 @@ def _report_unused(what: str, paths: set[str]) -> None:
   """Loaded parameters this stage's model has no place for (e.g. stage 1's Q-Former in stage 2)."""
   if paths:
     modules = sorted({param_paths.module_of(p) for p in paths})
-    log.info("%s: %d parameters not used by this stage's model (%s), e.g. %s", what, len(paths),
-             ", ".join(modules), sorted(paths)[:3])
+    log.info(
+      "%s: %d parameters not used by this stage's model (%s), e.g. %s",
+      what,
+      len(paths),
+      ", ".join(modules),
+      sorted(paths)[:3],
+    )
 
 
 def trained_layout(config, stage_name: str, directory) -> tuple[str, str]:
@@ -201,8 +228,10 @@ def trained_layout(config, stage_name: str, directory) -> tuple[str, str]:
     return meta["visual_input"], meta["adapters"]
   if stage_name in config.stages:
     return config.stages[stage_name].visual_input, config.stages[stage_name].get("adapters", "moa")
-  raise UserError(f"{directory} does not record the layout of {stage_name} and config.stages does not define "
-                  f"it: add stages.{stage_name} to the config")
+  raise UserError(
+    f"{directory} does not record the layout of {stage_name} and config.stages does not define "
+    f"it: add stages.{stage_name} to the config"
+  )
 
 
 def process_rows(batch_sharding, global_batch_size: int) -> tuple[int, int]:
@@ -210,8 +239,10 @@ def process_rows(batch_sharding, global_batch_size: int) -> tuple[int, int]:
   index_map = batch_sharding.addressable_devices_indices_map((global_batch_size,))
   rows = sorted({r for index in index_map.values() for r in range(*index[0].indices(global_batch_size))})
   if rows != list(range(rows[0], rows[-1] + 1)):
-    raise UserError(f"process {jax.process_index()} holds rows {rows} of the batch, not one block: order the "
-                    f"mesh's devices by process (sharding.make_mesh does)")
+    raise UserError(
+      f"process {jax.process_index()} holds rows {rows} of the batch, not one block: order the "
+      f"mesh's devices by process (sharding.make_mesh does)"
+    )
   return rows[0], len(rows)
 
 
@@ -220,6 +251,7 @@ def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.
 
 
 # ---------------------------------------------------------------------------------- a stage ---
+
 
 def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epath.Path) -> dict[str, Any]:
   """Trains (or resumes) one stage in `workdir/<stage>`; returns a summary of the run."""
@@ -271,18 +303,30 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
   # examples whatever the number of processes). Counters restart on process 0 with the totals.
   batch_sharding = sharding.batch_sharding(mesh, rules)
   rows = process_rows(batch_sharding, config.global_batch_size)
-  data_iter = pipeline.make_iterator(data_config, config.global_batch_size, mixture=mixture, rows=rows,
-                                     first_batch=first_step, seed=config.seed + zlib.crc32(stage_name.encode()) % 1000)
+  data_iter = pipeline.make_iterator(
+    data_config,
+    config.global_batch_size,
+    mixture=mixture,
+    rows=rows,
+    first_batch=first_step,
+    seed=config.seed + zlib.crc32(stage_name.encode()) % 1000,
+  )
   if jax.process_index() == 0:
     data_iter.restore_counters(counters)
 
   # Compile the step once, ahead of time: errors and memory show up before the loop.
   step_fn = make_train_step(model, tx, schedule, config.grad_accum_steps, config.seed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    example = {k: jax.ShapeDtypeStruct((config.global_batch_size,) + v.shape[1:], v.dtype, sharding=batch_sharding)
-               for k, v in contract.zeros(contract.data_spec(data_config), 1).items()}
-    jitted = jax.jit(step_fn, in_shardings=(state_shard, f_shard, batch_sharding),
-                     out_shardings=(state_shard, None), donate_argnums=(0,))
+    example = {
+      k: jax.ShapeDtypeStruct((config.global_batch_size,) + v.shape[1:], v.dtype, sharding=batch_sharding)
+      for k, v in contract.zeros(contract.data_spec(data_config), 1).items()
+    }
+    jitted = jax.jit(
+      step_fn,
+      in_shardings=(state_shard, f_shard, batch_sharding),
+      out_shardings=(state_shard, None),
+      donate_argnums=(0,),
+    )
     compiled = jitted.lower(state, frozen, example).compile()
   flops = compiled_flops(compiled)
 
@@ -307,8 +351,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
             if not np.isfinite(m["loss"]):
               bad_step = step - len(fetched) + offset + 1
               raise FloatingPointError(
-                  f"{stage_name}: loss is {m['loss']} at step {bad_step}; stopping. The last good checkpoint "
-                  f"(step {ckpt.latest_step()}) in {ckpt.directory} is kept; lower optimizer.lr or check the data")
+                f"{stage_name}: loss is {m['loss']} at step {bad_step}; stopping. The last good checkpoint "
+                f"(step {ckpt.latest_step()}) in {ckpt.directory} is kept; lower optimizer.lr or check the data"
+              )
           losses.extend(float(m["loss"]) for m in fetched)
           if step % config.log_every_steps == 0 or is_last:
             now = time.perf_counter()
@@ -325,10 +370,20 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
           if jax.process_index() == 0:
             log.info("%s step %d: %s", stage_name, step, format_scalars(evaluated))
         if step % config.checkpoint_every_steps == 0 or is_last or preempted:
-          ckpt.save(step, state.params, state.opt_state, {
-              "stage": stage_name, "step": step, "num_steps": num_steps, "final": is_last,
-              "visual_input": model_config.visual_input, "adapters": model_config.adapters,
-              "data_counters": data_iter.global_counters()})
+          ckpt.save(
+            step,
+            state.params,
+            state.opt_state,
+            {
+              "stage": stage_name,
+              "step": step,
+              "num_steps": num_steps,
+              "final": is_last,
+              "visual_input": model_config.visual_input,
+              "adapters": model_config.adapters,
+              "data_counters": data_iter.global_counters(),
+            },
+          )
       ckpt.wait()
   finally:
     ckpt.close()
@@ -336,15 +391,22 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
     data_iter.close()
   summary = {"stage": stage_name, "steps": step, "first_step": first_step, "losses": losses, "flops_per_step": flops}
   if preempted and step < num_steps:
-    log.warning("%s: preempted; saved step %d in %s. Re-run the same command to resume from it",
-                stage_name, step, ckpt.directory)
+    log.warning(
+      "%s: preempted; saved step %d in %s. Re-run the same command to resume from it", stage_name, step, ckpt.directory
+    )
     return dict(summary, preempted=True)
 
   if stage.get("export") and config.export_dir_name:
     export_dir = stage_dir / config.export_dir_name
     if not (export_dir / "params").exists():  # every process saves its shards of the parameters
-      save_converted(export_dir, model_config, merge(state.params, frozen), t5_vocab=config.data.t5_vocab or None,
-                     bert_vocab=config.data.bert_vocab or None, sources={"trained": str(stage_dir)})
+      save_converted(
+        export_dir,
+        model_config,
+        merge(state.params, frozen),
+        t5_vocab=config.data.t5_vocab or None,
+        bert_vocab=config.data.bert_vocab or None,
+        sources={"trained": str(stage_dir)},
+      )
   return summary
 
 
@@ -365,8 +427,9 @@ def _summarise(fetched, seconds, steps, config, flops, data_iter) -> dict[str, f
     if total(f"tokens_{name}") > 0:
       scalars[f"loss_{name}"] = total(f"loss_sum_{name}") / total(f"tokens_{name}")
   last = fetched[-1]
-  scalars.update(learning_rate=float(last["learning_rate"]), grad_norm=float(last["grad_norm"]),
-                 param_norm=float(last["param_norm"]))
+  scalars.update(
+    learning_rate=float(last["learning_rate"]), grad_norm=float(last["grad_norm"]), param_norm=float(last["param_norm"])
+  )
   step_time = seconds / max(steps, 1)
   scalars["step_time_s"] = step_time
   scalars["examples_per_s"] = config.global_batch_size / step_time
@@ -382,6 +445,7 @@ def _summarise(fetched, seconds, steps, config, flops, data_iter) -> dict[str, f
 
 
 # ------------------------------------------------------------------------------------- run ---
+
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> list[dict[str, Any]]:
   """Runs `config.run_stages` in order, each in `workdir/<stage>` (local or `gs://`); re-running resumes."""

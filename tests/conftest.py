@@ -17,6 +17,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # same tiny programs are compiled by many tests (2 CPU cores make each compile cost seconds).
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile
+
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="lion-jax-test-xla-cache-")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
@@ -57,6 +58,7 @@ def require_program(name: str) -> str:
 def data_dir(tmp_path_factory):
   """The synthetic dataset the trainer tests read (40 images)."""
   from lion_jax.data import synthetic
+
   root = tmp_path_factory.mktemp("synthetic")
   synthetic.generate(root / "data", num_images=40, seed=0, image_size=64)
   return root / "data"
@@ -69,8 +71,15 @@ def three_stages(data_dir, tmp_path_factory):
   stage), trained once per session for every test module that reads it."""
   from lion_jax import train
   from tests.test_train import make_config
+
   workdir = tmp_path_factory.mktemp("three_stages")
-  config = make_config(data_dir, workdir, stages_to_run="pretrain,stage1,stage2,stage3", eval_limit=8,
-                       checkpoint_every_steps=5, keep_checkpoints=10)
+  config = make_config(
+    data_dir,
+    workdir,
+    stages_to_run="pretrain,stage1,stage2,stage3",
+    eval_limit=8,
+    checkpoint_every_steps=5,
+    keep_checkpoints=10,
+  )
   summaries = train.run(config, workdir)
   return config, workdir, {s["stage"]: s for s in summaries}

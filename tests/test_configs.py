@@ -17,24 +17,35 @@ from lion_jax.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("module, name, layout, init_from, mixture", [
+@pytest.mark.parametrize(
+  "module, name, layout, init_from, mixture",
+  [
     (stage1, "stage1", "qformer", [], run_config.image_level_mixture()),
     (stage2, "stage2", "aggregator", ["stage1"], run_config.region_level_mixture()),
-    (stage3, "stage3", "all", ["stage1", "stage2"], run_config.both_levels_mixture())])
+    (stage3, "stage3", "all", ["stage1", "stage2"], run_config.both_levels_mixture()),
+  ],
+)
 def test_each_stage_file_holds_its_own_stage(module, name, layout, init_from, mixture):
   config = module.get_config("size=xxl,steps=7")
   assert list(config.stages) == [name] and config.run_stages == name
   stage = config.stages[name]
   assert (stage.visual_input, list(stage.init_from), dict(stage.mixture), stage.num_steps) == (
-      layout, init_from, mixture, 7)
+    layout,
+    init_from,
+    mixture,
+    7,
+  )
   assert stage.export == (name == "stage3")
   assert config.model.t5.d_model == 4096 and config.require_pretrained  # xxl = FlanT5-XXL
 
 
 def test_xl_refuses_random_towers_unless_asked(tmp_path):
   config = stage1.get_config()
-  with pytest.raises(UserError, match=r"stage1 would start a 24-layer T5 and its ViT from random weights: "
-                                      r"set --config.pretrained=CONVERTED_DIR .* or --config.pretrained=random"):
+  with pytest.raises(
+    UserError,
+    match=r"stage1 would start a 24-layer T5 and its ViT from random weights: "
+    r"set --config.pretrained=CONVERTED_DIR .* or --config.pretrained=random",
+  ):
     train.run(config, tmp_path)
   config.pretrained = "random"  # on purpose: gets as far as the data, which is not set
   with pytest.raises(UserError, match="sources without records"):
@@ -52,11 +63,20 @@ def test_a_mixture_without_records_names_every_such_source(tmp_path):
   assert "--config.stages.stage1.mixture.<name>=0" in message and "coco_caption" not in message
 
 
-@pytest.mark.parametrize("argument, message", [
+@pytest.mark.parametrize(
+  "argument, message",
+  [
     ("size=xxxl", "error: size='xxxl'; expected one of ['tiny', 'xl', 'xxl']"),
-    ("sizes=xl", "error: unknown config argument 'sizes'; expected one of ['size', 'steps']")])
+    ("sizes=xl", "error: unknown config argument 'sizes'; expected one of ['size', 'steps']"),
+  ],
+)
 def test_a_bad_config_argument_is_one_line(argument, message, tmp_path):
-  result = subprocess.run([sys.executable, "-m", "lion_jax.main", f"--config=configs/stage1.py:{argument}",
-                           f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "-m", "lion_jax.main", f"--config=configs/stage1.py:{argument}", f"--workdir={tmp_path}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == message, result.stderr
   assert "Traceback" not in result.stderr

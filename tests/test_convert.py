@@ -67,8 +67,9 @@ def official_lion_state_dict(torch, towers, d_model, n_enc, n_dec, seed=0) -> Re
   sd.put("soft_prompt_hint", sd.random(d_model), "soft_prompt")
   bert, ours = "Qformer.bert.", "qformer/encoder/"
   sd.put(f"{bert}embeddings.word_embeddings.weight", sd.random(q.vocab_size, q.width), f"{ours}word_embeddings")
-  sd.put(f"{bert}embeddings.position_embeddings.weight", sd.random(q.max_positions, q.width),
-         f"{ours}position_embeddings")
+  sd.put(
+    f"{bert}embeddings.position_embeddings.weight", sd.random(q.max_positions, q.width), f"{ours}position_embeddings"
+  )
   sd.layer_norm(f"{bert}embeddings.LayerNorm", f"{ours}embed_norm", q.width)
   sd.put(f"{bert}embeddings.position_ids", torch.arange(q.max_positions)[None])  # a buffer, not read
   for i in range(q.num_layers):
@@ -113,8 +114,11 @@ def official_eva_state_dict(torch, vit, num_blocks, seed=1) -> Release:
     sd.put(f"{b}.attn.q_bias", sd.random(w), at("attn/q_bias"))
     sd.put(f"{b}.attn.v_bias", sd.random(w), at("attn/v_bias"))
     sd.put(f"{b}.attn.qkv.weight", sd.random(3 * w, w), at("attn/qkv/kernel"), np.transpose)
-    for src, dst, out_dim, in_dim in (("attn.proj", "attn/proj", w, w), ("mlp.fc1", "fc1", vit.mlp_dim, w),
-                                      ("mlp.fc2", "fc2", w, vit.mlp_dim)):
+    for src, dst, out_dim, in_dim in (
+      ("attn.proj", "attn/proj", w, w),
+      ("mlp.fc1", "fc1", vit.mlp_dim, w),
+      ("mlp.fc2", "fc2", w, vit.mlp_dim),
+    ):
       sd.put(f"{b}.{src}.weight", sd.random(out_dim, in_dim), at(f"{dst}/kernel"), np.transpose)
       sd.put(f"{b}.{src}.bias", sd.random(out_dim), at(f"{dst}/bias"))
   return sd
@@ -122,20 +126,24 @@ def official_eva_state_dict(torch, vit, num_blocks, seed=1) -> Release:
 
 # HF T5 names -> ours (Linear weights transposed); the embedding copies are the shared embedding.
 HF_T5_NAMES = [
-    (r"(shared|(en|de)coder\.embed_tokens)\.weight", r"t5/shared"),
-    (r"lm_head\.weight", r"t5/lm_head/kernel"),
-    (r"(\w+)\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
-     r"t5/\1/relative_position_bias/rel_embedding"),
-    (r"(\w+)\.final_layer_norm\.weight", r"t5/\1/final_norm/scale"),
-    (r"(\w+)\.block\.(\d+)\.layer\.0\.SelfAttention\.(\w)\.weight", r"t5/\1/layers_\2/self_attention/\3/kernel"),
-    (r"(\w+)\.block\.(\d+)\.layer\.0\.layer_norm\.weight", r"t5/\1/layers_\2/self_attention_norm/scale"),
-    (r"decoder\.block\.(\d+)\.layer\.1\.EncDecAttention\.(\w)\.weight",
-     r"t5/decoder/layers_\1/cross_attention/\2/kernel"),
-    (r"decoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"t5/decoder/layers_\1/cross_attention_norm/scale"),
-    (r"encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.(\w+)\.weight", r"t5/encoder/layers_\1/ffn/\2/kernel"),
-    (r"decoder\.block\.(\d+)\.layer\.2\.DenseReluDense\.(\w+)\.weight", r"t5/decoder/layers_\1/ffn/\2/kernel"),
-    (r"encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"t5/encoder/layers_\1/ffn_norm/scale"),
-    (r"decoder\.block\.(\d+)\.layer\.2\.layer_norm\.weight", r"t5/decoder/layers_\1/ffn_norm/scale"),
+  (r"(shared|(en|de)coder\.embed_tokens)\.weight", r"t5/shared"),
+  (r"lm_head\.weight", r"t5/lm_head/kernel"),
+  (
+    r"(\w+)\.block\.0\.layer\.0\.SelfAttention\.relative_attention_bias\.weight",
+    r"t5/\1/relative_position_bias/rel_embedding",
+  ),
+  (r"(\w+)\.final_layer_norm\.weight", r"t5/\1/final_norm/scale"),
+  (r"(\w+)\.block\.(\d+)\.layer\.0\.SelfAttention\.(\w)\.weight", r"t5/\1/layers_\2/self_attention/\3/kernel"),
+  (r"(\w+)\.block\.(\d+)\.layer\.0\.layer_norm\.weight", r"t5/\1/layers_\2/self_attention_norm/scale"),
+  (
+    r"decoder\.block\.(\d+)\.layer\.1\.EncDecAttention\.(\w)\.weight",
+    r"t5/decoder/layers_\1/cross_attention/\2/kernel",
+  ),
+  (r"decoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"t5/decoder/layers_\1/cross_attention_norm/scale"),
+  (r"encoder\.block\.(\d+)\.layer\.1\.DenseReluDense\.(\w+)\.weight", r"t5/encoder/layers_\1/ffn/\2/kernel"),
+  (r"decoder\.block\.(\d+)\.layer\.2\.DenseReluDense\.(\w+)\.weight", r"t5/decoder/layers_\1/ffn/\2/kernel"),
+  (r"encoder\.block\.(\d+)\.layer\.1\.layer_norm\.weight", r"t5/encoder/layers_\1/ffn_norm/scale"),
+  (r"decoder\.block\.(\d+)\.layer\.2\.layer_norm\.weight", r"t5/decoder/layers_\1/ffn_norm/scale"),
 ]
 
 
@@ -156,21 +164,33 @@ def release_files(tmp_path_factory):
 
   root = tmp_path_factory.mktemp("release")
   towers = presets.tiny()
-  t5_cfg = transformers.T5Config(vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_layers=2,
-                                 num_decoder_layers=3, num_heads=4, feed_forward_proj="gated-gelu",
-                                 tie_word_embeddings=False)
+  t5_cfg = transformers.T5Config(
+    vocab_size=120,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_layers=2,
+    num_decoder_layers=3,
+    num_heads=4,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+  )
   torch.manual_seed(0)
   t5 = transformers.T5ForConditionalGeneration(t5_cfg)
   t5.lm_head.weight = torch.nn.Parameter(torch.randn(120, 32))
   randomize_(t5)  # unit norm scales would hide a swap between norms
   (root / "flan-t5").mkdir()
-  save_file({k: v.detach().clone().contiguous() for k, v in t5.state_dict().items()},
-            str(root / "flan-t5" / "model.safetensors"))
-  (root / "flan-t5" / "config.json").write_text(json.dumps(
-      {**t5_cfg.to_dict(), "tie_word_embeddings": False, "dense_act_fn": "gelu_new"}))
+  save_file(
+    {k: v.detach().clone().contiguous() for k, v in t5.state_dict().items()},
+    str(root / "flan-t5" / "model.safetensors"),
+  )
+  (root / "flan-t5" / "config.json").write_text(
+    json.dumps({**t5_cfg.to_dict(), "tie_word_embeddings": False, "dense_act_fn": "gelu_new"})
+  )
   lion = official_lion_state_dict(torch, towers, 32, 2, 3)
-  torch.save({"model": lion.state, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}, "epoch": 9},
-             root / "lion.pth")
+  torch.save(
+    {"model": lion.state, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}, "epoch": 9}, root / "lion.pth"
+  )
   eva = official_eva_state_dict(torch, towers.vit, towers.vit.depth + 1)
   torch.save(eva.state, root / "eva_vit_g.pth")
   files = dict(lion_pth=root / "lion.pth", eva_vit_pth=root / "eva_vit_g.pth", flant5_dir=root / "flan-t5")
@@ -226,9 +246,21 @@ def test_cli_writes_a_directory_that_loads_back(release_files, tmp_path, capsys,
   monkeypatch.setattr("lion_jax.convert.lion_release.presets.flant5xl", presets.tiny)  # tiny towers
   vocab = tmp_path / "vocab.txt"
   vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\na\n")
-  argv = ["lion", "--lion_pth", str(files["lion_pth"]), "--eva_vit_pth", str(files["eva_vit_pth"]),
-          "--flant5_dir", str(files["flant5_dir"]), "--bert_vocab", str(vocab), "--out", str(tmp_path / "out"),
-          "--frozen_dtype", "bfloat16"]
+  argv = [
+    "lion",
+    "--lion_pth",
+    str(files["lion_pth"]),
+    "--eva_vit_pth",
+    str(files["eva_vit_pth"]),
+    "--flant5_dir",
+    str(files["flant5_dir"]),
+    "--bert_vocab",
+    str(vocab),
+    "--out",
+    str(tmp_path / "out"),
+    "--frozen_dtype",
+    "bfloat16",
+  ]
   assert convert_main(argv) == 0
   config, params = load_converted(tmp_path / "out")
   direct_config, direct = load_lion_release(**files, towers=presets.tiny())

@@ -35,8 +35,14 @@ def test_box_parser_is_tolerant_and_never_raises():
 def test_tag_prompt_is_byte_exact_to_the_official_template():
   official = "According to <extra_id_0>, you are allowed to use or partially use the following tags: [{}]. "
   assert templates.TAG_PROMPT == official
-  rec = Record(task_type="image_level", task="vqa", image="x.jpg", question="What is it?", answers=["dog"],
-               tags=["airport", "beagle", "dog"])
+  rec = Record(
+    task_type="image_level",
+    task="vqa",
+    image="x.jpg",
+    question="What is it?",
+    answers=["dog"],
+    tags=["airport", "beagle", "dog"],
+  )
   text = templates.build_text(rec, np.random.default_rng(0), 10, 10)
   assert text.t5_input.startswith(official.format("airport, beagle, dog"))
   assert text.t5_input.endswith(text.instruction) and "<extra_id_0>" not in text.instruction
@@ -49,22 +55,35 @@ def test_tag_prompt_is_byte_exact_to_the_official_template():
 
 def test_targets_per_task():
   rng = np.random.default_rng(0)
-  rec = Record(task_type="region_level", task="rec", image="x", expression="the red dog",
-               boxes=[[10, 20, 60, 80]])
+  rec = Record(task_type="region_level", task="rec", image="x", expression="the red dog", boxes=[[10, 20, 60, 80]])
   text = templates.build_text(rec, rng, 100, 200)
   assert text.target == "Answer: [0.100,0.100,0.600,0.400]"
   assert "the red dog" in text.instruction and "<image>" in text.instruction
-  reg = Record(task_type="region_level", task="reg", image="x", expression="the red dog", answers=["the red dog"],
-               boxes=[[10, 20, 60, 80]])
+  reg = Record(
+    task_type="region_level",
+    task="reg",
+    image="x",
+    expression="the red dog",
+    answers=["the red dog"],
+    boxes=[[10, 20, 60, 80]],
+  )
   text = templates.build_text(reg, rng, 100, 200)
   assert "[0.100,0.100,0.600,0.400]" in text.instruction and text.target == "the red dog"
-  vqa = Record(task_type="image_level", task="vqa", image="x", question="Color?",
-               answers=["red", "blue", "red", "blue", "blue"])
+  vqa = Record(
+    task_type="image_level", task="vqa", image="x", question="Color?", answers=["red", "blue", "red", "blue", "blue"]
+  )
   assert templates.build_text(vqa, rng, 1, 1).target == "blue"
-  gc = Record(task_type="region_level", task="grounded_caption", image="x",
-              answers=["a dog <boxes> on a mat <boxes>"], boxes=[[0, 0, 50, 50], [0, 50, 100, 100]])
-  assert templates.build_text(gc, rng, 100, 100).target == \
-      "a dog [0.000,0.000,0.500,0.500] on a mat [0.000,0.500,1.000,1.000]"
+  gc = Record(
+    task_type="region_level",
+    task="grounded_caption",
+    image="x",
+    answers=["a dog <boxes> on a mat <boxes>"],
+    boxes=[[0, 0, 50, 50], [0, 50, 100, 100]],
+  )
+  assert (
+    templates.build_text(gc, rng, 100, 100).target
+    == "a dog [0.000,0.000,0.500,0.500] on a mat [0.000,0.500,1.000,1.000]"
+  )
 
 
 def test_template_choice_is_seeded():
@@ -74,7 +93,9 @@ def test_template_choice_is_seeded():
   assert len({t.instruction for t in draws(0)}) > 3 and len({t.target for t in draws(0)}) == 3
 
 
-@pytest.mark.parametrize("text,mirrored", [
+@pytest.mark.parametrize(
+  "text,mirrored",
+  [
     ("a red circle left of a blue square", "a red circle right of a blue square"),
     ("Is the circle right of the square?", "Is the circle left of the square?"),
     ("Left of the dog, RIGHT of the cat.", "Right of the dog, LEFT of the cat."),
@@ -82,15 +103,24 @@ def test_template_choice_is_seeded():
     ("his left-hand side", "his right-hand side"),
     ("a red circle above a blue square", "a red circle above a blue square"),
     ("leftover rice, bright lights, copyright", "leftover rice, bright lights, copyright"),
-])
+  ],
+)
 def test_mirror_text_swaps_left_and_right_as_whole_words(text, mirrored):
   assert templates.mirror_text(text) == mirrored
   assert templates.mirror_text(mirrored) == text
 
 
 def test_mirror_record_mirrors_question_expression_and_answers_only():
-  rec = Record(task_type="image_level", task="vqa", image="x", question="What is left of the cup?",
-               expression="the left cup", answers=["the right plate", "a fork"], tags=["left"], id="7")
+  rec = Record(
+    task_type="image_level",
+    task="vqa",
+    image="x",
+    question="What is left of the cup?",
+    expression="the left cup",
+    answers=["the right plate", "a fork"],
+    tags=["left"],
+    id="7",
+  )
   mirrored = templates.mirror_record(rec)
   assert mirrored.question == "What is right of the cup?" and mirrored.expression == "the right cup"
   assert mirrored.answers == ["the left plate", "a fork"]
@@ -98,18 +128,33 @@ def test_mirror_record_mirrors_question_expression_and_answers_only():
   assert rec.question == "What is left of the cup?" and rec.answers == ["the right plate", "a fork"]
 
 
-@pytest.mark.parametrize("raw,reason", [
+@pytest.mark.parametrize(
+  "raw,reason",
+  [
     ({"task_type": "pixel_level", "task": "caption", "image": "a.jpg", "answers": ["x"]}, "unknown_task_type"),
     ({"task_type": "image_level", "task": "caption", "image": "a.jpg", "answers": [" "]}, "empty_answer"),
-    ({"task_type": "region_level", "task": "rec", "image": "a.jpg", "expression": "dog",
-      "boxes": [[5, 5, 2, 9]]}, "bad_box"),
-    ({"task_type": "region_level", "task": "rec", "image": "a.jpg", "expression": "dog", "boxes": [[5, 5, 20, 9]],
-      "width": 10, "height": 10}, "box_outside_image"),
+    (
+      {"task_type": "region_level", "task": "rec", "image": "a.jpg", "expression": "dog", "boxes": [[5, 5, 2, 9]]},
+      "bad_box",
+    ),
+    (
+      {
+        "task_type": "region_level",
+        "task": "rec",
+        "image": "a.jpg",
+        "expression": "dog",
+        "boxes": [[5, 5, 20, 9]],
+        "width": 10,
+        "height": 10,
+      },
+      "box_outside_image",
+    ),
     ({"task_type": "image_level", "task": "vqa", "image": "a.jpg", "answers": ["x"]}, "empty_question"),
     ({"task_type": "image_level", "task": "caption", "answers": ["x"]}, "no_image"),
     ({"task_type": "image_level", "task": "caption", "image": "a.jpg", "answers": ["x"], "colour": 1}, "malformed"),
     ([1, 2], "malformed"),
-])
+  ],
+)
 def test_invalid_records_name_their_reason(raw, reason):
   with pytest.raises(BadRecord) as e:
     record_from_json(raw)
@@ -127,7 +172,7 @@ def test_loader_skips_and_counts_bad_lines_with_their_location(tmp_path, caplog)
   assert f"{path}:2" in caplog.text and f"{path}:3" in caplog.text
   with pytest.raises(BadRecord, match=f"{path}:2"):
     load_records(path, strict=True)
-  path.write_text("{bad\n{\"task\": 1}\n")
+  path.write_text('{bad\n{"task": 1}\n')
   with pytest.raises(ValueError, match="no valid record"):
     load_records(path)
   with pytest.raises(FileNotFoundError, match="missing.jsonl"):
@@ -135,10 +180,17 @@ def test_loader_skips_and_counts_bad_lines_with_their_location(tmp_path, caplog)
 
 
 def test_official_lion_json_is_read(tmp_path):
-  items = [{"image": "coco/1.jpg", "question": "Where is the cat? [0.1,0.2,0.3,0.4]", "answer": ["here", "x"],
-            "category": "ref", "tags": ["cat"]},
-           {"image": "coco/2.jpg", "question": "Describe.", "answer": "A cat.", "category": "norm"},
-           {"image": "coco/3.jpg", "question": "Q", "answer": "", "category": "norm"}]
+  items = [
+    {
+      "image": "coco/1.jpg",
+      "question": "Where is the cat? [0.1,0.2,0.3,0.4]",
+      "answer": ["here", "x"],
+      "category": "ref",
+      "tags": ["cat"],
+    },
+    {"image": "coco/2.jpg", "question": "Describe.", "answer": "A cat.", "category": "norm"},
+    {"image": "coco/3.jpg", "question": "Q", "answer": "", "category": "norm"},
+  ]
   path = tmp_path / "lion.json"
   path.write_text(json.dumps(items))
   recs, report = load_records(path)
@@ -150,7 +202,18 @@ def test_official_lion_json_is_read(tmp_path):
 
 
 def test_record_json_round_trip(tmp_path):
-  rec = Record(task_type="region_level", task="reg", image="a.jpg", expression="e", answers=["e"],
-               boxes=[[1.0, 2.0, 3.0, 4.0]], tags=["t"], width=10, height=10, source="s", id="7")
+  rec = Record(
+    task_type="region_level",
+    task="reg",
+    image="a.jpg",
+    expression="e",
+    answers=["e"],
+    boxes=[[1.0, 2.0, 3.0, 4.0]],
+    tags=["t"],
+    width=10,
+    height=10,
+    source="s",
+    id="7",
+  )
   path = records.write_jsonl([rec], tmp_path / "out.jsonl")
   assert load_records(path)[0] == [rec]

@@ -23,6 +23,7 @@ def _converted(kind: str, tmp_path_factory):
   repetition penalty (HF counts it as generated) changes the ids."""
   torch, transformers = require("torch"), require("transformers")
   from tests.test_parity_hf import make_instructblip
+
   model = make_instructblip(transformers, torch, num_decoder_layers=2)
   with torch.no_grad():
     for token, factor in HEAVY_TOKENS[kind].items():
@@ -43,6 +44,7 @@ def models(tmp_path_factory):
     if kind not in built:
       built[kind] = _converted(kind, tmp_path_factory)
     return built[kind]
+
   return get
 
 
@@ -69,29 +71,41 @@ def inputs(b=3, seed=0):
   text = rng.integers(3, 110, (b, 9)).astype(np.int32)
   mask = np.ones_like(text)
   mask[0, 7:] = 0
-  return dict(image=rng.normal(size=(b, 28, 28, 3)).astype(np.float32), qformer_ids=q, qformer_mask=q_mask,
-              input_ids=text, input_mask=mask, task=np.ones((b,), np.int32))
+  return dict(
+    image=rng.normal(size=(b, 28, 28, 3)).astype(np.float32),
+    qformer_ids=q,
+    qformer_mask=q_mask,
+    input_ids=text,
+    input_mask=mask,
+    task=np.ones((b,), np.int32),
+  )
 
 
 def hf_generate(model, batch, **kwargs) -> np.ndarray:
   """HF ids without the start token, as [B, NEW_TOKENS] with pad after the first EOS (HF's beam search
   fills finished T5 rows with EOS instead; the ids up to EOS are what is compared)."""
   import torch
+
   b = batch["input_ids"].shape[0]
   ids = np.concatenate([np.full((b, 4), 119, np.int32), batch["input_ids"]], 1)  # query placeholders
   mask = np.concatenate([np.ones((b, 4), np.int32), batch["input_mask"]], 1)
   with torch.no_grad():
-    out = model.generate(pixel_values=torch.from_numpy(batch["image"].transpose(0, 3, 1, 2)),
-                         qformer_input_ids=torch.from_numpy(batch["qformer_ids"]).long(),
-                         qformer_attention_mask=torch.from_numpy(batch["qformer_mask"]).long(),
-                         input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
-                         do_sample=False, max_new_tokens=NEW_TOKENS, **kwargs).numpy()[:, 1:]
+    out = model.generate(
+      pixel_values=torch.from_numpy(batch["image"].transpose(0, 3, 1, 2)),
+      qformer_input_ids=torch.from_numpy(batch["qformer_ids"]).long(),
+      qformer_attention_mask=torch.from_numpy(batch["qformer_mask"]).long(),
+      input_ids=torch.from_numpy(ids).long(),
+      attention_mask=torch.from_numpy(mask).long(),
+      do_sample=False,
+      max_new_tokens=NEW_TOKENS,
+      **kwargs,
+    ).numpy()[:, 1:]
   padded = np.full((b, NEW_TOKENS), PAD, np.int32)
-  padded[:, :out.shape[1]] = out
+  padded[:, : out.shape[1]] = out
   for row in padded:
     eos = np.flatnonzero(row == EOS)
     if eos.size:
-      row[eos[0] + 1:] = PAD
+      row[eos[0] + 1 :] = PAD
   return padded
 
 
@@ -111,8 +125,9 @@ DEFAULTS = dict(num_beams=3, repetition_penalty=1.5, min_length=1, length_penalt
 @pytest.mark.parametrize("num_beams", [1, 3, 5])
 @pytest.mark.parametrize("repetition_penalty", [1.0, 1.5])
 def test_ids_equal_hf_generate(both, num_beams, repetition_penalty):
-  ids = assert_ids_equal_hf(both, inputs(), **{**DEFAULTS, "num_beams": num_beams,
-                                               "repetition_penalty": repetition_penalty})
+  ids = assert_ids_equal_hf(
+    both, inputs(), **{**DEFAULTS, "num_beams": num_beams, "repetition_penalty": repetition_penalty}
+  )
   assert len({tuple(r) for r in ids}) > 1  # a real comparison, not three identical rows
 
 
@@ -123,11 +138,14 @@ def test_the_decoder_start_token_counts_for_the_repetition_penalty(models, num_b
   assert_ids_equal_hf(models("start_heavy"), inputs(), **{**DEFAULTS, "num_beams": num_beams})
 
 
-@pytest.mark.parametrize("changed", [
+@pytest.mark.parametrize(
+  "changed",
+  [
     dict(length_penalty=2.0, early_stopping=True, min_length=5),
     dict(length_penalty=2.0, early_stopping="never"),
     dict(num_beams=1, min_length=5),
-])
+  ],
+)
 def test_length_penalty_early_stopping_and_min_length_equal_hf(eos_heavy, changed):
   """With the eos-heavy model, whose hypotheses finish at different lengths, on inputs where the
   three early-stopping rules part: every changed setting changes HF's ids (checked)."""
@@ -144,7 +162,7 @@ def test_eos_heavy_model_finishes_some_sequences_early(eos_heavy):
   finished = np.any(ours == EOS, axis=1)
   assert finished.any() and not finished.all()  # the HF comparison covers both kinds of rows
   for row in ours[finished]:
-    assert (row[np.flatnonzero(row == EOS)[0] + 1:] == PAD).all()
+    assert (row[np.flatnonzero(row == EOS)[0] + 1 :] == PAD).all()
 
 
 def test_cached_decoding_equals_the_full_decoder(converted):
@@ -157,8 +175,17 @@ def test_cached_decoding_equals_the_full_decoder(converted):
   cache = None
   for t in range(tokens.shape[1]):
     variables = {"params": params} if cache is None else {"params": params, "cache": cache}
-    step, updated = model.apply(variables, tokens[:, t:t + 1], encoded, mask, batch["task"], cache_len=7,
-                                cache_index=t, method=Lion.decode, mutable=["cache"])
+    step, updated = model.apply(
+      variables,
+      tokens[:, t : t + 1],
+      encoded,
+      mask,
+      batch["task"],
+      cache_len=7,
+      cache_index=t,
+      method=Lion.decode,
+      mutable=["cache"],
+    )
     cache = updated["cache"]
     np.testing.assert_allclose(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
 
@@ -171,8 +198,8 @@ def test_candidate_scores_are_target_log_likelihoods(converted):
   total, count = score_candidates(config, params, batch, candidates, mask)
   for i in range(2):
     for c in range(2):
-      single = {k: v[i:i + 1] for k, v in batch.items()}
-      ids = candidates[i:i + 1, c]
+      single = {k: v[i : i + 1] for k, v in batch.items()}
+      ids = candidates[i : i + 1, c]
       dec = np.concatenate([[[0]], ids[:, :-1]], axis=1).astype(np.int32)
       logits = Lion(config).apply({"params": params}, {**single, "decoder_input_ids": dec})
       lp = jax.nn.log_softmax(logits, -1)[0, np.arange(4), ids[0]]
@@ -191,6 +218,7 @@ def test_generation_on_a_sharded_mesh_equals_one_device(converted):
 
   from lion_jax import sharding
   from lion_jax.models import example_batch
+
   _, config, params = converted
   batch = inputs(b=4)
   expected = np.asarray(generate(config, params, batch, num_beams=3, max_new_tokens=NEW_TOKENS))

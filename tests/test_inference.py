@@ -35,8 +35,9 @@ def checkpoint(tmp_path_factory):
   config = presets.tiny("all", t5_vocab_size=-(-t5.vocab_size // 8) * 8, qformer_vocab_size=bert.vocab_size)
   config.soft_prompt_token_id = t5.sentinel_id(0)
   params = nn.unbox(jax.jit(Lion(config).init)(jax.random.key(0), example_batch(config))["params"])
-  save_converted(root / "ckpt", config, params, t5_vocab=root / "data" / "spiece.model",
-                 bert_vocab=root / "data" / "bert_vocab.txt")
+  save_converted(
+    root / "ckpt", config, params, t5_vocab=root / "data" / "spiece.model", bert_vocab=root / "data" / "bert_vocab.txt"
+  )
   return root
 
 
@@ -57,9 +58,22 @@ def test_predictor_answers_with_text_and_pixel_boxes(checkpoint):
 
 def test_predict_cli_prints_and_draws(checkpoint, tmp_path, capsys):
   out = tmp_path / "boxes.png"
-  args = ["--checkpoint", str(checkpoint / "ckpt"), "--image", str(checkpoint / "data" / "images" / "000001.png"),
-          "--question", "Where is the red circle?", "--task", "region_level", "--draw", str(out),
-          "--num_beams", "1", "--max_new_tokens", "6"]
+  args = [
+    "--checkpoint",
+    str(checkpoint / "ckpt"),
+    "--image",
+    str(checkpoint / "data" / "images" / "000001.png"),
+    "--question",
+    "Where is the red circle?",
+    "--task",
+    "region_level",
+    "--draw",
+    str(out),
+    "--num_beams",
+    "1",
+    "--max_new_tokens",
+    "6",
+  ]
   assert predict_main(args) == 0
   assert "saved" in capsys.readouterr().out and Image.open(out).size == (64, 64)
   assert predict_main(args[:2] + ["--image", str(tmp_path / "missing.png"), "--question", "q"]) == 1
@@ -70,19 +84,32 @@ def test_runner_scores_each_benchmark_kind(checkpoint, tmp_path):
   records, _ = load_records(checkpoint / "data" / "val.jsonl")
   ckpt = checkpoint / "ckpt"
   from lion_jax.convert import load_converted
+
   config, params = load_converted(ckpt)
   t5, bert = T5Tokenizer(ckpt / "tokenizer" / "spiece.model"), BertTokenizer(ckpt / "tokenizer" / "bert_vocab.txt")
   for task, kind in (("caption", "caption"), ("vqa", "exact_match"), ("rec", "rec")):
     subset = [r for r in records if r.task == task][:5]
-    predictions = runner.predict_records(config, params, t5, bert, subset, checkpoint / "data", batch_size=4,
-                                         max_input_len=64, max_qformer_len=32, progress=False, num_beams=1,
-                                         max_new_tokens=6)
+    predictions = runner.predict_records(
+      config,
+      params,
+      t5,
+      bert,
+      subset,
+      checkpoint / "data",
+      batch_size=4,
+      max_input_len=64,
+      max_qformer_len=32,
+      progress=False,
+      num_beams=1,
+      max_new_tokens=6,
+    )
     assert len(predictions) == len(subset) and all(isinstance(p, str) for p in predictions)
     scores = runner.score(kind, subset, predictions)
     assert all(0.0 <= v <= 100.0 * 10 for v in scores.values())
   # Perfect predictions score perfectly: the metric plumbing, not the tiny model, is under test here.
   rec = [r for r in records if r.task == "rec"][:4]
   from lion_jax.data.boxes import format_boxes
+
   perfect = ["Answer: " + format_boxes(r.boxes, r.width, r.height) for r in rec]
   assert runner.score("rec", rec, perfect) == {"accuracy": 100.0}
   vqa = [r for r in records if r.task == "vqa"][:6]
@@ -92,6 +119,7 @@ def test_runner_scores_each_benchmark_kind(checkpoint, tmp_path):
 def test_evaluate_cli_writes_predictions_and_results(checkpoint, tmp_path):
   import subprocess
   import sys
+
   records, _ = load_records(checkpoint / "data" / "val.jsonl")
   pope = tmp_path / "pope.jsonl"
   yes_no = [r for r in records if r.task == "vqa" and r.answers[0] in ("yes", "no")][:6]
@@ -100,10 +128,24 @@ def test_evaluate_cli_writes_predictions_and_results(checkpoint, tmp_path):
     for r in yes_no:
       f.write(json.dumps(r.to_json()) + "\n")
   result = subprocess.run(
-      [sys.executable, "-m", "lion_jax.evaluate", f"--config={REPO / 'configs' / 'eval' / 'pope_random.py'}",
-       f"--checkpoint={checkpoint / 'ckpt'}", f"--config.records={pope}", f"--config.image_root={checkpoint / 'data'}",
-       "--config.num_beams=1", "--config.max_new_tokens=4", "--config.batch_size=4", f"--output={tmp_path / 'out'}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "lion_jax.evaluate",
+      f"--config={REPO / 'configs' / 'eval' / 'pope_random.py'}",
+      f"--checkpoint={checkpoint / 'ckpt'}",
+      f"--config.records={pope}",
+      f"--config.image_root={checkpoint / 'data'}",
+      "--config.num_beams=1",
+      "--config.max_new_tokens=4",
+      "--config.batch_size=4",
+      f"--output={tmp_path / 'out'}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "pope_random" in result.stdout and "paper: LION 88.33" in result.stdout
   scores = json.loads((tmp_path / "out" / "pope_random_results.json").read_text())
@@ -115,12 +157,15 @@ def test_notebook_runs_end_to_end(checkpoint):
   nbformat, nbclient = require("nbformat"), require("nbclient")
   notebook = nbformat.read(REPO / "notebooks" / "inference.ipynb", as_version=4)
   parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-  parameters.source = (f"CHECKPOINT_DIR = {str(checkpoint / 'ckpt')!r}\n"
-                       f"IMAGE_PATH = {str(checkpoint / 'data' / 'images' / '000002.png')!r}\n"
-                       "QUESTION = 'What color is the circle?'\nREC_EXPRESSION = 'the red circle'\n"
-                       "TAGS = 'red, circle'\nNUM_BEAMS, MAX_NEW_TOKENS = 2, 6")
-  nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                          resources={"metadata": {"path": str(REPO)}}).execute()
+  parameters.source = (
+    f"CHECKPOINT_DIR = {str(checkpoint / 'ckpt')!r}\n"
+    f"IMAGE_PATH = {str(checkpoint / 'data' / 'images' / '000002.png')!r}\n"
+    "QUESTION = 'What color is the circle?'\nREC_EXPRESSION = 'the red circle'\n"
+    "TAGS = 'red, circle'\nNUM_BEAMS, MAX_NEW_TOKENS = 2, 6"
+  )
+  nbclient.NotebookClient(
+    notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+  ).execute()
   outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
   assert not [o for o in outputs if o.output_type == "error"]
   assert any(o.output_type == "display_data" and "image/png" in o.get("data", {}) for o in outputs)
@@ -133,17 +178,23 @@ def test_evaluate_on_real_format_fixtures(checkpoint, tmp_path):
   from tests.test_adapters import KARPATHY, refcoco_files, vqa_files, write_json
 
   images = tmp_path / "coco"
-  sizes = {"train2014/COCO_train2014_000000000009.jpg": (640, 480), "train2014/COCO_train2014_000000000025.jpg": (500, 375),
-           "val2014/COCO_val2014_000000000042.jpg": (320, 240), "val2014/COCO_val2014_000000000073.jpg": (320, 240)}
+  sizes = {
+    "train2014/COCO_train2014_000000000009.jpg": (640, 480),
+    "train2014/COCO_train2014_000000000025.jpg": (500, 375),
+    "val2014/COCO_val2014_000000000042.jpg": (320, 240),
+    "val2014/COCO_val2014_000000000073.jpg": (320, 240),
+  }
   for name, size in sizes.items():
     (images / name).parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, (200, 30, 30)).save(images / name)
   karpathy = write_json(tmp_path / "dataset_coco.json", KARPATHY)
   questions, annotations = vqa_files(tmp_path, "train2014")
   refs, instances = refcoco_files(tmp_path)
-  jobs = {"coco_caption": ("coco_karpathy", dict(path=karpathy, split="train")),
-          "okvqa": ("vqa_v2", dict(questions_path=questions, annotations_path=annotations)),
-          "refcoco_val": ("refcoco", dict(refs_path=refs, instances_path=instances, split="train"))}
+  jobs = {
+    "coco_caption": ("coco_karpathy", dict(path=karpathy, split="train")),
+    "okvqa": ("vqa_v2", dict(questions_path=questions, annotations_path=annotations)),
+    "refcoco_val": ("refcoco", dict(refs_path=refs, instances_path=instances, split="train")),
+  }
   for benchmark, (adapter, kwargs) in jobs.items():
     records = tmp_path / f"{benchmark}.jsonl"
     assert convert_to_jsonl(adapter, records, **kwargs) > 0
@@ -158,6 +209,7 @@ def test_notebook_install_on_colab_keeps_the_runtime_jax(monkeypatch):
   """The install cell on Colab: pip gets a constraints file holding the installed jax and jaxlib."""
   import importlib.metadata
   import types
+
   nbformat = require("nbformat")
   notebook = nbformat.read(REPO / "notebooks" / "inference.ipynb", as_version=4)
   install = next(c for c in notebook.cells if c.cell_type == "code" and "LION_JAX_SOURCE" in c.source)

@@ -30,9 +30,14 @@ def untied_instructblip():
   the decoder's embedding tables as three parameters, and they differ."""
   torch, transformers = require("torch"), require("transformers")
   from tests.test_parity_hf import hf_qformer_config, hf_t5_config, hf_vision_config
+
   config = transformers.InstructBlipConfig(
-      vision_config=hf_vision_config(transformers).to_dict(), qformer_config=hf_qformer_config(transformers).to_dict(),
-      text_config=hf_t5_config(transformers).to_dict(), num_query_tokens=4, image_token_id=119)
+    vision_config=hf_vision_config(transformers).to_dict(),
+    qformer_config=hf_qformer_config(transformers).to_dict(),
+    text_config=hf_t5_config(transformers).to_dict(),
+    num_query_tokens=4,
+    image_token_id=119,
+  )
   config.text_config.tie_word_embeddings = False
   torch.manual_seed(0)
   model = transformers.InstructBlipForConditionalGeneration(config).eval()
@@ -63,17 +68,20 @@ def test_flant5_dir_with_differing_embedding_copies_is_refused(untied_instructbl
   """The LION release reads the T5 body from the FlanT5 directory: its copies are checked as well."""
   model, state = untied_instructblip
   prefix = "language_model."
-  t5_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+  t5_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
   t5_state["encoder.embed_tokens.weight"] = t5_state["shared.weight"]  # one copy equal, one not
   save_safetensors_sharded(t5_state, tmp_path, num_shards=1)
   (tmp_path / "config.json").write_text(json.dumps(model.config.text_config.to_dict()))
   with pytest.raises(CheckpointMismatchError) as error:  # fails on FlanT5, before the .pth files are read
-    load_lion_release(lion_pth=tmp_path / "lion.pth", eva_vit_pth=tmp_path / "eva.pth", flant5_dir=tmp_path,
-                      towers=presets.tiny())
+    load_lion_release(
+      lion_pth=tmp_path / "lion.pth", eva_vit_pth=tmp_path / "eva.pth", flant5_dir=tmp_path, towers=presets.tiny()
+    )
   message = str(error.value)
   largest = _largest_difference(t5_state, "decoder.embed_tokens.weight", "shared.weight")
-  assert f"1 copies differ from the table the model reads:\n    decoder.embed_tokens.weight differs " \
-         f"from shared.weight: largest difference {largest}" in message
+  assert (
+    f"1 copies differ from the table the model reads:\n    decoder.embed_tokens.weight differs "
+    f"from shared.weight: largest difference {largest}" in message
+  )
   assert "encoder.embed_tokens" not in message
 
 
@@ -108,10 +116,14 @@ def test_pickles_naming_code_are_refused_in_both_formats(tmp_path, zip_format):
   torch = require("torch")
   marker = tmp_path / "ran"
   path = tmp_path / "evil.pth"
-  torch.save({"model": {"w": torch.zeros(2)}, "hook": _RunsShellOnLoad(marker)}, path,
-             _use_new_zipfile_serialization=zip_format)
-  with pytest.raises(UserError, match=rf"evil\.pth: cannot load as a weights-only PyTorch checkpoint: it names "
-                                      rf"{os.system.__module__}\.system, and only tensors and plain data"):
+  torch.save(
+    {"model": {"w": torch.zeros(2)}, "hook": _RunsShellOnLoad(marker)}, path, _use_new_zipfile_serialization=zip_format
+  )
+  with pytest.raises(
+    UserError,
+    match=rf"evil\.pth: cannot load as a weights-only PyTorch checkpoint: it names "
+    rf"{os.system.__module__}\.system, and only tensors and plain data",
+  ):
     TorchSource(path)
   assert not marker.exists()
 
@@ -127,11 +139,11 @@ def _write_official(tmp_path, entries):
 
 
 OFFICIAL = [
-    {"question": "Where is the dog?", "answer": "Answer: [0.440,0.060,0.650,0.367]"},
-    {"question": "Where is the cat?", "answer": "Answer: [0.500,0.200,1.700,0.900]"},  # outside the image
-    {"question": "Where is the cow?", "answer": ["Answer: [0.600,0.200,0.300,0.900]"]},  # inverted
-    {"question": "What is at [-0.1,0.2,0.3,0.4]?", "answer": "A dog."},  # box in the question
-    {"question": "What is at [0.100,0.200;0.3,0.4]?", "answer": "Not a box, so no check."},
+  {"question": "Where is the dog?", "answer": "Answer: [0.440,0.060,0.650,0.367]"},
+  {"question": "Where is the cat?", "answer": "Answer: [0.500,0.200,1.700,0.900]"},  # outside the image
+  {"question": "Where is the cow?", "answer": ["Answer: [0.600,0.200,0.300,0.900]"]},  # inverted
+  {"question": "What is at [-0.1,0.2,0.3,0.4]?", "answer": "A dog."},  # box in the question
+  {"question": "What is at [0.100,0.200;0.3,0.4]?", "answer": "Not a box, so no check."},
 ]
 
 
@@ -140,8 +152,9 @@ def test_official_records_with_bad_text_boxes_are_skipped_with_their_reason(tmp_
   records, report = load_records(path)
   assert [r.question for r in records] == ["Where is the dog?", OFFICIAL[4]["question"]]
   assert dict(report.invalid) == {"box_outside_image": 2, "bad_box": 1}
-  assert "lion.json[1]: box_outside_image: in the answer text: box (0.5, 0.2, 1.7, 0.9) is outside" \
-         in report.first_errors[0]
+  assert (
+    "lion.json[1]: box_outside_image: in the answer text: box (0.5, 0.2, 1.7, 0.9) is outside" in report.first_errors[0]
+  )
   assert "lion.json[3]: box_outside_image: in the question text" in report.first_errors[2]
   with pytest.raises(BadRecord, match=r"lion\.json\[1\]: in the answer text"):
     load_records(path, strict=True)
@@ -157,8 +170,13 @@ def test_inspect_strict_fails_on_bad_text_boxes(tmp_path, capsys):
 
 
 def test_official_categories_match_case_insensitively(tmp_path):
-  path = _write_official(tmp_path, [{"question": "Where?", "answer": "here", "category": c}
-                                    for c in ("REF", "Grounding", "Region_Level", "norm", "NORM")])
+  path = _write_official(
+    tmp_path,
+    [
+      {"question": "Where?", "answer": "here", "category": c}
+      for c in ("REF", "Grounding", "Region_Level", "norm", "NORM")
+    ],
+  )
   records, _ = load_records(path)
   assert [r.task_type for r in records] == ["region_level"] * 3 + ["image_level"] * 2
 
@@ -178,8 +196,10 @@ def test_evaluation_keeps_a_prompt_longer_than_the_training_limit(tokenizers, mo
   config = presets.tiny(t5_vocab_size=-(-t5.vocab_size // 8) * 8, qformer_vocab_size=bert.vocab_size)
   image = next((root / "images").iterdir()).relative_to(root)
   long_question = " ".join(["what color is the circle left of the square?"] * 12)
-  records = [Record(task_type="image_level", task="instruction", image=str(image), question=q, answers=["red"])
-             for q in (long_question, "what color is the circle?")]
+  records = [
+    Record(task_type="image_level", task="instruction", image=str(image), question=q, answers=["red"])
+    for q in (long_question, "what color is the circle?")
+  ]
   batches = []
 
   def fake_generate(config, params, batch, **settings):
@@ -189,8 +209,9 @@ def test_evaluation_keeps_a_prompt_longer_than_the_training_limit(tokenizers, mo
   monkeypatch.setattr(runner, "generate", fake_generate)
   max_input_len = 32
   for record in records:
-    runner.predict_records(config, None, t5, bert, [record], root, batch_size=2, max_input_len=max_input_len,
-                           progress=False)
+    runner.predict_records(
+      config, None, t5, bert, [record], root, batch_size=2, max_input_len=max_input_len, progress=False
+    )
   long_ids, short_ids = t5.encode(long_question), t5.encode(records[1].question)
   assert len(long_ids) > max_input_len > len(short_ids)
   long_batch, short_batch = batches

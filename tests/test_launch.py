@@ -24,15 +24,15 @@ SHELL_FILES = [LAUNCH / s for s in SCRIPTS] + [REPO / "benchmarks" / "gpu.sh"]
 def clean_env(**extra) -> dict[str, str]:
   """The test environment without launcher settings (or SLURM variables) from the caller's shell."""
   launcher_vars = {"TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "GPUS_PER_NODE", "PYTHON"}
-  env = {k: v for k, v in os.environ.items()
-         if not k.startswith(("LION_", "SLURM_")) and k not in launcher_vars}
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("LION_", "SLURM_")) and k not in launcher_vars}
   env.update(extra)
   return env
 
 
 def run(args, env=None, timeout=60, **kwargs) -> subprocess.CompletedProcess:
-  return subprocess.run(args, cwd=REPO, env=env or clean_env(), capture_output=True, text=True, timeout=timeout,
-                        **kwargs)
+  return subprocess.run(
+    args, cwd=REPO, env=env or clean_env(), capture_output=True, text=True, timeout=timeout, **kwargs
+  )
 
 
 def fake_bin(directory: Path, name: str, body: str) -> Path:
@@ -103,22 +103,33 @@ def no_gcloud(tmp_path):
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
   marker = tmp_path / "gcloud-called"
-  fake_bin(bin_dir, "gcloud", f'touch {shlex.quote(str(marker))}; exit 1\n')
+  fake_bin(bin_dir, "gcloud", f"touch {shlex.quote(str(marker))}; exit 1\n")
   yield clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
   assert not marker.exists(), "--dry-run called gcloud"
 
 
 def jax_pin() -> str:
-  return next(l.split("==")[1].split()[0] for l in (REPO / "requirements.txt").read_text().splitlines()
-              if l.startswith("jax=="))
+  return next(
+    l.split("==")[1].split()[0] for l in (REPO / "requirements.txt").read_text().splitlines() if l.startswith("jax==")
+  )
 
 
 def remote_command(words: list[str]) -> str:
-  return next(w[len("--command="):] for w in words if w.startswith("--command="))
+  return next(w[len("--command=") :] for w in words if w.startswith("--command="))
 
 
-TPU_ARGS = ["--tpu", "lion-test", "--zone", "us-west4-a", "--project", "my-proj", "--type", "v5litepod-16",
-            "--runtime-version", "v2-alpha-tpuv5-lite"]
+TPU_ARGS = [
+  "--tpu",
+  "lion-test",
+  "--zone",
+  "us-west4-a",
+  "--project",
+  "my-proj",
+  "--type",
+  "v5litepod-16",
+  "--runtime-version",
+  "v2-alpha-tpuv5-lite",
+]
 MAIN_ARGS = ["--config=configs/stage1.py", "--workdir=/mnt/lion-bucket/run1", "--config.note=a b'c"]
 
 
@@ -145,16 +156,35 @@ def test_tpu_vm_dry_run_prints_create_copy_install_run_delete(no_gcloud):
   assert "--worker=all" in train
   words = shlex.split(remote_command(train))
   start = words.index("lion_jax.main")
-  assert words[start + 1:start + 5] == [*MAIN_ARGS, "--config.distributed=True"]  # quoting survives ssh
+  assert words[start + 1 : start + 5] == [*MAIN_ARGS, "--config.distributed=True"]  # quoting survives ssh
   assert "JAX_COORDINATOR_PORT=8482" in words
   assert delete[5] == "lion-test" and "--quiet" in delete
 
 
 def test_tpu_vm_dry_run_clone_keep_and_env_vars(no_gcloud):
-  env = {**no_gcloud, "TPU_NAME": "env-tpu", "ZONE": "europe-west4-b", "PROJECT": "env-proj",
-         "ACCELERATOR_TYPE": "v6e-8"}
-  result = run([str(LAUNCH / "tpu_vm.sh"), "--dry-run", "--keep", "--port", "9000", "--repo",
-                "https://github.com/example/lion-jax.git", "--ref", "v1.0", "--", *MAIN_ARGS], env=env)
+  env = {
+    **no_gcloud,
+    "TPU_NAME": "env-tpu",
+    "ZONE": "europe-west4-b",
+    "PROJECT": "env-proj",
+    "ACCELERATOR_TYPE": "v6e-8",
+  }
+  result = run(
+    [
+      str(LAUNCH / "tpu_vm.sh"),
+      "--dry-run",
+      "--keep",
+      "--port",
+      "9000",
+      "--repo",
+      "https://github.com/example/lion-jax.git",
+      "--ref",
+      "v1.0",
+      "--",
+      *MAIN_ARGS,
+    ],
+    env=env,
+  )
   assert result.returncode == 0, result.stderr
   gcloud = [l for l in command_lines(result.stdout) if l[0] == "gcloud"]
   assert [l[4] for l in gcloud] == ["create", "ssh", "ssh", "ssh"]  # no scp, no delete (--keep)
@@ -186,8 +216,10 @@ def test_slurm_dry_run_prints_srun():
   assert "--nodes=2" in srun and "--ntasks-per-node=8" in srun and "--kill-on-bad-exit=1" in srun  # #SBATCH defaults
   assert srun[-6:] == ["-m", "lion_jax.main", *MAIN_ARGS, "--config.distributed=True"]
   assert "LION_COORDINATOR=FIRST_NODE:12355" in result.stdout
-  host = run(["bash", str(LAUNCH / "slurm_gpu.sh"), "--dry-run", *MAIN_ARGS],
-             env=clean_env(LION_PROCESS_PER="host", LION_PORT="23456"))
+  host = run(
+    ["bash", str(LAUNCH / "slurm_gpu.sh"), "--dry-run", *MAIN_ARGS],
+    env=clean_env(LION_PROCESS_PER="host", LION_PORT="23456"),
+  )
   srun = next(l for l in command_lines(host.stdout) if l[0] == "srun")
   assert "--ntasks-per-node=1" in srun and "LION_COORDINATOR=FIRST_NODE:23456" in host.stdout
 
@@ -196,24 +228,39 @@ def test_slurm_tasks_get_ranks_coordinator_and_one_gpu_each(tmp_path):
   """The srun'd task script, run by a fake srun (2 nodes x tasks) and scontrol, with a fake python."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
-  fake_bin(bin_dir, "srun", """nodes=1; tpn=1
+  fake_bin(
+    bin_dir,
+    "srun",
+    """nodes=1; tpn=1
 while [[ $1 == --* ]]; do case $1 in --nodes=*) nodes=${1#*=};; --ntasks-per-node=*) tpn=${1#*=};; esac; shift; done
 for ((n = 0; n < nodes; n++)); do for ((l = 0; l < tpn; l++)); do
   SLURM_PROCID=$((n * tpn + l)) SLURM_NTASKS=$((nodes * tpn)) SLURM_LOCALID=$l "$@" || exit
 done; done
-""")
+""",
+  )
   fake_bin(bin_dir, "scontrol", 'printf "gpu-a01\\ngpu-a02\\n"\n')
-  python = fake_bin(bin_dir, "fakepython", 'echo "$LION_PROCESS_ID $LION_NUM_PROCESSES $LION_COORDINATOR '
-                    '$CUDA_VISIBLE_DEVICES $JAX_LOCAL_DEVICE_IDS $*"\n')
-  slurm = dict(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=str(python), SLURM_JOB_ID="42",
-               SLURM_JOB_NODELIST="gpu-a[01-02]", SLURM_JOB_NUM_NODES="2", SLURM_GPUS_PER_NODE="h100:4",
-               CUDA_VISIBLE_DEVICES="4,5,6,7")
+  python = fake_bin(
+    bin_dir,
+    "fakepython",
+    'echo "$LION_PROCESS_ID $LION_NUM_PROCESSES $LION_COORDINATOR $CUDA_VISIBLE_DEVICES $JAX_LOCAL_DEVICE_IDS $*"\n',
+  )
+  slurm = dict(
+    PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    PYTHON=str(python),
+    SLURM_JOB_ID="42",
+    SLURM_JOB_NODELIST="gpu-a[01-02]",
+    SLURM_JOB_NUM_NODES="2",
+    SLURM_GPUS_PER_NODE="h100:4",
+    CUDA_VISIBLE_DEVICES="4,5,6,7",
+  )
   result = run(["bash", str(LAUNCH / "slurm_gpu.sh"), "--config=c.py", "--workdir=/w"], env=clean_env(**slurm))
   assert result.returncode == 0, result.stderr
   tail = "-m lion_jax.main --config=c.py --workdir=/w --config.distributed=True"
   assert result.stdout.splitlines() == [f"{r} 8 gpu-a01:12355 {4 + r % 4} 0 {tail}" for r in range(8)]
-  result = run(["bash", str(LAUNCH / "slurm_gpu.sh"), "--config=c.py", "--workdir=/w"],
-               env=clean_env(**slurm, LION_PROCESS_PER="host"))
+  result = run(
+    ["bash", str(LAUNCH / "slurm_gpu.sh"), "--config=c.py", "--workdir=/w"],
+    env=clean_env(**slurm, LION_PROCESS_PER="host"),
+  )
   assert result.stdout.splitlines() == [f"{r} 2 gpu-a01:12355 4,5,6,7 0,1,2,3 {tail}" for r in range(2)]
 
 
@@ -221,15 +268,20 @@ done; done
 
 
 def test_local_stops_the_others_when_one_fails(tmp_path):
-  python = fake_bin(tmp_path, "fakepython", """echo "process $LION_PROCESS_ID of $LION_NUM_PROCESSES at \\
+  python = fake_bin(
+    tmp_path,
+    "fakepython",
+    """echo "process $LION_PROCESS_ID of $LION_NUM_PROCESSES at \\
 $LION_COORDINATOR: $XLA_FLAGS"
 if [[ $LION_PROCESS_ID == 1 ]]; then echo "boom" >&2; exit 3; fi
 exec sleep 60
-""")
+""",
+  )
   start = time.monotonic()
-  result = run([str(LAUNCH / "local.sh"), "3", "--config=x"],
-               env=clean_env(PYTHON=str(python), LION_PORT="23999",
-                             XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  result = run(
+    [str(LAUNCH / "local.sh"), "3", "--config=x"],
+    env=clean_env(PYTHON=str(python), LION_PORT="23999", XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+  )
   assert result.returncode == 3, result.stdout + result.stderr
   assert time.monotonic() - start < 30
   assert "[1] boom" in result.stdout and "process 1 exited with status 3" in result.stderr
@@ -239,8 +291,13 @@ exec sleep 60
 DEMO_ARG = "images=40,eval=0,size=tiny"  # 40 images, the test preset's towers, no evaluation
 # Every run of the multi-host test: the demo's pretraining stage (it exports), a constant learning
 # rate (so a run extended from 2 to 3 steps is the same schedule), and one mesh of 8 devices.
-MULTIHOST_ARGS = ["--config.run_stages=pretrain", "--config.optimizer.schedule=constant", "--config.log_every_steps=1",
-                  "--config.mesh.data=4", "--config.mesh.fsdp=2"]
+MULTIHOST_ARGS = [
+  "--config.run_stages=pretrain",
+  "--config.optimizer.schedule=constant",
+  "--config.log_every_steps=1",
+  "--config.mesh.data=4",
+  "--config.mesh.fsdp=2",
+]
 
 
 def logged_losses(stage_dir: Path) -> dict[int, float]:
@@ -276,14 +333,30 @@ def test_multihost_run_is_preempted_moves_from_2_to_4_processes_and_equals_one_p
 
   workdir, logs = tmp_path / "run", tmp_path / "logs"
   env = lambda devices: clean_env(PYTHON=sys.executable, LION_LOG_DIR=str(logs), LION_DEVICES_PER_PROCESS=str(devices))
-  command = lambda n, config, *args: [str(LAUNCH / "local.sh"), str(n), config, f"--workdir={workdir}",
-                                      *MULTIHOST_ARGS, *args]
-  first = subprocess.Popen(command(2, f"--config=configs/demo.py:{DEMO_ARG}", "--config.num_steps=1000",
-                                   "--config.stages.pretrain.export=False"),
-                           cwd=REPO, env=env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  command = lambda n, config, *args: [
+    str(LAUNCH / "local.sh"),
+    str(n),
+    config,
+    f"--workdir={workdir}",
+    *MULTIHOST_ARGS,
+    *args,
+  ]
+  first = subprocess.Popen(
+    command(
+      2, f"--config=configs/demo.py:{DEMO_ARG}", "--config.num_steps=1000", "--config.stages.pretrain.export=False"
+    ),
+    cwd=REPO,
+    env=env(4),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   metrics, deadline = workdir / "pretrain" / "metrics.jsonl", time.time() + 600
-  while first.poll() is None and time.time() < deadline and not (
-      metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+  while (
+    first.poll() is None
+    and time.time() < deadline
+    and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2)
+  ):
     time.sleep(0.2)
   os.kill(process_pid(1, workdir), signal.SIGTERM)  # process 1 only: process 0 learns it from JAX
   output, _ = first.communicate(timeout=300)
@@ -296,8 +369,11 @@ def test_multihost_run_is_preempted_moves_from_2_to_4_processes_and_equals_one_p
   assert not (workdir / "pretrain" / "export").exists()
 
   steps = preempted_at + 1
-  second = run(command(4, f"--config=configs/demo.py:{DEMO_ARG.replace('eval=0', 'eval=2')}",
-                       f"--config.num_steps={steps}"), env=env(2), timeout=900)
+  second = run(
+    command(4, f"--config=configs/demo.py:{DEMO_ARG.replace('eval=0', 'eval=2')}", f"--config.num_steps={steps}"),
+    env=env(2),
+    timeout=900,
+  )
   assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-3000:]
   assert {p.name for p in logs.iterdir()} == {f"process_{i}.log" for i in range(4)}
   assert f"resumed from step {preempted_at}" in (logs / "process_3.log").read_text()

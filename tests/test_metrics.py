@@ -91,9 +91,11 @@ def test_simple_tokenizer_matches_ptb_tokenizer_on_raw_captions():
   ptb = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
   assert [simple_tokenize(c) for c in captions] == [ptb[i][0] for i in range(len(captions))]
   assert simple_tokenize(RAW_PREDICTIONS["3"]) == (
-    "it 's 3.5 meters tall at 10:30 a.m. and it costs $ 5 -lrb- 50 % off -rrb-")
+    "it 's 3.5 meters tall at 10:30 a.m. and it costs $ 5 -lrb- 50 % off -rrb-"
+  )
   assert cider(RAW_REFERENCES, RAW_PREDICTIONS, tokenizer="ptb") == pytest.approx(
-    cider(RAW_REFERENCES, RAW_PREDICTIONS), abs=1e-6)
+    cider(RAW_REFERENCES, RAW_PREDICTIONS), abs=1e-6
+  )
 
 
 def test_vqa_answer_normalisation():
@@ -165,10 +167,15 @@ def test_rec_score_normalises_boxes_by_their_own_image_width_and_height():
   """Ground-truth pixel boxes become [0, 1] coordinates of their image: x by the width, y by the height."""
   from lion_jax.data.records import Record
   from lion_jax.evaluation import runner
-  records = [Record("region_level", "rec", image="wide.jpg", expression="the dog", boxes=[[64, 12, 320, 36]],
-                    width=640, height=48),  # [0.1, 0.25, 0.5, 0.75]
-             Record("region_level", "rec", image="tall.jpg", expression="the cat", boxes=[[12, 64, 36, 320]],
-                    width=48, height=640)]  # [0.25, 0.1, 0.75, 0.5]
+
+  records = [
+    Record(
+      "region_level", "rec", image="wide.jpg", expression="the dog", boxes=[[64, 12, 320, 36]], width=640, height=48
+    ),  # [0.1, 0.25, 0.5, 0.75]
+    Record(
+      "region_level", "rec", image="tall.jpg", expression="the cat", boxes=[[12, 64, 36, 320]], width=48, height=640
+    ),
+  ]  # [0.25, 0.1, 0.75, 0.5]
   right = ["[0.100,0.250,0.500,0.750]", "Answer: [0.250,0.100,0.750,0.500]"]
   assert runner.score("rec", records, right) == {"accuracy": 100.0}
   assert runner.score("rec", records, right[::-1]) == {"accuracy": 0.0}  # each box on the other image
@@ -186,9 +193,15 @@ def test_pope_scores():
   ]
   scores = pope_scores(*map(list, zip(*predictions_and_labels)))
   precision, recall = 2 / 4, 2 / 3
-  assert scores == pytest.approx({
-    "accuracy": 4 / 7, "precision": precision, "recall": recall,
-    "f1": 2 * precision * recall / (precision + recall), "yes_ratio": 4 / 7})
+  assert scores == pytest.approx(
+    {
+      "accuracy": 4 / 7,
+      "precision": precision,
+      "recall": recall,
+      "f1": 2 * precision * recall / (precision + recall),
+      "yes_ratio": 4 / 7,
+    }
+  )
   assert pope_scores(["no"], ["yes"])["precision"] == 0.0  # no predicted positives: 0, not a crash
   with pytest.raises(ValueError, match="'yes' or 'no'"):
     pope_scores(["yes"], ["Yes"])

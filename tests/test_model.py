@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import json
 
-import ml_collections
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -25,17 +25,22 @@ def random_batch(config, b=4, seed=0, text_len=9):
   ids = lambda n, hi: rng.integers(3, hi, size=(b, n)).astype(np.int32)
   mask = np.ones((b, text_len), np.int32)
   mask[0, -3:] = 0
-  return dict(image=rng.normal(size=(b, size, size, 3)).astype(np.float32),
-              qformer_ids=ids(6, config.qformer.vocab_size), qformer_mask=np.ones((b, 6), np.int32),
-              input_ids=ids(text_len, config.t5.vocab_size - 1), input_mask=mask,
-              decoder_input_ids=ids(5, config.t5.vocab_size), task=np.array([0, 1] * (b // 2), np.int32))
+  return dict(
+    image=rng.normal(size=(b, size, size, 3)).astype(np.float32),
+    qformer_ids=ids(6, config.qformer.vocab_size),
+    qformer_mask=np.ones((b, 6), np.int32),
+    input_ids=ids(text_len, config.t5.vocab_size - 1),
+    input_mask=mask,
+    decoder_input_ids=ids(5, config.t5.vocab_size),
+    task=np.array([0, 1] * (b // 2), np.int32),
+  )
 
 
 def init(config, seed=0):
   return nn.unbox(jax.jit(Lion(config).init)(jax.random.key(seed), example_batch(config))["params"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_apply(config_json: str):
   """One compiled forward per config (compiling the tiny model takes seconds on 2 cores)."""
   config = ml_collections.ConfigDict(json.loads(config_json))
@@ -132,6 +137,7 @@ def test_per_example_routing_equals_homogeneous_batches(stage3):
     rows = batch["task"] == t
     homogeneous = {k: v[rows] for k, v in batch.items()}
     from tests.reference import max_relative_error
+
     assert max_relative_error(apply(config, params, homogeneous), mixed[rows]) <= 1e-5
 
 
@@ -169,6 +175,7 @@ def test_dropout_only_with_train_and_an_rng(stage3):
 @pytest.mark.parametrize("rate", [0.1, 0.5])
 def test_keep_mask_is_an_unbiased_independent_bernoulli(rate):
   from lion_jax.models.layers import keep_mask
+
   shape = (64, 9, 257)  # a last dimension that is not a multiple of the 4 draws per hash
   mask = np.asarray(keep_mask(jax.random.key(0), rate, shape))
   n = mask.size
@@ -183,6 +190,7 @@ def test_keep_mask_is_an_unbiased_independent_bernoulli(rate):
 
 def test_keep_mask_is_the_same_on_a_device_mesh():
   from lion_jax.models.layers import keep_mask
+
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
   out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), "tensor"))
   sharded = jax.jit(lambda k: keep_mask(k, 0.3, (8, 6, 33)), out_shardings=out)(jax.random.key(3))
@@ -197,8 +205,10 @@ def test_bf16_compute_with_bf16_frozen_towers_tracks_fp32(stage3):
   bf16.dtype = "bfloat16"
   flat = traverse_util.flatten_dict(params, sep="/")
   from lion_jax.models.param_paths import LION
+
   stored = traverse_util.unflatten_dict(
-      {k: v.astype(jnp.bfloat16) if LION.is_frozen(k) else v for k, v in flat.items()}, sep="/")
+    {k: v.astype(jnp.bfloat16) if LION.is_frozen(k) else v for k, v in flat.items()}, sep="/"
+  )
   out = np.asarray(apply(bf16, stored, batch))
   assert out.dtype == np.float32 and np.isfinite(out).all()
   assert np.abs(out - ref).max() / np.abs(ref).max() < 0.05
@@ -214,15 +224,18 @@ def test_sharded_forward_on_2x2x2_mesh_equals_one_device(stage3):
   assert len(sharded_leaves) > 0.5 * len(jax.tree.leaves(shardings))
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
     out = jax.jit(lambda p, x: Lion(config).apply({"params": p}, x))(
-        params, jax.device_put(batch, sharding.batch_sharding(mesh)))
+      params, jax.device_put(batch, sharding.batch_sharding(mesh))
+    )
   single = apply(config, jax.device_get(params), batch)
   np.testing.assert_allclose(np.asarray(out), np.asarray(single), rtol=1e-5, atol=1e-5)
 
 
 def test_dimensions_the_mesh_does_not_divide_stay_replicated():
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-  boxed = {"odd_vocab": nn.Partitioned(jax.ShapeDtypeStruct((30523, 8), jnp.float32), ("vocab", "embed")),
-           "even": nn.Partitioned(jax.ShapeDtypeStruct((30522, 8), jnp.float32), ("vocab", "embed"))}
+  boxed = {
+    "odd_vocab": nn.Partitioned(jax.ShapeDtypeStruct((30523, 8), jnp.float32), ("vocab", "embed")),
+    "even": nn.Partitioned(jax.ShapeDtypeStruct((30522, 8), jnp.float32), ("vocab", "embed")),
+  }
   specs = sharding.logical_shardings(boxed, mesh)
   assert specs["odd_vocab"].spec == jax.sharding.PartitionSpec(None, "fsdp")
   assert specs["even"].spec == jax.sharding.PartitionSpec("tensor", "fsdp")
@@ -243,10 +256,12 @@ def test_remat_gives_the_same_gradients():
   for remat in (False, True):
     c = config.t5.copy_and_resolve_references()
     c.remat = remat
-    loss = lambda p: T5(c, 2).apply({"params": p}, ids, mask, dec, task, train=True,
-                                    rngs={"dropout": jax.random.key(1)}).sum()
+    loss = lambda p, c=c: (
+      T5(c, 2).apply({"params": p}, ids, mask, dec, task, train=True, rngs={"dropout": jax.random.key(1)}).sum()
+    )
     grads.append(jax.jit(jax.grad(loss))(params))
   from tests.reference import max_relative_error
+
   for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
     assert max_relative_error(b, a) <= 1e-5  # recomputation reorders float sums, nothing more
 
@@ -256,13 +271,26 @@ def test_gradient_accumulation_equals_one_big_batch():
   (compared through its norm: Adam turns float noise in near-zero gradients into full-size steps, so
   updated parameters are not comparable element by element)."""
   from lion_jax import optim, train
+
   config = presets.tiny("qformer")
   config.t5.dropout_rate = config.qformer.dropout_rate = 0.0
   batch = random_batch(config)
   batch.update(target_ids=batch["decoder_input_ids"], target_mask=np.ones_like(batch["decoder_input_ids"]))
   trainable, frozen = param_paths.LION.split(init(config))
-  opt = ml_collections.ConfigDict(dict(lr=1e-2, min_lr=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
-                                       schedule="constant", steps_per_epoch=1, warmup_steps=0, clip_grad_norm=0.0))
+  opt = ml_collections.ConfigDict(
+    dict(
+      lr=1e-2,
+      min_lr=0.0,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-8,
+      weight_decay=0.05,
+      schedule="constant",
+      steps_per_epoch=1,
+      warmup_steps=0,
+      clip_grad_norm=0.0,
+    )
+  )
   tx, schedule = optim.make_optimizer(opt, 10)
   results = []
   for accum in (1, 2):

@@ -42,27 +42,51 @@ def transformers():
 
 def hf_vision_config(transformers, image_size=28):
   return transformers.InstructBlipVisionConfig(
-      hidden_size=32, intermediate_size=72, num_hidden_layers=3, num_attention_heads=4,
-      image_size=image_size, patch_size=7)
+    hidden_size=32,
+    intermediate_size=72,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    image_size=image_size,
+    patch_size=7,
+  )
 
 
 def hf_qformer_config(transformers):
   return transformers.InstructBlipQFormerConfig(
-      vocab_size=90, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-      encoder_hidden_size=32, max_position_embeddings=40)
+    vocab_size=90,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=64,
+    encoder_hidden_size=32,
+    max_position_embeddings=40,
+  )
 
 
 def hf_t5_config(transformers, activation="gelu", tied=False, num_decoder_layers=3):
   cfg = transformers.T5Config(
-      vocab_size=120, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=num_decoder_layers, num_heads=4,
-      relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0,
-      pad_token_id=0, eos_token_id=1, feed_forward_proj="gated-gelu", tie_word_embeddings=tied)
+    vocab_size=120,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_layers=2,
+    num_decoder_layers=num_decoder_layers,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=20,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=1,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=tied,
+  )
   cfg.dense_act_fn = activation
   return cfg
 
 
 def jax_config(hf_config, has_lm_head):
   from lion_jax.convert.hf import instructblip_config
+
   return instructblip_config(hf_config.to_dict(), has_lm_head=has_lm_head, where="test")
 
 
@@ -73,6 +97,7 @@ def subset(state, *prefixes, exclude=()):
 
 def convert(entries, state, config, prefixes, ignore=(), exclude=("/moa/",)):
   from lion_jax.models import abstract_params
+
   shapes = mapping.select(mapping.flat_shapes(abstract_params(config)), prefixes, exclude)
   flat = mapping.assemble(entries, state, shapes, source_name="test", ignore=ignore)
   return mapping.unflatten(flat)
@@ -80,10 +105,12 @@ def convert(entries, state, config, prefixes, ignore=(), exclude=("/moa/",)):
 
 def make_instructblip(transformers, torch, *, activation="gelu", tied=False, image_size=28, num_decoder_layers=3):
   cfg = transformers.InstructBlipConfig(
-      vision_config=hf_vision_config(transformers, image_size).to_dict(),
-      qformer_config=hf_qformer_config(transformers).to_dict(),
-      text_config=hf_t5_config(transformers, activation, tied, num_decoder_layers).to_dict(), num_query_tokens=4,
-      image_token_id=119)
+    vision_config=hf_vision_config(transformers, image_size).to_dict(),
+    qformer_config=hf_qformer_config(transformers).to_dict(),
+    text_config=hf_t5_config(transformers, activation, tied, num_decoder_layers).to_dict(),
+    num_query_tokens=4,
+    image_token_id=119,
+  )
   cfg.text_config.dense_act_fn = activation
   torch.manual_seed(0)
   model = transformers.InstructBlipForConditionalGeneration(cfg).eval()
@@ -99,9 +126,12 @@ def vit_pair(transformers, torch):
   """(HF InstructBLIP, our ViT config, our ViT params converted from it)."""
   model = make_instructblip(transformers, torch)
   config = jax_config(model.config, has_lm_head=True)
-  params = convert(mapping.vit_hf(config), subset(state_dict_numpy(model), "vision_model.",
-                                                  exclude=["vision_model.post_layernorm"]),
-                   config, ["vit/"])["vit"]
+  params = convert(
+    mapping.vit_hf(config),
+    subset(state_dict_numpy(model), "vision_model.", exclude=["vision_model.post_layernorm"]),
+    config,
+    ["vit/"],
+  )["vit"]
   return model, config, params
 
 
@@ -121,8 +151,9 @@ def test_vit_position_interpolation_matches_hf(vit_pair, torch):
   model, config, params = vit_pair
   image = np.random.default_rng(1).normal(size=(1, 42, 49, 3)).astype(np.float32)
   with torch.no_grad():
-    ref = model.vision_model(torch.from_numpy(image.transpose(0, 3, 1, 2)), output_hidden_states=True,
-                             interpolate_pos_encoding=True)
+    ref = model.vision_model(
+      torch.from_numpy(image.transpose(0, 3, 1, 2)), output_hidden_states=True, interpolate_pos_encoding=True
+    )
   ours = VisionTransformer(config.vit).apply({"params": params}, image)
   assert max_relative_error(ours[-1], ref.hidden_states[-1].numpy()) <= TOL
 
@@ -130,8 +161,9 @@ def test_vit_position_interpolation_matches_hf(vit_pair, torch):
 def test_qformer_matches_hf(transformers, torch):
   model = make_instructblip(transformers, torch)
   config = jax_config(model.config, has_lm_head=True)
-  state = subset(state_dict_numpy(model), "qformer.", "query_tokens", "language_projection.",
-                 "vision_model.post_layernorm.")
+  state = subset(
+    state_dict_numpy(model), "qformer.", "query_tokens", "language_projection.", "vision_model.post_layernorm."
+  )
   params = convert(mapping.qformer(config, "hf"), state, config, ["qformer/"])
   rng = np.random.default_rng(2)
   queries = rng.normal(size=(2, 4, 32)).astype(np.float32)
@@ -141,10 +173,12 @@ def test_qformer_matches_hf(transformers, torch):
   mask[1, 4:] = 0  # padded question
   with torch.no_grad():
     ref = model.qformer(
-        input_ids=torch.from_numpy(ids).long(),
-        attention_mask=torch.from_numpy(np.concatenate([np.ones((2, 4), np.int32), mask], 1)).long(),
-        query_embeds=torch.from_numpy(queries), encoder_hidden_states=torch.from_numpy(image),
-        encoder_attention_mask=torch.ones(2, 17, dtype=torch.long)).last_hidden_state.numpy()
+      input_ids=torch.from_numpy(ids).long(),
+      attention_mask=torch.from_numpy(np.concatenate([np.ones((2, 4), np.int32), mask], 1)).long(),
+      query_embeds=torch.from_numpy(queries),
+      encoder_hidden_states=torch.from_numpy(image),
+      encoder_attention_mask=torch.ones(2, 17, dtype=torch.long),
+    ).last_hidden_state.numpy()
   ours = QFormerEncoder(config.qformer).apply({"params": params["qformer"]["encoder"]}, queries, ids, mask, image)
   keep = np.concatenate([np.ones((2, 4)), mask], 1).astype(bool)  # padded positions are not compared
   assert max_relative_error(np.asarray(ours)[keep], ref[keep]) <= TOL
@@ -162,13 +196,21 @@ def t5_pair(transformers, torch, activation="gelu", tied=False, with_adapters=Fa
     add_lion_adapters_(hf)
   randomize_(hf)
   from lion_jax.convert.hf import t5_config_from_hf
+
   t5c = t5_config_from_hf(cfg.to_dict(), has_lm_head=not tied, where="test")
   assert t5c.activation == activation and t5c.tie_word_embeddings == tied
-  config = presets._lion(presets._vit(), presets._qformer(), presets._aggregator(), t5c,
-                         visual_input="all" if with_adapters else "qformer")
+  config = presets._lion(
+    presets._vit(), presets._qformer(), presets._aggregator(), t5c, visual_input="all" if with_adapters else "qformer"
+  )
   entries = mapping.t5_body(config) + (mapping.t5_adapters_lion(config, 2, src="") if with_adapters else [])
-  params = convert(entries, state_dict_numpy(hf), config, ["t5/"], exclude=() if with_adapters else ("/moa/",),
-                   ignore=[r".*embed_tokens\.weight"] + ([r"lm_head\.weight"] if tied else []))["t5"]
+  params = convert(
+    entries,
+    state_dict_numpy(hf),
+    config,
+    ["t5/"],
+    exclude=() if with_adapters else ("/moa/",),
+    ignore=[r".*embed_tokens\.weight"] + ([r"lm_head\.weight"] if tied else []),
+  )["t5"]
   return hf, t5c, params
 
 
@@ -180,13 +222,15 @@ def t5_logits(hf, torch):
   mask[0, 21:] = 0
   dec = rng.integers(2, 120, size=(2, 25)).astype(np.int32)
   with torch.no_grad():
-    ref = hf(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
-             decoder_input_ids=torch.from_numpy(dec).long()).logits.numpy()
+    ref = hf(
+      input_ids=torch.from_numpy(ids).long(),
+      attention_mask=torch.from_numpy(mask).long(),
+      decoder_input_ids=torch.from_numpy(dec).long(),
+    ).logits.numpy()
   return (ids, mask, dec), ref
 
 
-@pytest.mark.parametrize("activation,tied", [("gelu", False), ("gelu_new", False), ("gelu", True),
-                                             ("gelu_new", True)])
+@pytest.mark.parametrize("activation,tied", [("gelu", False), ("gelu_new", False), ("gelu", True), ("gelu_new", True)])
 def test_t5_logits_match_hf(transformers, torch, activation, tied):
   hf, t5c, params = t5_pair(transformers, torch, activation, tied)
   inputs, ref = t5_logits(hf, torch)
@@ -217,9 +261,16 @@ def test_visual_tokens_of_the_aggregator_match_hf_parts(transformers, torch):
   built from HF parts: InstructBLIP ViT hidden states, two `BertLayer`s configured as the official
   code configures them (HF defaults, is_decoder, cross-attention, no masks), LayerNorm, MLP."""
   from transformers.models.bert.modeling_bert import BertLayer
+
   width, d_model, proj_dim = 32, 24, 56
-  vision_cfg = transformers.InstructBlipVisionConfig(hidden_size=width, intermediate_size=72, num_attention_heads=4,
-                                                     num_hidden_layers=SPEC_VIT_DEPTH, image_size=28, patch_size=7)
+  vision_cfg = transformers.InstructBlipVisionConfig(
+    hidden_size=width,
+    intermediate_size=72,
+    num_attention_heads=4,
+    num_hidden_layers=SPEC_VIT_DEPTH,
+    image_size=28,
+    patch_size=7,
+  )
   bert_cfg = transformers.BertConfig(hidden_size=width, num_attention_heads=4)  # official: only these two set
   bert_cfg.is_decoder, bert_cfg.add_cross_attention = True, True
   torch.manual_seed(0)
@@ -238,16 +289,29 @@ def test_visual_tokens_of_the_aggregator_match_hf_parts(transformers, torch):
       x = x[0] if isinstance(x, tuple) else x
     ref = mlp(ln(x)).numpy()
 
-  config = presets._lion(presets._vit(image_size=28, patch_size=7, width=width, num_heads=4, mlp_dim=72),
-                         presets._qformer(), presets._aggregator(num_heads=4, proj_dim=proj_dim),
-                         presets._t5(vocab_size=8, d_model=d_model, d_ff=8, num_layers=1, num_decoder_layers=1),
-                         visual_input="aggregator", use_soft_prompt=False)
+  config = presets._lion(
+    presets._vit(image_size=28, patch_size=7, width=width, num_heads=4, mlp_dim=72),
+    presets._qformer(),
+    presets._aggregator(num_heads=4, proj_dim=proj_dim),
+    presets._t5(vocab_size=8, d_model=d_model, d_ff=8, num_layers=1, num_decoder_layers=1),
+    visual_input="aggregator",
+    use_soft_prompt=False,
+  )
   assert config.vit.depth == SPEC_VIT_DEPTH and config.aggregator.mlp_dim == bert_cfg.intermediate_size
-  state = {**state_dict_numpy(vision, "vision_model."), **state_dict_numpy(blocks, "fusion_adapter.blocks."),
-           **state_dict_numpy(ln, "ln_adapter."), **state_dict_numpy(mlp, "adapter_proj.")}
-  params = convert(mapping.vit_hf(config) + mapping.aggregator_lion(config),
-                   subset(state, "vision_model.", "fusion_adapter.", "ln_adapter.", "adapter_proj.",
-                          exclude=["vision_model.post_layernorm"]), config, ["vit/", "aggregator/"])
+  state = {
+    **state_dict_numpy(vision, "vision_model."),
+    **state_dict_numpy(blocks, "fusion_adapter.blocks."),
+    **state_dict_numpy(ln, "ln_adapter."),
+    **state_dict_numpy(mlp, "adapter_proj."),
+  }
+  params = convert(
+    mapping.vit_hf(config) + mapping.aggregator_lion(config),
+    subset(
+      state, "vision_model.", "fusion_adapter.", "ln_adapter.", "adapter_proj.", exclude=["vision_model.post_layernorm"]
+    ),
+    config,
+    ["vit/", "aggregator/"],
+  )
   ours = Lion(config).apply({"params": params}, {"image": image}, method=Lion.visual_tokens)
   assert max_relative_error(ours, ref) <= TOL
 
@@ -276,12 +340,22 @@ def test_instructblip_logits_match_hf_through_converter(transformers, torch, tmp
   hf_ids = np.concatenate([np.full((b, n_query), 119, np.int32), text], 1)
   hf_mask = np.concatenate([np.ones((b, n_query), np.int32), mask], 1)
   with torch.no_grad():
-    ref = model(pixel_values=torch.from_numpy(image.transpose(0, 3, 1, 2)),
-                qformer_input_ids=torch.from_numpy(q_ids).long(),
-                qformer_attention_mask=torch.from_numpy(q_mask).long(),
-                input_ids=torch.from_numpy(hf_ids).long(), attention_mask=torch.from_numpy(hf_mask).long(),
-                decoder_input_ids=torch.from_numpy(dec).long()).logits.numpy()
-  batch = dict(image=image, qformer_ids=q_ids, qformer_mask=q_mask, input_ids=text, input_mask=mask,
-               decoder_input_ids=dec, task=np.ones((b,), np.int32))
+    ref = model(
+      pixel_values=torch.from_numpy(image.transpose(0, 3, 1, 2)),
+      qformer_input_ids=torch.from_numpy(q_ids).long(),
+      qformer_attention_mask=torch.from_numpy(q_mask).long(),
+      input_ids=torch.from_numpy(hf_ids).long(),
+      attention_mask=torch.from_numpy(hf_mask).long(),
+      decoder_input_ids=torch.from_numpy(dec).long(),
+    ).logits.numpy()
+  batch = dict(
+    image=image,
+    qformer_ids=q_ids,
+    qformer_mask=q_mask,
+    input_ids=text,
+    input_mask=mask,
+    decoder_input_ids=dec,
+    task=np.ones((b,), np.int32),
+  )
   ours = jax.jit(lambda p, x: Lion(config).apply({"params": p}, x))(params, batch)
   assert max_relative_error(ours, ref) <= TOL

@@ -11,7 +11,9 @@ from lion_jax.metrics import MetricWriter
 
 def test_bucket_uris_stay_uris_and_local_paths_become_absolute(tmp_path, monkeypatch):
   run = paths.as_path("gs://my-bucket/lion/run1")
-  assert paths.is_cloud(run) and os.fspath(run / "stage1" / "checkpoints") == "gs://my-bucket/lion/run1/stage1/checkpoints"
+  assert (
+    paths.is_cloud(run) and os.fspath(run / "stage1" / "checkpoints") == "gs://my-bucket/lion/run1/stage1/checkpoints"
+  )
   monkeypatch.chdir(tmp_path)
   local = paths.as_path("runs/a")
   assert not paths.is_cloud(local) and os.fspath(local) == os.fspath(tmp_path / "runs" / "a")

@@ -30,12 +30,19 @@ def dataset(tmp_path_factory):
 def data_config(root, **overrides) -> ml_collections.ConfigDict:
   c = pipeline.default_config()
   c.sources = {
-      "image": dict(records=str(root / "train.jsonl"), image_root=str(root), task_types=["image_level"]),
-      "region": dict(records=str(root / "train.jsonl"), image_root=str(root), task_types=["region_level"]),
+    "image": dict(records=str(root / "train.jsonl"), image_root=str(root), task_types=["image_level"]),
+    "region": dict(records=str(root / "train.jsonl"), image_root=str(root), task_types=["region_level"]),
   }
   c.mixture = {"image": 1.0, "region": 1.0}
-  c.update(t5_vocab=str(root / "spiece.model"), bert_vocab=str(root / "bert_vocab.txt"), image_size=28,
-           max_input_len=48, max_target_len=24, max_qformer_len=32, prefetch_batches=2)
+  c.update(
+    t5_vocab=str(root / "spiece.model"),
+    bert_vocab=str(root / "bert_vocab.txt"),
+    image_size=28,
+    max_input_len=48,
+    max_target_len=24,
+    max_qformer_len=32,
+    prefetch_batches=2,
+  )
   if "mixture" in overrides:  # replace, not merge (ConfigDict.update merges nested dicts)
     c.mixture = ml_collections.ConfigDict(overrides.pop("mixture"))
   c.update(overrides)
@@ -56,7 +63,8 @@ def test_batches_have_fixed_shapes_and_shifted_targets(dataset):
   it = pipeline.make_iterator(config, batch_size=4)
   for batch in take(it, 3):
     assert {k: (v.shape, v.dtype) for k, v in batch.items() if k in contract.TRAIN_KEYS} == {
-        k: ((4,) + shape, np.dtype(dtype)) for k, (shape, dtype) in contract.data_spec(config).items()}
+      k: ((4,) + shape, np.dtype(dtype)) for k, (shape, dtype) in contract.data_spec(config).items()
+    }
     assert batch["image"].shape == (4, 28, 28, 3) and batch["image"].dtype == np.float32
     assert batch["truncated"].shape == (4, len(pipeline.TRUNCATION_LIMITS)) and batch["truncated"].dtype == np.int32
     assert batch["input_ids"].shape == (4, 48) and batch["qformer_ids"].shape == (4, 32)
@@ -176,8 +184,9 @@ def test_a_flipped_image_gets_left_and_right_swapped_in_its_target(dataset):
     crop = images.random_resized_crop(images.decode_image(records[i].image_source(root)), copy.deepcopy(rng))
     example = preparer(i, rng)
     # Which of the two images did the preparer produce (the crop is its first draw from rng)?
-    flipped = np.array_equal(example["image"],
-                             images.to_model_input(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 28))
+    flipped = np.array_equal(
+      example["image"], images.to_model_input(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 28)
+    )
     assert flipped or np.array_equal(example["image"], images.to_model_input(crop, 28))
     target = preparer.t5.decode(example["target_ids"][example["target_mask"] > 0])
     expected = [templates.mirror_text(a) for a in records[i].answers] if flipped else records[i].answers
@@ -202,8 +211,9 @@ def test_encode_batch_reports_untruncated_lengths(dataset):
   text = "a red circle left of a blue square, which is above a green triangle"
   ids, mask, lengths = t5.encode_batch([text, "a"], max_length=6, truncation_side="right", return_lengths=True)
   assert lengths.tolist() == [len(t5.encode(text)), len(t5.encode("a"))] and lengths[0] > 6
-  assert mask.sum(1).tolist() == [6, lengths[1]] and ids[0].tolist() == t5.encode(text, max_length=6,
-                                                                                    truncation_side="right")
+  assert mask.sum(1).tolist() == [6, lengths[1]] and ids[0].tolist() == t5.encode(
+    text, max_length=6, truncation_side="right"
+  )
   ids, mask, lengths = bert.encode_batch([text], max_length=5, return_lengths=True)
   assert lengths.tolist() == [len(bert.encode(text))] and mask.sum() == 5
 
@@ -214,10 +224,13 @@ def test_truncated_texts_are_counted_per_source_and_survive_a_restore(dataset, t
   vqa = next(r for r in records if r.task == "vqa")
   long = dataclasses.replace(caption, answers=[", ".join([caption.answers[0]] * 4)], id="long-caption")
   path = str(write_jsonl([long, vqa], tmp_path / "two.jsonl"))
-  config = data_config(dataset, mixture={"long": 1.0, "short": 1.0}, max_input_len=256, max_qformer_len=256,
-                       max_target_len=12)
-  config.sources = {"long": dict(records=path, image_root=str(dataset), tasks=["caption"]),
-                    "short": dict(records=path, image_root=str(dataset), tasks=["vqa"])}
+  config = data_config(
+    dataset, mixture={"long": 1.0, "short": 1.0}, max_input_len=256, max_qformer_len=256, max_target_len=12
+  )
+  config.sources = {
+    "long": dict(records=path, image_root=str(dataset), tasks=["caption"]),
+    "short": dict(records=path, image_root=str(dataset), tasks=["vqa"]),
+  }
   it = pipeline.make_iterator(config, batch_size=2)
   take(it, 6)
   counters = it.counters()
@@ -239,8 +252,17 @@ def test_truncated_texts_are_counted_per_source_and_survive_a_restore(dataset, t
 
 
 def test_inspect_cli_counts_truncated_texts(dataset, capsys):
-  args = ["--records", str(dataset / "val.jsonl"), "--image-root", str(dataset), "--json",
-          "--t5-vocab", str(dataset / "spiece.model"), "--bert-vocab", str(dataset / "bert_vocab.txt")]
+  args = [
+    "--records",
+    str(dataset / "val.jsonl"),
+    "--image-root",
+    str(dataset),
+    "--json",
+    "--t5-vocab",
+    str(dataset / "spiece.model"),
+    "--bert-vocab",
+    str(dataset / "bert_vocab.txt"),
+  ]
   assert inspect_main(args) == 0
   result = json.loads(capsys.readouterr().out)
   assert result["valid"] > 0 and result["truncated"] == {"input": 0, "target": 0, "qformer": 0}

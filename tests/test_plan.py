@@ -13,11 +13,26 @@ REPO = Path(__file__).resolve().parents[1]
 def test_planner_reports_memory_flops_and_collectives_for_a_sharded_step(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the planner sets the device count
   result = subprocess.run(
-      [sys.executable, "-m", "lion_jax.plan", f"--config={REPO / 'configs' / 'demo.py'}:size=tiny", "--devices=4",
-       "--mesh=data:2,fsdp:2", "--batch=8", "--stage=stage3", "--memory_gib=16",
-       # the demo's vocabularies come from its generated data; the planner only needs sizes
-       "--config.model.t5.vocab_size=256", "--config.model.qformer.vocab_size=128"],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "lion_jax.plan",
+      f"--config={REPO / 'configs' / 'demo.py'}:size=tiny",
+      "--devices=4",
+      "--mesh=data:2,fsdp:2",
+      "--batch=8",
+      "--stage=stage3",
+      "--memory_gib=16",
+      # the demo's vocabularies come from its generated data; the planner only needs sizes
+      "--config.model.t5.vocab_size=256",
+      "--config.model.qformer.vocab_size=128",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   assert "stage3 (all) on 4 devices" in out and "'data': 2, 'fsdp': 2" in out
@@ -31,15 +46,17 @@ def test_planner_reports_memory_flops_and_collectives_for_a_sharded_step(tmp_pat
 
 def test_largest_batch_fit_is_linear_between_the_probes_and_keeps_headroom():
   from lion_jax.plan import largest_per_device_batch
+
   # 10 GiB at 1 example, 24 GiB at 8: 2 GiB per example; 90% of 80 GiB = 72 -> 1 + 31 examples.
   assert largest_per_device_batch({1: 10.0, 8: 24.0}, 80.0) == 32
   assert largest_per_device_batch({8: 24.0, 2: 12.0}, 80.0) == 32  # any two points, any order
   assert largest_per_device_batch({1: 75.0, 8: 80.0}, 80.0) == 0  # the fixed part alone is over 90%
-  assert largest_per_device_batch({1: 10.0, 8: 10.0}, 80.0) > 10 ** 6  # no growth with the batch
+  assert largest_per_device_batch({1: 10.0, 8: 10.0}, 80.0) > 10**6  # no growth with the batch
 
 
 def test_device_count_is_read_in_both_flag_spellings():
   from lion_jax.plan import device_count_arg
+
   assert device_count_arg(["plan", "--devices=4", "--batch=8"]) == "4"
   assert device_count_arg(["plan", "--devices", "16", "--batch=8"]) == "16"
   assert device_count_arg(["plan", "--batch=8"]) is None

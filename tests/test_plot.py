@@ -15,18 +15,28 @@ def write_metrics(stage_dir, rows):
 def fake_run(workdir):
   """pretrain (10 steps), stage1 (20, resumed at step 10: steps 10 and 20 logged twice), stage2 (5)."""
   write_metrics(workdir / "pretrain", [{"step": s, "loss": 5.0 - 0.1 * s, "learning_rate": 1e-4} for s in (1, 5, 10)])
-  write_metrics(workdir / "stage1", [
+  write_metrics(
+    workdir / "stage1",
+    [
       {"step": 10, "loss": 9.0, "loss_image_level": 9.0},
       {"step": 10, "loss": 3.0, "loss_image_level": 3.0},  # the resumed run's row wins
-      {"step": 10, "eval/synthetic_caption/CIDEr": 0.2, "eval/synthetic_caption/seconds": 1.5,
-       "eval/image_level/loss": 3.2},
+      {
+        "step": 10,
+        "eval/synthetic_caption/CIDEr": 0.2,
+        "eval/synthetic_caption/seconds": 1.5,
+        "eval/image_level/loss": 3.2,
+      },
       {"step": 20, "loss": 2.5, "loss_image_level": 2.5},
       {"step": 20, "eval/synthetic_caption/CIDEr": 0.4, "eval/synthetic_vqa/accuracy": 0.3},
-  ])
-  write_metrics(workdir / "stage2", [
+    ],
+  )
+  write_metrics(
+    workdir / "stage2",
+    [
       {"step": 5, "loss": 2.0, "loss_image_level": 1.5, "loss_region_level": 2.5},
       {"step": 5, "eval/synthetic_rec/accuracy": 0.1, "eval/region_level/loss": 2.4},
-  ])
+    ],
+  )
   (workdir / "config.json").write_text(json.dumps({"run_stages": "pretrain, stage1,stage2", "seed": 0}))
 
 
@@ -61,12 +71,19 @@ def test_stage_offsets():
 
 
 def test_panels_group_losses_and_one_panel_per_eval_metric():
-  keys = ["learning_rate", "loss_region_level", "loss", "eval/image_level/loss", "eval/synthetic_vqa/accuracy",
-          "eval/synthetic_vqa/seconds", "eval/synthetic_caption/CIDEr"]
+  keys = [
+    "learning_rate",
+    "loss_region_level",
+    "loss",
+    "eval/image_level/loss",
+    "eval/synthetic_vqa/accuracy",
+    "eval/synthetic_vqa/seconds",
+    "eval/synthetic_caption/CIDEr",
+  ]
   assert plot.panels(keys) == [
-      ("training loss", ["loss", "loss_region_level", "eval/image_level/loss"]),
-      ("synthetic_caption CIDEr", ["eval/synthetic_caption/CIDEr"]),
-      ("synthetic_vqa accuracy", ["eval/synthetic_vqa/accuracy"]),
+    ("training loss", ["loss", "loss_region_level", "eval/image_level/loss"]),
+    ("synthetic_caption CIDEr", ["eval/synthetic_caption/CIDEr"]),
+    ("synthetic_vqa accuracy", ["eval/synthetic_vqa/accuracy"]),
   ]
   assert plot.panels(["learning_rate", "eval/x/seconds"]) == []
 

@@ -50,14 +50,16 @@ def test_a_stage_can_also_train_the_last_two_vit_blocks(data_dir, tmp_path):
   for item in ("trainable", "opt_state"):
     paths = saved_paths(step_dir, item)
     assert any("vit/blocks_3/" in p for p in paths), item
-    assert not any("vit/blocks_2/" in p or "vit/cls_token" in p or "/ffn/" in p and "/moa/" not in p
-                   for p in paths), item
+    assert not any("vit/blocks_2/" in p or "vit/cls_token" in p or "/ffn/" in p and "/moa/" not in p for p in paths), (
+      item
+    )
 
   # Stage 2 (LION's rule: the whole ViT frozen) starts from stage 1's trained blocks; the rest of
   # the ViT is bitwise the initial one in both stages.
   abstract2, frozen2_abstract, *_ = train.abstract_state(config, "stage2", mesh, rules, 1)
-  _, frozen2 = train.init_params(config, "stage2", mesh, rules, [("qformer", "moa", s1)],
-                                 (abstract2.params, frozen2_abstract))
+  _, frozen2 = train.init_params(
+    config, "stage2", mesh, rules, [("qformer", "moa", s1)], (abstract2.params, frozen2_abstract)
+  )
   frozen2 = param_paths.flatten(jax.device_get(frozen2))
   key3, key0 = "vit/blocks_3/fc1/kernel", "vit/blocks_0/fc1/kernel"
   np.testing.assert_array_equal(frozen2[key3], s1[key3])
@@ -95,11 +97,14 @@ def test_stage3_starts_from_stage2s_region_level_and_stage1s_image_level_parts(t
     train.run(stage3, tmp_path)
   initial = flat(started["trainable"])
   s1, s2 = final_trainables(workdir, "stage1"), final_trainables(workdir, "stage2")
-  expected = {**{k: v for k, v in s1.items() if k.startswith("qformer/")},
-              **{k: v for k, v in s2.items() if k.startswith("aggregator/")}}
+  expected = {
+    **{k: v for k, v in s1.items() if k.startswith("qformer/")},
+    **{k: v for k, v in s2.items() if k.startswith("aggregator/")},
+  }
   for stage_final, level in ((s1, param_paths.IMAGE_LEVEL), (s2, param_paths.REGION_LEVEL)):
-    expected.update({param_paths.rename_adapter(k, level): v for k, v in stage_final.items()
-                     if param_paths.adapter_index(k) == 0})  # a single-adapter stage trains adapter_0
+    expected.update(
+      {param_paths.rename_adapter(k, level): v for k, v in stage_final.items() if param_paths.adapter_index(k) == 0}
+    )  # a single-adapter stage trains adapter_0
   handed = [k for k in initial if k.startswith(("qformer/", "aggregator/")) or param_paths.adapter_index(k) is not None]
   assert sorted(handed) == sorted(expected)
   for k, v in expected.items():

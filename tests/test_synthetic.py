@@ -84,7 +84,7 @@ def _mask_box(image: np.ndarray, color: tuple[int, int, int], box: list[float]) 
   """The tight box of `color`'s pixels in `box` grown by one pixel (the gap keeps neighbours out)."""
   x1, y1, x2, y2 = (int(v) for v in box)
   left, top = max(x1 - 1, 0), max(y1 - 1, 0)
-  ys, xs = np.nonzero((image[top:y2 + 1, left:x2 + 1] == color).all(-1))
+  ys, xs = np.nonzero((image[top : y2 + 1, left : x2 + 1] == color).all(-1))
   return left + xs.min(), top + ys.min(), left + xs.max() + 1, top + ys.max() + 1
 
 
@@ -110,7 +110,7 @@ def test_every_drawn_shape_fills_its_box_and_shapes_do_not_overlap():
     assert 1 <= len(scene.shapes) <= synthetic.MAX_SHAPES
     for i, shape in enumerate(scene.shapes):
       assert _mask_box(image, synthetic.COLORS[shape.color], shape.box) == shape.box
-      for other in scene.shapes[i + 1:]:
+      for other in scene.shapes[i + 1 :]:
         a, b = shape.box, other.box
         assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
 
@@ -135,14 +135,16 @@ def test_records_are_valid_and_complete(dataset):
     assert 1 <= len(caption.answers) <= 3
   tasks = collections.Counter(r.task for r in records)
   assert set(tasks) == {"caption", "vqa", "rec", "reg", "grounded_caption"}
-  assert all(r.task_type == ("region_level" if r.task in ("rec", "reg", "grounded_caption")
-                             else "image_level") for r in records)
+  assert all(
+    r.task_type == ("region_level" if r.task in ("rec", "reg", "grounded_caption") else "image_level") for r in records
+  )
   existence = collections.Counter(r.answers[0] for r in records if r.question.startswith("Is there"))
   assert existence["yes"] == existence["no"] == NUM_IMAGES
   for split in ("train", "val"):
     assert summary["splits"][split]["records"] == len(_records(root, split))
-    assert summary["splits"][split]["tasks"] == dict(sorted(
-        collections.Counter(r.task for r in _records(root, split)).items()))
+    assert summary["splits"][split]["tasks"] == dict(
+      sorted(collections.Counter(r.task for r in _records(root, split)).items())
+    )
 
 
 def test_val_holds_the_last_images_only(dataset):
@@ -191,8 +193,12 @@ def test_tokenizers_cover_every_built_instruction(dataset):
 
 def test_cli_writes_the_dataset(tmp_path, capsys):
   out = tmp_path / "cli"
-  assert synthetic.main(["--out", str(out), "--num-images", "6", "--seed", "3",
-                         "--image-size", "96", "--val-fraction", "0.5"]) == 0
+  assert (
+    synthetic.main(
+      ["--out", str(out), "--num-images", "6", "--seed", "3", "--image-size", "96", "--val-fraction", "0.5"]
+    )
+    == 0
+  )
   assert "wrote" in capsys.readouterr().out
   summary = json.loads((out / "dataset.json").read_text())
   assert (summary["seed"], summary["image_size"], summary["num_images"]) == (3, 96, 6)
@@ -217,6 +223,9 @@ def test_text_lengths_hold_every_text(dataset):
   assert longest["input"] <= limits["max_input_len"], longest
   assert longest["qformer"] <= limits["max_qformer_len"], longest
   # Grounded captions (a box per shape) are the one text over the target limit: the demo leaves them out.
-  targets = [len(t5.encode(build_text(r, None, r.width, r.height).target)) for r in _all_records(root)
-             if r.task != "grounded_caption"]
+  targets = [
+    len(t5.encode(build_text(r, None, r.width, r.height).target))
+    for r in _all_records(root)
+    if r.task != "grounded_caption"
+  ]
   assert max(targets) <= limits["max_target_len"], max(targets)

@@ -13,86 +13,85 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from lion_jax.data.tokenizers import (
-    BertTokenizer, T5Tokenizer, train_t5_sentencepiece, write_bert_vocab)
+from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, train_t5_sentencepiece, write_bert_vocab
 from tests.conftest import require
 
 CORPUS = [
-    "a photo of the cat riding a horse.",
-    "Two dogs are playing with a red ball in the park.",
-    "What is the man holding in his left hand?",
-    "The woman in the blue dress is reading a book.",
-    "How many people are standing near the bus stop?",
-    "A plate of pasta with tomatoes and basil on a wooden table.",
-    "Is there a clock on the wall? Yes, there is.",
-    "The sky is cloudy and it looks like it will rain soon.",
-    "Three children are building a sandcastle at the beach.",
-    "What color is the car parked next to the fire hydrant?",
-    "A man rides a bicycle down a busy city street.",
-    "The kitchen has white cabinets, a sink and a microwave.",
-    "Where is the cat sleeping? On the sofa.",
-    "An airplane is taking off from the airport runway.",
-    "Two giraffes eat leaves from the top of a tall tree.",
-    "The baseball player swings his bat at the ball.",
-    "A group of friends sit around a campfire at night.",
-    "Is the traffic light red or green?",
-    "The beagle is sniffing the grass near the fence.",
-    "Please describe the image in detail.",
-    "A bowl of fruit: apples, bananas, and oranges.",
-    "The train is arriving at the station on time.",
-    "Someone left an umbrella by the door.",
-    "Which animal is bigger, the elephant or the zebra?",
-    "The snowboarder jumps over a ramp on the mountain.",
-    "A laptop, a phone and a cup of coffee are on the desk.",
-    "Why is the boy wearing a helmet? He is skating.",
-    "The chef cuts vegetables with a sharp knife.",
-    "Four horses graze in a green field under the sun.",
-    "The old bridge crosses a wide, slow river.",
-    "Answer the question using a single word or phrase.",
-    "There are 2 surfers waiting for a wave.",
-    "The street sign says Main St. and 5th Ave.",
-    "A teddy bear sits on a bed with striped sheets.",
-    "Give the bounding box of the region this sentence describes.",
-    "It's a sunny day; the kids can't wait to swim!",
-    "The tennis player returns a fast serve.",
-    "A vase of yellow flowers stands by the window.",
-    "Is this photo taken indoors or outdoors?",
-    "The motorcycle is parked beside a brick building.",
-    "Several sheep are walking along a dirt road.",
-    "The pizza has mushrooms, olives and cheese on it.",
-    "A skier is going down the slope very quickly.",
-    "Who is sitting on the bench in the park?",
-    "The boat floats quietly on the calm lake.",
-    "A little girl flies a kite on a windy hill.",
-    "The man's shirt is striped and his tie is red.",
-    "Short answer: yes or no?",
-    "Traffic was heavy on the highway this morning.",
-    "Zoom in on the black and white photograph of 1984.",
-    "The tags of this image are [dog, park, ball].",
+  "a photo of the cat riding a horse.",
+  "Two dogs are playing with a red ball in the park.",
+  "What is the man holding in his left hand?",
+  "The woman in the blue dress is reading a book.",
+  "How many people are standing near the bus stop?",
+  "A plate of pasta with tomatoes and basil on a wooden table.",
+  "Is there a clock on the wall? Yes, there is.",
+  "The sky is cloudy and it looks like it will rain soon.",
+  "Three children are building a sandcastle at the beach.",
+  "What color is the car parked next to the fire hydrant?",
+  "A man rides a bicycle down a busy city street.",
+  "The kitchen has white cabinets, a sink and a microwave.",
+  "Where is the cat sleeping? On the sofa.",
+  "An airplane is taking off from the airport runway.",
+  "Two giraffes eat leaves from the top of a tall tree.",
+  "The baseball player swings his bat at the ball.",
+  "A group of friends sit around a campfire at night.",
+  "Is the traffic light red or green?",
+  "The beagle is sniffing the grass near the fence.",
+  "Please describe the image in detail.",
+  "A bowl of fruit: apples, bananas, and oranges.",
+  "The train is arriving at the station on time.",
+  "Someone left an umbrella by the door.",
+  "Which animal is bigger, the elephant or the zebra?",
+  "The snowboarder jumps over a ramp on the mountain.",
+  "A laptop, a phone and a cup of coffee are on the desk.",
+  "Why is the boy wearing a helmet? He is skating.",
+  "The chef cuts vegetables with a sharp knife.",
+  "Four horses graze in a green field under the sun.",
+  "The old bridge crosses a wide, slow river.",
+  "Answer the question using a single word or phrase.",
+  "There are 2 surfers waiting for a wave.",
+  "The street sign says Main St. and 5th Ave.",
+  "A teddy bear sits on a bed with striped sheets.",
+  "Give the bounding box of the region this sentence describes.",
+  "It's a sunny day; the kids can't wait to swim!",
+  "The tennis player returns a fast serve.",
+  "A vase of yellow flowers stands by the window.",
+  "Is this photo taken indoors or outdoors?",
+  "The motorcycle is parked beside a brick building.",
+  "Several sheep are walking along a dirt road.",
+  "The pizza has mushrooms, olives and cheese on it.",
+  "A skier is going down the slope very quickly.",
+  "Who is sitting on the bench in the park?",
+  "The boat floats quietly on the calm lake.",
+  "A little girl flies a kite on a windy hill.",
+  "The man's shirt is striped and his tie is red.",
+  "Short answer: yes or no?",
+  "Traffic was heavy on the highway this morning.",
+  "Zoom in on the black and white photograph of 1984.",
+  "The tags of this image are [dog, park, ball].",
 ]
 TAG_PROMPT = "According to <extra_id_0>, you are allowed to use or partially use the following tags: [{}]. "
 LION_PROMPT = TAG_PROMPT.format("airport, beagle, dog") + "What is the dog doing near the runway?"
 EXTRA_T5_TEXTS = [
-    LION_PROMPT,
-    TAG_PROMPT.format("cat, sofa") + "Describe the image.",
-    "Unseen words: quixotic zephyr jukebox, and café naïve Ærøskøbing ½ 東京 🙂 §§ ¶.",
-    "  leading and trailing spaces   ",
-    "tabs\tand\nnewlines and\u00a0no-break\u3000spaces",
-    "sentinels <extra_id_0>glued<extra_id_1> <extra_id_2>  spaced <extra_id_99>end",
-    "not sentinels: <extra_id_100> <extra_id_05> <extra_id_ 1>",
-    "literal specials </s> and <pad> and <unk> in text",
-    "<image> What is in the picture?",
-    "",
-    "   ",
+  LION_PROMPT,
+  TAG_PROMPT.format("cat, sofa") + "Describe the image.",
+  "Unseen words: quixotic zephyr jukebox, and café naïve Ærøskøbing ½ 東京 🙂 §§ ¶.",
+  "  leading and trailing spaces   ",
+  "tabs\tand\nnewlines and\u00a0no-break\u3000spaces",
+  "sentinels <extra_id_0>glued<extra_id_1> <extra_id_2>  spaced <extra_id_99>end",
+  "not sentinels: <extra_id_100> <extra_id_05> <extra_id_ 1>",
+  "literal specials </s> and <pad> and <unk> in text",
+  "<image> What is in the picture?",
+  "",
+  "   ",
 ]
 EXTRA_BERT_TEXTS = [
-    "What Is The DOG doing, near the RUNWAY?!",
-    "Café naïve résumé — “quoted” (parens) [brackets] {braces}.",
-    "Unknown scripts: 東京 🙂 ok",
-    "a" * 120 + " long word",
-    "literal specials [DEC] [CLS] [SEP] [unk] in text",
-    "numbers 3.14 and 1,000 and 42nd",
-    "",
+  "What Is The DOG doing, near the RUNWAY?!",
+  "Café naïve résumé — “quoted” (parens) [brackets] {braces}.",
+  "Unknown scripts: 東京 🙂 ok",
+  "a" * 120 + " long word",
+  "literal specials [DEC] [CLS] [SEP] [unk] in text",
+  "numbers 3.14 and 1,000 and 42nd",
+  "",
 ]
 MAX_LENGTHS = [1, 2, 3, 5, 8, 13, 21, 34, 200]
 
@@ -116,11 +115,9 @@ def hf_t5(request, t5_model_file, tmp_path_factory):
   return getattr(transformers, request.param).from_pretrained(str(model_dir), extra_ids=100)
 
 
-def hf_t5_ids(hf, text: str, *, max_length: int | None = None, side: str = "left",
-              add_eos: bool = True) -> list[int]:
+def hf_t5_ids(hf, text: str, *, max_length: int | None = None, side: str = "left", add_eos: bool = True) -> list[int]:
   hf.truncation_side = side
-  return hf(text, max_length=max_length, truncation=max_length is not None,
-            add_special_tokens=add_eos)["input_ids"]
+  return hf(text, max_length=max_length, truncation=max_length is not None, add_special_tokens=add_eos)["input_ids"]
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +220,8 @@ def test_t5_sentinel_id_arithmetic(t5, t5_model_file):
   few = T5Tokenizer.from_proto(Path(t5_model_file).read_bytes(), num_extra_ids=10)
   assert few.vocab_size == sp_size + 10 and few.sentinel_id(0) == sp_size + 9
   assert few.encode("a <extra_id_9> b <extra_id_10>") == (
-      few.encode("a", add_eos=False) + [sp_size] + few.encode("b <extra_id_10>"))
+    few.encode("a", add_eos=False) + [sp_size] + few.encode("b <extra_id_10>")
+  )
 
 
 def test_t5_sentinel_ids_match_hf(t5, hf_t5):
@@ -245,8 +243,14 @@ def test_t5_bad_model_files(tmp_path):
   with pytest.raises(OSError, match="cannot read T5 SentencePiece model"):
     T5Tokenizer(tmp_path)  # a directory
   # A model with SentencePiece's default ids (unk 0, bos 1, eos 2).
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS), model_prefix=str(tmp_path / "default"),
-                                 vocab_size=60, hard_vocab_limit=False, num_threads=2, minloglevel=2)
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(CORPUS),
+    model_prefix=str(tmp_path / "default"),
+    vocab_size=60,
+    hard_vocab_limit=False,
+    num_threads=2,
+    minloglevel=2,
+  )
   with pytest.raises(ValueError, match=r"T5 needs \(0, 1, 2\)"):
     T5Tokenizer(tmp_path / "default.model")
 
@@ -262,8 +266,15 @@ def test_bert_encode_matches_hf(bert, hf_bert, text):
 def test_bert_lowercases_splits_punctuation_and_maps_unknowns(bert, bert_vocab_file):
   vocab = Path(bert_vocab_file).read_text().split("\n")
   ids = bert.encode("The DOG, 東!")
-  assert ids == [bert.cls_id, vocab.index("the"), vocab.index("dog"), vocab.index(","),
-                 vocab.index("[UNK]"), vocab.index("!"), bert.sep_id]
+  assert ids == [
+    bert.cls_id,
+    vocab.index("the"),
+    vocab.index("dog"),
+    vocab.index(","),
+    vocab.index("[UNK]"),
+    vocab.index("!"),
+    bert.sep_id,
+  ]
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -292,8 +303,7 @@ def test_bert_dec_id_is_the_original_vocab_size(bert, hf_bert, bert_vocab_file):
   num_lines = len(Path(bert_vocab_file).read_text().splitlines())
   assert bert.dec_id == num_lines == hf_bert.bos_token_id
   assert bert.vocab_size == num_lines + 1 == len(hf_bert)
-  assert (bert.pad_id, bert.cls_id, bert.sep_id) == (
-      hf_bert.pad_token_id, hf_bert.cls_token_id, hf_bert.sep_token_id)
+  assert (bert.pad_id, bert.cls_id, bert.sep_id) == (hf_bert.pad_token_id, hf_bert.cls_token_id, hf_bert.sep_token_id)
 
 
 def test_write_bert_vocab_lowercases_and_deduplicates(tmp_path):

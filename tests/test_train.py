@@ -58,8 +58,10 @@ def saved_paths(step_dir: Path, item: str) -> list[str]:
   """The '/'-joined paths of the arrays a checkpoint item holds (read from its metadata)."""
   with ocp.StandardCheckpointer() as ckptr:
     tree = ckptr.metadata(step_dir / item).item_metadata.tree
-  return ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  return [
+    "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]
+  ]
 
 
 def init_stage(config, stage, mesh, previous=(), rules=sharding.DEFAULT_RULES):
@@ -77,8 +79,12 @@ def test_one_step_on_a_2x2x2_mesh_equals_one_device(data_dir, tmp_path):
   config = make_config(data_dir, tmp_path)
   model_config = stages.model_config(config, "stage1")
   from lion_jax.data import pipeline
-  batch = {k: v for k, v in next(pipeline.make_iterator(stages.data_config(config, "stage1"), 16)).items()
-           if k in contract.TRAIN_KEYS}
+
+  batch = {
+    k: v
+    for k, v in next(pipeline.make_iterator(stages.data_config(config, "stage1"), 16)).items()
+    if k in contract.TRAIN_KEYS
+  }
   losses, params_after = [], []
   for mesh in (sharding.make_mesh(2, 2, 2), sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])):
     trainable, frozen, abstract, tx, schedule = init_stage(config, "stage1", mesh)
@@ -113,10 +119,16 @@ def test_frozen_towers_never_change_and_have_no_optimizer_state(three_stages):
 
 
 def test_stage_handoff_maps_adapters_branches_and_gates():
-  stage1 = {"qformer/proj/kernel": np.full((2, 2), 1.0), "soft_prompt": np.full((4,), 1.0),
-            "t5/encoder/layers_0/moa/adapter_0/down/kernel": np.full((4, 2), 1.0)}
-  stage2 = {"aggregator/proj_in/kernel": np.full((2, 2), 2.0), "soft_prompt": np.full((4,), 2.0),
-            "t5/encoder/layers_0/moa/adapter_0/down/kernel": np.full((4, 2), 2.0)}
+  stage1 = {
+    "qformer/proj/kernel": np.full((2, 2), 1.0),
+    "soft_prompt": np.full((4,), 1.0),
+    "t5/encoder/layers_0/moa/adapter_0/down/kernel": np.full((4, 2), 1.0),
+  }
+  stage2 = {
+    "aggregator/proj_in/kernel": np.full((2, 2), 2.0),
+    "soft_prompt": np.full((4,), 2.0),
+    "t5/encoder/layers_0/moa/adapter_0/down/kernel": np.full((4, 2), 2.0),
+  }
   out = stages.handoff("all", "moa", [("qformer", "moa", stage1), ("aggregator", "moa", stage2)])
   assert out["t5/encoder/layers_0/moa/adapter_1/down/kernel"][0, 0] == 1.0  # image-level from stage 1
   assert out["t5/encoder/layers_0/moa/adapter_0/down/kernel"][0, 0] == 2.0  # region-level from stage 2
@@ -126,7 +138,8 @@ def test_stage_handoff_maps_adapters_branches_and_gates():
   # Stage 2's single adapter is the region-level one: stage 1's image-level adapter has no place
   # there; its Q-Former is carried (and dropped by the trainer, as stage 2's model has none).
   assert stages.handoff("aggregator", "moa", [("qformer", "moa", stage1)]) == {
-      k: v for k, v in stage1.items() if "/moa/" not in k}
+    k: v for k, v in stage1.items() if "/moa/" not in k
+  }
   # A shared adapter (the single-adapter ablation) serves both levels: it is carried as it is.
   shared = stages.handoff("all", "single", [("qformer", "single", stage1), ("aggregator", "single", stage2)])
   assert shared["t5/encoder/layers_0/moa/adapter_0/down/kernel"][0, 0] == 2.0  # the later stage wins
@@ -139,15 +152,17 @@ def test_stage_handoff_maps_adapters_branches_and_gates():
 def test_stage3_starts_from_stage1_and_stage2(three_stages):
   config, workdir, _ = three_stages
   s1, s2 = final_trainables(workdir, "stage1"), final_trainables(workdir, "stage2")
-  trainable, *_ = init_stage(config, "stage3", sharding.make_mesh(**config.mesh),
-                             [("qformer", "moa", s1), ("aggregator", "moa", s2)])
+  trainable, *_ = init_stage(
+    config, "stage3", sharding.make_mesh(**config.mesh), [("qformer", "moa", s1), ("aggregator", "moa", s2)]
+  )
   t = flat(trainable)
   key = "t5/decoder/layers_1/moa/adapter_{}/up/kernel"
   np.testing.assert_array_equal(t[key.format(1)], s1[key.format(0)])
   np.testing.assert_array_equal(t[key.format(0)], s2[key.format(0)])
   assert np.abs(s1[key.format(0)]).max() > 0 and np.abs(s2[key.format(0)]).max() > 0  # trained, not zero init
-  np.testing.assert_array_equal(t["qformer/encoder/layers_0/query_ffn/fc1/kernel"],
-                                s1["qformer/encoder/layers_0/query_ffn/fc1/kernel"])
+  np.testing.assert_array_equal(
+    t["qformer/encoder/layers_0/query_ffn/fc1/kernel"], s1["qformer/encoder/layers_0/query_ffn/fc1/kernel"]
+  )
   np.testing.assert_array_equal(t["aggregator/out_norm/scale"], s2["aggregator/out_norm/scale"])
   gate = t["t5/encoder/layers_0/moa/gate_1"]
   np.testing.assert_array_equal(gate, np.stack([np.zeros(gate.shape[1]), np.ones(gate.shape[1])]))
@@ -171,8 +186,16 @@ def test_resume_on_a_different_mesh_continues_the_run(data_dir, three_stages, tm
 
 
 def _main_command(workdir: Path | str, *overrides: str) -> list[str]:
-  return [sys.executable, "-m", "lion_jax.main", f"--config={REPO / 'configs' / 'demo.py'}:{DEMO_ARGS}",
-          f"--workdir={workdir}", "--config.run_stages=stage1", f"--config.num_steps={STEPS}", *overrides]
+  return [
+    sys.executable,
+    "-m",
+    "lion_jax.main",
+    f"--config={REPO / 'configs' / 'demo.py'}:{DEMO_ARGS}",
+    f"--workdir={workdir}",
+    "--config.run_stages=stage1",
+    f"--config.num_steps={STEPS}",
+    *overrides,
+  ]
 
 
 def _wait_for_step(workdir: Path, proc: subprocess.Popen, step: int, what: str) -> None:
@@ -186,8 +209,7 @@ def _wait_for_step(workdir: Path, proc: subprocess.Popen, step: int, what: str) 
   raise AssertionError(f"{what}: the run exited ({proc.poll()}) or timed out before step {step}")
 
 
-def test_sigterm_kill_9_and_a_damaged_checkpoint_all_resume_to_the_uninterrupted_run(data_dir, three_stages,
-                                                                                    tmp_path):
+def test_sigterm_kill_9_and_a_damaged_checkpoint_all_resume_to_the_uninterrupted_run(data_dir, three_stages, tmp_path):
   """A pod's life on one run: SIGTERM (preemption) saves at the next step and exits 0; the resumed
   run is killed with -9 anywhere; its newest checkpoint is then truncated (a full disk) and moved
   aside on resume; the run still ends with the uninterrupted run's losses and weights."""
@@ -196,8 +218,13 @@ def test_sigterm_kill_9_and_a_damaged_checkpoint_all_resume_to_the_uninterrupted
   workdir = tmp_path / "interrupted"
   workdir.mkdir()
   (workdir / "data").symlink_to(data_dir)
-  command = _main_command(workdir, "--config.checkpoint_every_steps=5", "--config.log_every_steps=1",
-                          "--config.keep_checkpoints=10", f"--config.pretrained={straight / 'pretrain' / 'export'}")
+  command = _main_command(
+    workdir,
+    "--config.checkpoint_every_steps=5",
+    "--config.log_every_steps=1",
+    "--config.keep_checkpoints=10",
+    f"--config.pretrained={straight / 'pretrain' / 'export'}",
+  )
   ckpt_dir = workdir / "stage1" / "checkpoints"
 
   proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -256,8 +283,9 @@ def test_config_errors_come_before_compiling(data_dir, tmp_path):
     train.run(bad_mesh, tmp_path)
   with pytest.raises(FileNotFoundError, match="no stage1 checkpoint .* run stage1 first"):
     train.run(make_config(data_dir, tmp_path / "fresh", stages_to_run="stage2"), tmp_path / "fresh")
-  result = subprocess.run(_main_command(tmp_path / "cli", "--config.optimizer.lrr=1"), cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    _main_command(tmp_path / "cli", "--config.optimizer.lrr=1"), cwd=REPO, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 2 and "no field" in result.stderr and "lrr" in result.stderr
   result = subprocess.run(_main_command("gs://my-bucket/demo"), cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1 and "give a local --workdir (got gs://my-bucket/demo)" in result.stderr
@@ -274,14 +302,24 @@ def test_demo_three_stages_loss_goes_down_and_export_loads(three_stages):
   exported_config, params = load_converted(workdir / "stage3" / "export")
   assert exported_config.visual_input == "all"
   from tests.test_model import random_batch
+
   batch = random_batch(exported_config)
   logits = jax.jit(lambda p, x: Lion(exported_config).apply({"params": p}, x))(params, batch)
   assert np.isfinite(np.asarray(logits)).all()
   assert (workdir / "stage3" / "export" / "tokenizer" / "spiece.model").exists()
   metrics = [json.loads(l) for l in (workdir / "stage3" / "metrics.jsonl").read_text().splitlines()]
   training_rows = [m for m in metrics if "loss" in m]  # evaluation rows are separate
-  assert {"loss", "loss_image_level", "loss_region_level", "learning_rate", "grad_norm", "param_norm",
-          "examples_per_s", "tokens_per_s", "data/synthetic_image/seen"} <= set(training_rows[-1])
+  assert {
+    "loss",
+    "loss_image_level",
+    "loss_region_level",
+    "learning_rate",
+    "grad_norm",
+    "param_norm",
+    "examples_per_s",
+    "tokens_per_s",
+    "data/synthetic_image/seen",
+  } <= set(training_rows[-1])
   assert list((workdir / "stage3" / "tb").glob("events.out.tfevents.*"))
 
 
@@ -292,8 +330,14 @@ def test_every_stage_logs_its_evaluations(three_stages):
     evaluated = [r for r in rows if any(k.startswith("eval/") for k in r)]
     assert [r["step"] for r in evaluated] == [STEPS], stage  # every_steps=0: once, at the end
     keys = set(evaluated[0])
-    assert {"eval/synthetic_caption/CIDEr", "eval/synthetic_vqa/accuracy", "eval/synthetic_rec/accuracy",
-            "eval/image_level/loss", "eval/region_level/loss", "eval/synthetic_vqa/seconds"} <= keys, stage
+    assert {
+      "eval/synthetic_caption/CIDEr",
+      "eval/synthetic_vqa/accuracy",
+      "eval/synthetic_rec/accuracy",
+      "eval/image_level/loss",
+      "eval/region_level/loss",
+      "eval/synthetic_vqa/seconds",
+    } <= keys, stage
     assert 0 <= evaluated[0]["eval/synthetic_vqa/accuracy"] <= 100
     assert np.isfinite(evaluated[0]["eval/region_level/loss"]) and evaluated[0]["eval/region_level/loss"] > 0
 
@@ -302,6 +346,7 @@ def test_evaluators_score_as_the_evaluate_cli(three_stages, tmp_path):
   """The training evaluators and `python -m lion_jax.evaluate` on the same records and parameters."""
   from lion_jax import run_config
   from lion_jax.evaluation import benchmarks, evaluators, runner
+
   config, workdir, _ = three_stages
   export = workdir / "stage3" / "export"
   model_config, params = load_converted(export)
@@ -324,11 +369,13 @@ def test_validation_loss_is_the_training_loss_per_task_level(three_stages):
   from lion_jax.data import pipeline
   from lion_jax.evaluation import evaluators
   from lion_jax.loss import loss_and_metrics
+
   config, workdir, _ = three_stages
   model_config, params = load_converted(workdir / "stage3" / "export")
   data_config = stages.data_config(config, "stage3")
-  spec = run_config.evaluator("loss", records=str(workdir / "data" / "val.jsonl"), image_root=str(workdir / "data"),
-                              limit=21, batch_size=8)  # 21: a padded last batch
+  spec = run_config.evaluator(
+    "loss", records=str(workdir / "data" / "val.jsonl"), image_root=str(workdir / "data"), limit=21, batch_size=8
+  )  # 21: a padded last batch
   ev = evaluators.Evaluator("validation", spec, model_config, data_config, 1)
   scalars = ev.run(params)
   preparer = pipeline.ExamplePreparer(ev.source, 0, data_config, ev.t5, ev.bert)
@@ -345,24 +392,27 @@ def test_validation_loss_is_the_training_loss_per_task_level(three_stages):
 
 def test_demo_report_table_curves_and_results(three_stages, capsys):
   from lion_jax.demo import evaluate_export
+
   config, workdir, _ = three_stages
   rows = evaluate_export(config, workdir)
   out = capsys.readouterr().out
   results = json.loads((workdir / "results.json").read_text())
   assert set(results) == {"synthetic_caption", "synthetic_vqa", "synthetic_rec"} and results == rows
   assert {"CIDEr"} <= set(results["synthetic_caption"]) and "accuracy" in results["synthetic_rec"]
-  table = out[out.index("stage "):].splitlines()
+  table = out[out.index("stage ") :].splitlines()
   assert table[0].split() == ["stage", "synthetic_caption.CIDEr", "synthetic_vqa.accuracy", "synthetic_rec.accuracy"]
   assert [line.split()[0] for line in table[1:5]] == ["pretrain", "stage1", "stage2", "stage3"]
   stage3_row = [json.loads(l) for l in (workdir / "stage3" / "metrics.jsonl").read_text().splitlines()][-1]
   assert float(table[4].split()[2]) == pytest.approx(stage3_row["eval/synthetic_vqa/accuracy"], abs=0.01)
   from PIL import Image
+
   with Image.open(workdir / "curves.png") as image:
     assert image.format == "PNG" and image.size[0] > 500
 
 
 def test_finetune_config_starts_from_a_converted_lion_checkpoint(data_dir, three_stages, tmp_path):
   from configs import finetune
+
   _, workdir, _ = three_stages
   export = workdir / "stage3" / "export"
   config = finetune.get_config()

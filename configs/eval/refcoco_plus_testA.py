@@ -1,4 +1,6 @@
-"""Benchmark refcoco_plus_testA: python -m lion_jax.evaluate --config=configs/eval/refcoco_plus_testA.py --checkpoint=DIR \
+"""Benchmark refcoco_plus_testA:
+
+  python -m lion_jax.evaluate --config=configs/eval/refcoco_plus_testA.py --checkpoint=DIR \
     --config.records=RECORDS.jsonl --config.image_root=IMAGES"""
 
 from lion_jax.evaluation.benchmarks import eval_config

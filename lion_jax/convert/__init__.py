@@ -8,5 +8,11 @@ from lion_jax.convert.hf import load_hf_instructblip, load_hf_t5
 from lion_jax.convert.lion_release import load_lion_release
 from lion_jax.convert.mapping import CheckpointMismatchError
 
-__all__ = ["load_hf_instructblip", "load_hf_t5", "load_lion_release", "load_converted", "save_converted",
-           "CheckpointMismatchError"]
+__all__ = [
+  "load_hf_instructblip",
+  "load_hf_t5",
+  "load_lion_release",
+  "load_converted",
+  "save_converted",
+  "CheckpointMismatchError",
+]

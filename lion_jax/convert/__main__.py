@@ -33,20 +33,28 @@ def _first_existing(*paths):
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m lion_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m lion_jax.convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   sub = parser.add_subparsers(dest="source", required=True)
   ib = sub.add_parser("instructblip", help="HF InstructBLIP-T5 directory -> stage-1 LION layout")
-  ib.add_argument("--hf_dir", required=True, metavar="DIR",
-                  help="HF InstructBLIP-FlanT5 directory (config.json, *.safetensors)")
+  ib.add_argument(
+    "--hf_dir", required=True, metavar="DIR", help="HF InstructBLIP-FlanT5 directory (config.json, *.safetensors)"
+  )
   lion = sub.add_parser("lion", help="LION release: LION .pth + eva_vit_g.pth + FlanT5 directory")
   lion.add_argument("--lion_pth", required=True, metavar="FILE", help="the released LION-FlanT5-*.pth")
   lion.add_argument("--eva_vit_pth", required=True, metavar="FILE", help="EVA-CLIP ViT-g weights (eva_vit_g.pth)")
   lion.add_argument("--flant5_dir", required=True, metavar="DIR", help="HF FlanT5 directory (flan-t5-xl or -xxl)")
-  lion.add_argument("--frozen_dtype", choices=sorted(DTYPES), default="float32",
-                    help="storage dtype of the frozen ViT and T5 body (default: %(default)s)")
-  for p, t5_default, bert_default in ((ib, "HF_DIR/spiece.model", "HF_DIR/qformer_tokenizer/vocab.txt"),
-                                      (lion, "FLANT5_DIR/spiece.model", "none")):
+  lion.add_argument(
+    "--frozen_dtype",
+    choices=sorted(DTYPES),
+    default="float32",
+    help="storage dtype of the frozen ViT and T5 body (default: %(default)s)",
+  )
+  for p, t5_default, bert_default in (
+    (ib, "HF_DIR/spiece.model", "HF_DIR/qformer_tokenizer/vocab.txt"),
+    (lion, "FLANT5_DIR/spiece.model", "none"),
+  ):
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not hold a checkpoint yet)")
     p.add_argument("--t5_vocab", metavar="FILE", help=f"T5 SentencePiece model (default: {t5_default}, if there)")
     p.add_argument("--bert_vocab", metavar="FILE", help=f"Q-Former WordPiece vocab.txt (default: {bert_default})")
@@ -76,15 +84,21 @@ def convert(args: argparse.Namespace) -> None:
     bert_vocab = _first_existing(args.bert_vocab, root / "qformer_tokenizer" / "vocab.txt")
     sources = {"hf_dir": str(root)}
   else:
-    config, params = load_lion_release(lion_pth=args.lion_pth, eva_vit_pth=args.eva_vit_pth,
-                                       flant5_dir=args.flant5_dir, frozen_dtype=DTYPES[args.frozen_dtype],
-                                       progress=True)
+    config, params = load_lion_release(
+      lion_pth=args.lion_pth,
+      eva_vit_pth=args.eva_vit_pth,
+      flant5_dir=args.flant5_dir,
+      frozen_dtype=DTYPES[args.frozen_dtype],
+      progress=True,
+    )
     t5_vocab = _first_existing(args.t5_vocab, Path(args.flant5_dir) / "spiece.model")
     bert_vocab = _first_existing(args.bert_vocab)
     sources = {k: str(getattr(args, k)) for k in ("lion_pth", "eva_vit_pth", "flant5_dir")}
   out = save_converted(args.out, config, params, t5_vocab=t5_vocab, bert_vocab=bert_vocab, sources=sources)
-  print(f"wrote {out} (visual_input={config.visual_input}, tokenizer files: "
-        f"{'t5 ' if t5_vocab else ''}{'bert' if bert_vocab else ''})")
+  print(
+    f"wrote {out} (visual_input={config.visual_input}, tokenizer files: "
+    f"{'t5 ' if t5_vocab else ''}{'bert' if bert_vocab else ''})"
+  )
 
 
 def main(argv=None) -> int:

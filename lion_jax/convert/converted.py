@@ -27,9 +27,15 @@ T5_VOCAB_NAME = "spiece.model"
 BERT_VOCAB_NAME = "bert_vocab.txt"
 
 
-def save_converted(directory: str | os.PathLike, config: ml_collections.ConfigDict, params: Any, *,
-                   t5_vocab: str | os.PathLike | None = None, bert_vocab: str | os.PathLike | None = None,
-                   sources: dict[str, str] | None = None) -> epath.Path:
+def save_converted(
+  directory: str | os.PathLike,
+  config: ml_collections.ConfigDict,
+  params: Any,
+  *,
+  t5_vocab: str | os.PathLike | None = None,
+  bert_vocab: str | os.PathLike | None = None,
+  sources: dict[str, str] | None = None,
+) -> epath.Path:
   """Writes DIR; refuses to overwrite an existing params checkpoint (nothing saved is ever lost).
   Multi-host: every process calls it with the (sharded) parameters and saves its shards; process 0
   writes the config, tokenizer and conversion files."""
@@ -52,9 +58,16 @@ def save_converted(directory: str | os.PathLike, config: ml_collections.ConfigDi
     ckptr.save(directory / "params", jax.tree.map(jnp.asarray, params))
     ckptr.wait_until_finished()
   if writer:
-    (directory / "conversion.json").write_text(json.dumps(
-        {"sources": sources or {}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-         "num_params": int(sum(x.size for x in jax.tree.leaves(params)))}, indent=2))
+    (directory / "conversion.json").write_text(
+      json.dumps(
+        {
+          "sources": sources or {},
+          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          "num_params": int(sum(x.size for x in jax.tree.leaves(params))),
+        },
+        indent=2,
+      )
+    )
   return directory
 
 
@@ -68,8 +81,7 @@ def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
     raise UserError(f"{path}: not valid JSON: {e}") from e
 
 
-def load_converted(directory: str | os.PathLike, shardings: Any = None
-                   ) -> tuple[ml_collections.ConfigDict, Any]:
+def load_converted(directory: str | os.PathLike, shardings: Any = None) -> tuple[ml_collections.ConfigDict, Any]:
   """Reads DIR -> (config, params). With `shardings` (a tree of NamedShardings matching the params)
   every array is restored straight onto its devices; without, onto this process's first device,
   whatever mesh and number of hosts wrote it (a pod's export loads on one GPU)."""

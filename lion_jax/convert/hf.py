@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import ml_collections
 import numpy as np
 from flax import traverse_util
@@ -27,16 +27,45 @@ from lion_jax.models.adapters import MixtureOfAdapters
 from lion_jax.models.t5 import T5
 
 # HF writes only non-default values into config.json, so absent keys take the class defaults.
-VISION_DEFAULTS = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39,
-                       num_attention_heads=16, image_size=224, patch_size=14, hidden_act="gelu",
-                       layer_norm_eps=1e-6, qkv_bias=True)
-QFORMER_DEFAULTS = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                        intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
-                        max_position_embeddings=512, layer_norm_eps=1e-12, cross_attention_frequency=2,
-                        encoder_hidden_size=1408, position_embedding_type="absolute")
-T5_DEFAULTS = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=None,
-                   num_heads=8, relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                   dropout_rate=0.1, layer_norm_epsilon=1e-6, feed_forward_proj="relu")
+VISION_DEFAULTS = dict(
+  hidden_size=1408,
+  intermediate_size=6144,
+  num_hidden_layers=39,
+  num_attention_heads=16,
+  image_size=224,
+  patch_size=14,
+  hidden_act="gelu",
+  layer_norm_eps=1e-6,
+  qkv_bias=True,
+)
+QFORMER_DEFAULTS = dict(
+  vocab_size=30522,
+  hidden_size=768,
+  num_hidden_layers=12,
+  num_attention_heads=12,
+  intermediate_size=3072,
+  hidden_act="gelu",
+  hidden_dropout_prob=0.1,
+  max_position_embeddings=512,
+  layer_norm_eps=1e-12,
+  cross_attention_frequency=2,
+  encoder_hidden_size=1408,
+  position_embedding_type="absolute",
+)
+T5_DEFAULTS = dict(
+  vocab_size=32128,
+  d_model=512,
+  d_kv=64,
+  d_ff=2048,
+  num_layers=6,
+  num_decoder_layers=None,
+  num_heads=8,
+  relative_attention_num_buckets=32,
+  relative_attention_max_distance=128,
+  dropout_rate=0.1,
+  layer_norm_epsilon=1e-6,
+  feed_forward_proj="relu",
+)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -63,16 +92,28 @@ def t5_config_from_hf(text: dict, *, has_lm_head: bool, where: str) -> ml_collec
   _require(act in ("gelu", "gelu_new", "relu"), where, f"unsupported T5 activation {act!r}")
   rescale = t.get("scale_decoder_outputs", t.get("tie_word_embeddings", True))
   tied = not has_lm_head
-  _require(tied == bool(rescale), where,
-           f"LM head {'absent' if tied else 'present'} but scale_decoder_outputs={rescale}: only the "
-           "tied head with rescale (T5 1.0) and the untied head without it (T5 1.1, FlanT5) exist")
+  _require(
+    tied == bool(rescale),
+    where,
+    f"LM head {'absent' if tied else 'present'} but scale_decoder_outputs={rescale}: only the "
+    "tied head with rescale (T5 1.0) and the untied head without it (T5 1.1, FlanT5) exist",
+  )
   return presets._t5(
-      vocab_size=t["vocab_size"], d_model=t["d_model"], d_kv=t["d_kv"], num_heads=t["num_heads"],
-      d_ff=t["d_ff"], num_layers=t["num_layers"],
-      num_decoder_layers=t["num_decoder_layers"] or t["num_layers"],
-      relative_buckets=t["relative_attention_num_buckets"],
-      relative_max_distance=t["relative_attention_max_distance"], ln_eps=t["layer_norm_epsilon"],
-      dropout_rate=t["dropout_rate"], activation=act, gated=gated, tie_word_embeddings=tied)
+    vocab_size=t["vocab_size"],
+    d_model=t["d_model"],
+    d_kv=t["d_kv"],
+    num_heads=t["num_heads"],
+    d_ff=t["d_ff"],
+    num_layers=t["num_layers"],
+    num_decoder_layers=t["num_decoder_layers"] or t["num_layers"],
+    relative_buckets=t["relative_attention_num_buckets"],
+    relative_max_distance=t["relative_attention_max_distance"],
+    ln_eps=t["layer_norm_epsilon"],
+    dropout_rate=t["dropout_rate"],
+    activation=act,
+    gated=gated,
+    tie_word_embeddings=tied,
+  )
 
 
 def instructblip_config(hf: dict, *, has_lm_head: bool, where: str) -> ml_collections.ConfigDict:
@@ -81,24 +122,41 @@ def instructblip_config(hf: dict, *, has_lm_head: bool, where: str) -> ml_collec
   _require(v["hidden_act"] == "gelu" and q["hidden_act"] == "gelu", where, "only exact-GELU towers are supported")
   _require(v["qkv_bias"], where, "vision_config.qkv_bias=false is not the EVA ViT")
   _require(q["position_embedding_type"] == "absolute", where, "the Q-Former must use absolute positions")
-  _require(q["encoder_hidden_size"] == v["hidden_size"], where,
-           f"qformer_config.encoder_hidden_size={q['encoder_hidden_size']} != vision hidden_size "
-           f"{v['hidden_size']}")
+  _require(
+    q["encoder_hidden_size"] == v["hidden_size"],
+    where,
+    f"qformer_config.encoder_hidden_size={q['encoder_hidden_size']} != vision hidden_size {v['hidden_size']}",
+  )
   _require("text_config" in hf, where, "no text_config (is this an InstructBLIP checkpoint?)")
-  _require(hf["text_config"].get("model_type", "t5") == "t5", where,
-           f"text model {hf['text_config'].get('model_type')!r} is not T5")
-  vit = presets._vit(image_size=v["image_size"], patch_size=v["patch_size"], width=v["hidden_size"],
-                     depth=v["num_hidden_layers"], num_heads=v["num_attention_heads"],
-                     mlp_dim=v["intermediate_size"], ln_eps=v["layer_norm_eps"])
+  _require(
+    hf["text_config"].get("model_type", "t5") == "t5",
+    where,
+    f"text model {hf['text_config'].get('model_type')!r} is not T5",
+  )
+  vit = presets._vit(
+    image_size=v["image_size"],
+    patch_size=v["patch_size"],
+    width=v["hidden_size"],
+    depth=v["num_hidden_layers"],
+    num_heads=v["num_attention_heads"],
+    mlp_dim=v["intermediate_size"],
+    ln_eps=v["layer_norm_eps"],
+  )
   qformer = presets._qformer(
-      vocab_size=q["vocab_size"], width=q["hidden_size"], num_layers=q["num_hidden_layers"],
-      num_heads=q["num_attention_heads"], mlp_dim=q["intermediate_size"],
-      max_positions=q["max_position_embeddings"], num_queries=hf.get("num_query_tokens", 32),
-      cross_attention_freq=q["cross_attention_frequency"], ln_eps=q["layer_norm_eps"],
-      dropout_rate=q["hidden_dropout_prob"], vision_ln_eps=v["layer_norm_eps"])
+    vocab_size=q["vocab_size"],
+    width=q["hidden_size"],
+    num_layers=q["num_hidden_layers"],
+    num_heads=q["num_attention_heads"],
+    mlp_dim=q["intermediate_size"],
+    max_positions=q["max_position_embeddings"],
+    num_queries=hf.get("num_query_tokens", 32),
+    cross_attention_freq=q["cross_attention_frequency"],
+    ln_eps=q["layer_norm_eps"],
+    dropout_rate=q["hidden_dropout_prob"],
+    vision_ln_eps=v["layer_norm_eps"],
+  )
   t5 = t5_config_from_hf(hf["text_config"], has_lm_head=has_lm_head, where=where)
-  return presets._lion(vit, qformer, presets._aggregator(), t5, visual_input="qformer",
-                       use_soft_prompt=False)
+  return presets._lion(vit, qformer, presets._aggregator(), t5, visual_input="qformer", use_soft_prompt=False)
 
 
 def fresh_adapters(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, np.ndarray]:
@@ -121,8 +179,7 @@ def fresh_adapters(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str
 HF_IGNORED = (r".*position_ids", r".*decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight")
 
 
-def load_hf_instructblip(path: str | os.PathLike, *, progress: bool = False
-                         ) -> tuple[ml_collections.ConfigDict, dict]:
+def load_hf_instructblip(path: str | os.PathLike, *, progress: bool = False) -> tuple[ml_collections.ConfigDict, dict]:
   """Reads an HF InstructBLIP-T5 checkpoint directory (config.json + safetensors, sharded or not).
 
   Returns (config, params): a stage-1 LION layout whose logits equal InstructBLIP's.
@@ -130,20 +187,27 @@ def load_hf_instructblip(path: str | os.PathLike, *, progress: bool = False
   path = Path(path)
   hf = read_json(path / "config.json")
   source = SafetensorsSource(path)
-  config = instructblip_config(hf, has_lm_head="language_model.lm_head.weight" in source,
-                               where=str(path / "config.json"))
+  config = instructblip_config(
+    hf, has_lm_head="language_model.lm_head.weight" in source, where=str(path / "config.json")
+  )
   shapes = mapping.flat_shapes(abstract_params(config))
-  entries = (mapping.vit_hf(config) + mapping.qformer(config, "hf")
-             + mapping.t5_body(config, "language_model."))
-  flat = mapping.assemble(entries, source, mapping.select(shapes, ["vit/", "qformer/", "t5/"], ["/moa/"]),
-                          source_name=str(path), ignore=HF_IGNORED,
-                          copies=mapping.t5_embedding_copies("language_model."), progress=progress)
+  entries = mapping.vit_hf(config) + mapping.qformer(config, "hf") + mapping.t5_body(config, "language_model.")
+  flat = mapping.assemble(
+    entries,
+    source,
+    mapping.select(shapes, ["vit/", "qformer/", "t5/"], ["/moa/"]),
+    source_name=str(path),
+    ignore=HF_IGNORED,
+    copies=mapping.t5_embedding_copies("language_model."),
+    progress=progress,
+  )
   flat.update(fresh_adapters(config))
   return config, mapping.unflatten(flat)
 
 
-def load_hf_t5(path: str | os.PathLike, *, progress: bool = False
-               ) -> tuple[ml_collections.ConfigDict, dict[str, np.ndarray]]:
+def load_hf_t5(
+  path: str | os.PathLike, *, progress: bool = False
+) -> tuple[ml_collections.ConfigDict, dict[str, np.ndarray]]:
   """Reads an HF (Flan)T5 directory: returns (our T5 config, flat 't5/...' params without adapters)."""
   path = Path(path)
   text = read_json(path / "config.json")
@@ -152,7 +216,13 @@ def load_hf_t5(path: str | os.PathLike, *, progress: bool = False
   ids = jnp.zeros((1, 2), jnp.int32)
   boxed = jax.eval_shape(lambda: T5(t5).init(jax.random.key(0), ids, ids, ids)["params"])
   shapes = {f"t5/{k}": v for k, v in mapping.flat_shapes(nn.unbox(boxed)).items()}
-  flat = mapping.assemble(mapping.t5_body(ml_collections.ConfigDict({"t5": t5})), source, shapes,
-                          source_name=str(path), ignore=HF_IGNORED, copies=mapping.t5_embedding_copies(),
-                          progress=progress)
+  flat = mapping.assemble(
+    mapping.t5_body(ml_collections.ConfigDict({"t5": t5})),
+    source,
+    shapes,
+    source_name=str(path),
+    ignore=HF_IGNORED,
+    copies=mapping.t5_embedding_copies(),
+    progress=progress,
+  )
   return t5, flat

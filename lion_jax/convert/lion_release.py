@@ -45,10 +45,16 @@ def lion_trainable_entries(config: ml_collections.ConfigDict) -> list[mapping.En
   return entries
 
 
-def load_lion_release(*, lion_pth: str | os.PathLike, eva_vit_pth: str | os.PathLike,
-                      flant5_dir: str | os.PathLike, t5_activation: str | None = "gelu",
-                      towers: ml_collections.ConfigDict | None = None, frozen_dtype=np.float32,
-                      progress: bool = False) -> tuple[ml_collections.ConfigDict, dict]:
+def load_lion_release(
+  *,
+  lion_pth: str | os.PathLike,
+  eva_vit_pth: str | os.PathLike,
+  flant5_dir: str | os.PathLike,
+  t5_activation: str | None = "gelu",
+  towers: ml_collections.ConfigDict | None = None,
+  frozen_dtype=np.float32,
+  progress: bool = False,
+) -> tuple[ml_collections.ConfigDict, dict]:
   """Returns (config, params) for the full LION model described by the three files.
 
   The T5 dims come from the FlanT5 config, the stage layout from the keys of the LION file, the
@@ -61,22 +67,41 @@ def load_lion_release(*, lion_pth: str | os.PathLike, eva_vit_pth: str | os.Path
   if t5_activation is not None:
     t5_config.activation = t5_activation
   lion = TorchSource(lion_pth)
-  config = presets._lion(towers.vit, towers.qformer, towers.aggregator, t5_config,
-                         visual_input=visual_input_of(lion), use_soft_prompt="soft_prompt_hint" in lion)
+  config = presets._lion(
+    towers.vit,
+    towers.qformer,
+    towers.aggregator,
+    t5_config,
+    visual_input=visual_input_of(lion),
+    use_soft_prompt="soft_prompt_hint" in lion,
+  )
   shapes = mapping.flat_shapes(abstract_params(config))
 
   vit = TorchSource(eva_vit_pth)
   kept_blocks = "|".join(str(i) for i in range(config.vit.depth))
-  flat = mapping.assemble(mapping.vit_lavis(config), vit, mapping.select(shapes, ["vit/"]),
-                          source_name=str(eva_vit_pth), ignore=[rf"blocks\.(?!({kept_blocks})\.).*"],
-                          dtype=frozen_dtype, progress=progress)
+  flat = mapping.assemble(
+    mapping.vit_lavis(config),
+    vit,
+    mapping.select(shapes, ["vit/"]),
+    source_name=str(eva_vit_pth),
+    ignore=[rf"blocks\.(?!({kept_blocks})\.).*"],
+    dtype=frozen_dtype,
+    progress=progress,
+  )
   flat.update({k: v.astype(frozen_dtype) for k, v in t5_flat.items()})
   # The release holds what the official code trained: everything LION's freezing rule does not fix.
   trainable_shapes = {k: v for k, v in shapes.items() if not param_paths.LION.is_frozen(k)}
-  flat.update(mapping.assemble(lion_trainable_entries(config), lion, trainable_shapes,
-                               source_name=str(lion_pth), ignore=LION_IGNORED, progress=progress))
+  flat.update(
+    mapping.assemble(
+      lion_trainable_entries(config),
+      lion,
+      trainable_shapes,
+      source_name=str(lion_pth),
+      ignore=LION_IGNORED,
+      progress=progress,
+    )
+  )
   missing = sorted(set(shapes) - set(flat))
   if missing:
     raise mapping.CheckpointMismatchError(f"parameters no file provided: {missing[:20]}")
   return config, mapping.unflatten(flat)
-

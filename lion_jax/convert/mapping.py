@@ -19,7 +19,6 @@ from flax import traverse_util
 
 from lion_jax.errors import UserError
 
-
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
@@ -37,7 +36,7 @@ def conv(x: np.ndarray) -> np.ndarray:
 
 def third(i: int) -> Transform:
   """Slice i of a fused [q; k; v] vector."""
-  return lambda x: x[i * (x.shape[0] // 3):(i + 1) * (x.shape[0] // 3)]
+  return lambda x: x[i * (x.shape[0] // 3) : (i + 1) * (x.shape[0] // 3)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,17 +66,22 @@ def _norm(dst: str, src: str, scale_only: bool = False) -> list[Entry]:
 
 # ----------------------------------------------------------------------------------------- ViT ---
 
+
 def vit_hf(config: ml_collections.ConfigDict, src: str = "vision_model.") -> list[Entry]:
   """HF `InstructBlipVisionModel` / `Blip2VisionModel` (qkv bias fused as [q, 0, v])."""
-  e = [Entry("vit/cls_token", f"{src}embeddings.class_embedding"),
-       Entry("vit/pos_embed", f"{src}embeddings.position_embedding"),
-       Entry("vit/patch_embed/kernel", f"{src}embeddings.patch_embedding.weight", conv),
-       Entry("vit/patch_embed/bias", f"{src}embeddings.patch_embedding.bias")]
+  e = [
+    Entry("vit/cls_token", f"{src}embeddings.class_embedding"),
+    Entry("vit/pos_embed", f"{src}embeddings.position_embedding"),
+    Entry("vit/patch_embed/kernel", f"{src}embeddings.patch_embedding.weight", conv),
+    Entry("vit/patch_embed/bias", f"{src}embeddings.patch_embedding.bias"),
+  ]
   for i in range(config.vit.depth):
     s, d = f"{src}encoder.layers.{i}.", f"vit/blocks_{i}/"
-    e += [Entry(d + "attn/qkv/kernel", s + "self_attn.qkv.weight", linear),
-          Entry(d + "attn/q_bias", s + "self_attn.qkv.bias", third(0)),
-          Entry(d + "attn/v_bias", s + "self_attn.qkv.bias", third(2))]
+    e += [
+      Entry(d + "attn/qkv/kernel", s + "self_attn.qkv.weight", linear),
+      Entry(d + "attn/q_bias", s + "self_attn.qkv.bias", third(0)),
+      Entry(d + "attn/v_bias", s + "self_attn.qkv.bias", third(2)),
+    ]
     e += _dense(d + "attn/proj", s + "self_attn.projection")
     e += _norm(d + "norm1", s + "layer_norm1") + _norm(d + "norm2", s + "layer_norm2")
     e += _dense(d + "fc1", s + "mlp.fc1") + _dense(d + "fc2", s + "mlp.fc2")
@@ -86,13 +90,19 @@ def vit_hf(config: ml_collections.ConfigDict, src: str = "vision_model.") -> lis
 
 def vit_lavis(config: ml_collections.ConfigDict, src: str = "") -> list[Entry]:
   """LAVIS / EVA-CLIP `eva_vit_g.pth` (separate q_bias and v_bias)."""
-  e = [Entry("vit/cls_token", f"{src}cls_token"), Entry("vit/pos_embed", f"{src}pos_embed"),
-       Entry("vit/patch_embed/kernel", f"{src}patch_embed.proj.weight", conv),
-       Entry("vit/patch_embed/bias", f"{src}patch_embed.proj.bias")]
+  e = [
+    Entry("vit/cls_token", f"{src}cls_token"),
+    Entry("vit/pos_embed", f"{src}pos_embed"),
+    Entry("vit/patch_embed/kernel", f"{src}patch_embed.proj.weight", conv),
+    Entry("vit/patch_embed/bias", f"{src}patch_embed.proj.bias"),
+  ]
   for i in range(config.vit.depth):
     s, d = f"{src}blocks.{i}.", f"vit/blocks_{i}/"
-    e += [Entry(d + "attn/qkv/kernel", s + "attn.qkv.weight", linear),
-          Entry(d + "attn/q_bias", s + "attn.q_bias"), Entry(d + "attn/v_bias", s + "attn.v_bias")]
+    e += [
+      Entry(d + "attn/qkv/kernel", s + "attn.qkv.weight", linear),
+      Entry(d + "attn/q_bias", s + "attn.q_bias"),
+      Entry(d + "attn/v_bias", s + "attn.v_bias"),
+    ]
     e += _dense(d + "attn/proj", s + "attn.proj")
     e += _norm(d + "norm1", s + "norm1") + _norm(d + "norm2", s + "norm2")
     e += _dense(d + "fc1", s + "mlp.fc1") + _dense(d + "fc2", s + "mlp.fc2")
@@ -100,6 +110,7 @@ def vit_lavis(config: ml_collections.ConfigDict, src: str = "") -> list[Entry]:
 
 
 # ------------------------------------------------------------------------------ BERT sublayers ---
+
 
 def _bert_attention(dst: str, src: str, inner: str) -> list[Entry]:
   """`inner` is 'attention' (HF InstructBLIP Q-Former) or 'self' (BERT / LAVIS)."""
@@ -110,11 +121,15 @@ def _bert_attention(dst: str, src: str, inner: str) -> list[Entry]:
 
 
 def _bert_ffn(dst: str, intermediate: str, output: str) -> list[Entry]:
-  return (_dense(f"{dst}/fc1", f"{intermediate}.dense") + _dense(f"{dst}/fc2", f"{output}.dense")
-          + _norm(f"{dst}/norm", f"{output}.LayerNorm"))
+  return (
+    _dense(f"{dst}/fc1", f"{intermediate}.dense")
+    + _dense(f"{dst}/fc2", f"{output}.dense")
+    + _norm(f"{dst}/norm", f"{output}.LayerNorm")
+  )
 
 
 # ------------------------------------------------------------------------------------ Q-Former ---
+
 
 def qformer(config: ml_collections.ConfigDict, style: str) -> list[Entry]:
   """The Q-Former branch. style 'hf': HF InstructBLIP names; 'lavis': LAVIS / LION names."""
@@ -131,8 +146,10 @@ def qformer(config: ml_collections.ConfigDict, style: str) -> list[Entry]:
   else:
     raise ValueError(f"unknown Q-Former key style {style!r}")
   d = "qformer/encoder/"
-  e += [Entry(d + "word_embeddings", f"{bert}embeddings.word_embeddings.weight"),
-        Entry(d + "position_embeddings", f"{bert}embeddings.position_embeddings.weight")]
+  e += [
+    Entry(d + "word_embeddings", f"{bert}embeddings.word_embeddings.weight"),
+    Entry(d + "position_embeddings", f"{bert}embeddings.position_embeddings.weight"),
+  ]
   e += _norm(d + "embed_norm", emb_norm)
   for i in range(config.qformer.num_layers):
     s, dl = f"{bert}encoder.layer.{i}.", f"{d}layers_{i}/"
@@ -145,6 +162,7 @@ def qformer(config: ml_collections.ConfigDict, style: str) -> list[Entry]:
 
 
 # ---------------------------------------------------------------------------------- Aggregator ---
+
 
 def aggregator_lion(config: ml_collections.ConfigDict) -> list[Entry]:
   """LION `fusion_adapter` (HF BertLayers) + `ln_adapter` + `adapter_proj`."""
@@ -160,6 +178,7 @@ def aggregator_lion(config: ml_collections.ConfigDict) -> list[Entry]:
 
 # ------------------------------------------------------------------------------------------ T5 ---
 
+
 def t5_body(config: ml_collections.ConfigDict, src: str = "") -> list[Entry]:
   """HF T5 names (`T5ForConditionalGeneration`), without adapters."""
   c = config.t5
@@ -168,8 +187,12 @@ def t5_body(config: ml_collections.ConfigDict, src: str = "") -> list[Entry]:
     e += _dense("t5/lm_head", f"{src}lm_head", bias=False)
   ffn = ["wi_0", "wi_1", "wo"] if c.gated else ["wi", "wo"]
   for stack, n_layers in (("encoder", c.num_layers), ("decoder", c.num_decoder_layers)):
-    e.append(Entry(f"t5/{stack}/relative_position_bias/rel_embedding",
-                   f"{src}{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"))
+    e.append(
+      Entry(
+        f"t5/{stack}/relative_position_bias/rel_embedding",
+        f"{src}{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+      )
+    )
     e += _norm(f"t5/{stack}/final_norm", f"{src}{stack}.final_layer_norm", scale_only=True)
     for i in range(n_layers):
       s, d = f"{src}{stack}.block.{i}.layer.", f"t5/{stack}/layers_{i}/"
@@ -210,6 +233,7 @@ def t5_adapters_lion(config: ml_collections.ConfigDict, num_adapters: int, src: 
 
 # -------------------------------------------------------------------------------------- apply ---
 
+
 def _listing(items: Sequence[str], limit: int = 20) -> str:
   shown = "\n    ".join(items[:limit])
   more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
@@ -227,9 +251,17 @@ def _copy_difference(source: Mapping[str, np.ndarray], copy: str, original: str)
   return f"{copy} differs from {original}: largest difference {largest:.6g}"
 
 
-def assemble(entries: Iterable[Entry], source: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
-             *, source_name: str, ignore: Sequence[str] = (), copies: Mapping[str, str] | None = None,
-             dtype=np.float32, progress: bool = False) -> dict[str, np.ndarray]:
+def assemble(
+  entries: Iterable[Entry],
+  source: Mapping[str, np.ndarray],
+  expected: Mapping[str, tuple],
+  *,
+  source_name: str,
+  ignore: Sequence[str] = (),
+  copies: Mapping[str, str] | None = None,
+  dtype=np.float32,
+  progress: bool = False,
+) -> dict[str, np.ndarray]:
   """Applies `entries` to `source`; returns a flat {dst: array} dict.
 
   `expected` maps every dst this source must provide to its shape. Source keys matching a regex in
@@ -242,6 +274,7 @@ def assemble(entries: Iterable[Entry], source: Mapping[str, np.ndarray], expecte
   iterator = entries
   if progress:
     from tqdm import tqdm
+
     iterator = tqdm(entries, desc=f"converting {source_name}", unit="tensor")
   for entry in iterator:
     if entry.src not in source:
@@ -288,6 +321,6 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
 
 def select(shapes: Mapping[str, tuple], prefixes: Sequence[str], exclude: Sequence[str] = ()) -> dict:
   """The entries of `shapes` under any of `prefixes` and not containing any of `exclude`."""
-  return {k: v for k, v in shapes.items()
-          if any(k.startswith(p) for p in prefixes) and not any(x in k for x in exclude)}
-
+  return {
+    k: v for k, v in shapes.items() if any(k.startswith(p) for p in prefixes) and not any(x in k for x in exclude)
+  }

@@ -11,9 +11,8 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator
 
 import ml_dtypes
 import numpy as np
@@ -103,8 +102,11 @@ class TorchSource(Mapping):
       obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for bad files
       refused = _REFUSED_GLOBAL.search(str(e))
-      why = (f"it names {refused.group(1)}, and only tensors and plain data are loaded, so that a file "
-             "cannot run code" if refused else str(e))
+      why = (
+        f"it names {refused.group(1)}, and only tensors and plain data are loaded, so that a file cannot run code"
+        if refused
+        else str(e)
+      )
       raise UserError(f"{path}: cannot load as a weights-only PyTorch checkpoint: {why}") from e
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
       obj = obj["model"]
@@ -121,5 +123,3 @@ class TorchSource(Mapping):
 
   def __len__(self) -> int:
     return len(self._tensors)
-
-

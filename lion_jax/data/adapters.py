@@ -69,8 +69,12 @@ class _Collector:
     self.skipped[reason] += count
 
   def finish(self) -> AdapterRecords:
-    logger.log(logging.WARNING if self.skipped else logging.INFO, "%s: %s", self.description,
-               skip_summary(len(self.records), self.skipped))
+    logger.log(
+      logging.WARNING if self.skipped else logging.INFO,
+      "%s: %s",
+      self.description,
+      skip_summary(len(self.records), self.skipped),
+    )
     return AdapterRecords(self.records, self.skipped)
 
 
@@ -124,15 +128,25 @@ def coco_karpathy(path: str | os.PathLike, split: str = "train") -> AdapterRecor
     if image.get("split") not in KARPATHY_SPLITS[split]:
       continue
     sentences = [s.get("raw", "") for s in image.get("sentences", []) if isinstance(s, dict)]
-    out.add(Record(task_type="image_level", task="caption",
-                   image=f"{image.get('filepath', '')}/{image.get('filename', '')}",
-                   answers=[s.strip() for s in sentences if isinstance(s, str)], source="coco",
-                   id=str(image.get("cocoid", ""))))
+    out.add(
+      Record(
+        task_type="image_level",
+        task="caption",
+        image=f"{image.get('filepath', '')}/{image.get('filename', '')}",
+        answers=[s.strip() for s in sentences if isinstance(s, str)],
+        source="coco",
+        id=str(image.get("cocoid", "")),
+      )
+    )
   return out.finish()
 
 
-def vqa_v2(questions_path: str | os.PathLike, annotations_path: str | os.PathLike, image_dir: str = "train2014",
-           source: str = "vqav2") -> AdapterRecords:
+def vqa_v2(
+  questions_path: str | os.PathLike,
+  annotations_path: str | os.PathLike,
+  image_dir: str = "train2014",
+  source: str = "vqav2",
+) -> AdapterRecords:
   """VQAv2 or OK-VQA: the official questions + annotations.
 
   Both use the same format: questions joined to annotations by question_id, all ten human answers kept so
@@ -147,8 +161,9 @@ def vqa_v2(questions_path: str | os.PathLike, annotations_path: str | os.PathLik
   questions_data = _read_json_object(questions_path, ("questions",), "VQA questions file")
   annotations = _read_json_object(annotations_path, ("annotations",), "VQA annotations file")["annotations"]
   data_subtype = questions_data.get("data_subtype") or image_dir
-  answers_by_question = {a["question_id"]: a.get("answers", []) for a in annotations
-                         if isinstance(a, dict) and "question_id" in a}
+  answers_by_question = {
+    a["question_id"]: a.get("answers", []) for a in annotations if isinstance(a, dict) and "question_id" in a
+  }
   out = _Collector(f"{questions_path} + {annotations_path} ({source})")
   for q in questions_data["questions"]:
     if not isinstance(q, dict) or not isinstance(q.get("image_id"), int):
@@ -158,10 +173,17 @@ def vqa_v2(questions_path: str | os.PathLike, annotations_path: str | os.PathLik
       out.skip("no_annotation")
       continue
     answers = [a.get("answer", "") for a in answers_by_question[q["question_id"]] if isinstance(a, dict)]
-    out.add(Record(task_type="image_level", task="vqa",
-                   image=f"{image_dir}/COCO_{data_subtype}_{q['image_id']:012d}.jpg",
-                   question=str(q.get("question", "")), answers=[str(a) for a in answers], source=source,
-                   id=str(q["question_id"])))
+    out.add(
+      Record(
+        task_type="image_level",
+        task="vqa",
+        image=f"{image_dir}/COCO_{data_subtype}_{q['image_id']:012d}.jpg",
+        question=str(q.get("question", "")),
+        answers=[str(a) for a in answers],
+        source=source,
+        id=str(q["question_id"]),
+      )
+    )
   return out.finish()
 
 
@@ -179,9 +201,17 @@ def aokvqa(path: str | os.PathLike, image_dir: str = "train2017") -> AdapterReco
     if not isinstance(q, dict) or not isinstance(q.get("image_id"), int):
       out.skip("malformed")
       continue
-    out.add(Record(task_type="image_level", task="vqa", image=f"{image_dir}/{q['image_id']:012d}.jpg",
-                   question=str(q.get("question", "")), answers=[str(a) for a in q.get("direct_answers", [])],
-                   source="aokvqa", id=str(q.get("question_id", ""))))
+    out.add(
+      Record(
+        task_type="image_level",
+        task="vqa",
+        image=f"{image_dir}/{q['image_id']:012d}.jpg",
+        question=str(q.get("question", "")),
+        answers=[str(a) for a in q.get("direct_answers", [])],
+        source="aokvqa",
+        id=str(q.get("question_id", "")),
+      )
+    )
   return out.finish()
 
 
@@ -207,10 +237,18 @@ def textcaps(path: str | os.PathLike) -> AdapterRecords:
         group["captions"][caption.strip()] = None
   for image_id, group in by_image.items():
     entry = group["entry"]
-    out.add(Record(task_type="image_level", task="caption",
-                   image=entry.get("image_path") or f"train_images/{image_id}.jpg",
-                   answers=list(group["captions"]), width=entry.get("image_width"),
-                   height=entry.get("image_height"), source="textcaps", id=image_id))
+    out.add(
+      Record(
+        task_type="image_level",
+        task="caption",
+        image=entry.get("image_path") or f"train_images/{image_id}.jpg",
+        answers=list(group["captions"]),
+        width=entry.get("image_width"),
+        height=entry.get("image_height"),
+        source="textcaps",
+        id=image_id,
+      )
+    )
   return out.finish()
 
 
@@ -219,8 +257,9 @@ class _PlainDataUnpickler(pickle.Unpickler):
   names, and the refs files come from third-party mirrors."""
 
   def find_class(self, module: str, name: str) -> Any:
-    raise pickle.UnpicklingError(f"refusing to load the global {module}.{name}: only plain lists, dicts, "
-                                 f"strings and numbers are allowed")
+    raise pickle.UnpicklingError(
+      f"refusing to load the global {module}.{name}: only plain lists, dicts, strings and numbers are allowed"
+    )
 
 
 class UnreadablePickle(errors.UserError, pickle.UnpicklingError):
@@ -242,8 +281,9 @@ def load_plain_pickle(path: str | os.PathLike) -> Any:
       raise UnreadablePickle(f"{path}: not a readable refs pickle: {e}") from e
 
 
-def refcoco(refs_path: str | os.PathLike, instances_path: str | os.PathLike, split: str = "train",
-            dataset: str = "refcoco") -> AdapterRecords:
+def refcoco(
+  refs_path: str | os.PathLike, instances_path: str | os.PathLike, split: str = "train", dataset: str = "refcoco"
+) -> AdapterRecords:
   """RefCOCO, RefCOCO+ or RefCOCOg: REC and REG per sentence.
 
   For every sentence of every ref in `split` (refer's refs(unc|google|umd).p + instances.json), one REC
@@ -283,9 +323,16 @@ def refcoco(refs_path: str | os.PathLike, instances_path: str | os.PathLike, spl
         out.skip("malformed")
         continue
       expression = str(sentence.get("raw") or sentence.get("sent", "")).strip()
-      common = dict(task_type="region_level", image=f"train2014/{image['file_name']}", expression=expression,
-                    boxes=[box], width=image.get("width"), height=image.get("height"), source=dataset,
-                    id=f"{ref.get('ref_id')}_{sentence.get('sent_id', i)}")
+      common = dict(
+        task_type="region_level",
+        image=f"train2014/{image['file_name']}",
+        expression=expression,
+        boxes=[box],
+        width=image.get("width"),
+        height=image.get("height"),
+        source=dataset,
+        id=f"{ref.get('ref_id')}_{sentence.get('sent_id', i)}",
+      )
       out.add(Record(task="rec", **common))
       out.add(Record(task="reg", answers=[expression], **common))
   return out.finish()
@@ -299,13 +346,17 @@ def _vg_image_folders(image_data_path: str | os.PathLike) -> dict[int, dict[str,
   for entry in entries:
     if isinstance(entry, dict) and isinstance(entry.get("url"), str):
       image_id = entry.get("image_id", entry.get("id"))
-      folders[image_id] = {"folder": entry["url"].rstrip("/").split("/")[-2], "width": entry.get("width"),
-                           "height": entry.get("height")}
+      folders[image_id] = {
+        "folder": entry["url"].rstrip("/").split("/")[-2],
+        "width": entry.get("width"),
+        "height": entry.get("height"),
+      }
   return folders
 
 
-def visual_genome(region_descriptions_path: str | os.PathLike,
-                  image_data_path: str | os.PathLike | None = None) -> AdapterRecords:
+def visual_genome(
+  region_descriptions_path: str | os.PathLike, image_data_path: str | os.PathLike | None = None
+) -> AdapterRecords:
   """Visual Genome regions: REG and REC per region.
 
   With image_data.json the image folder (VG_100K or VG_100K_2) and size come from it, and boxes are checked
@@ -314,8 +365,9 @@ def visual_genome(region_descriptions_path: str | os.PathLike,
   region_descriptions_path: region_descriptions.json
   image_data_path: image_data.json, for each image's folder and size
   """
-  images = _read_json(region_descriptions_path, list,
-                      "a JSON list of images with 'regions' (Visual Genome region_descriptions.json)")
+  images = _read_json(
+    region_descriptions_path, list, "a JSON list of images with 'regions' (Visual Genome region_descriptions.json)"
+  )
   image_info = _vg_image_folders(image_data_path) if image_data_path is not None else None
   out = _Collector(f"{region_descriptions_path} (visual_genome)")
   for image in images:
@@ -337,21 +389,28 @@ def visual_genome(region_descriptions_path: str | os.PathLike,
         out.skip("empty_box")
         continue
       phrase = str(region.get("phrase", "")).strip()
-      common = dict(task_type="region_level", image=f"{info['folder']}/{image_id}.jpg", expression=phrase,
-                    boxes=[box], width=info["width"], height=info["height"], source="visual_genome",
-                    id=str(region.get("region_id", "")))
+      common = dict(
+        task_type="region_level",
+        image=f"{info['folder']}/{image_id}.jpg",
+        expression=phrase,
+        boxes=[box],
+        width=info["width"],
+        height=info["height"],
+        source="visual_genome",
+        id=str(region.get("region_id", "")),
+      )
       out.add(Record(task="reg", answers=[phrase], **common))
       out.add(Record(task="rec", **common))
   return out.finish()
 
 
 ADAPTERS: dict[str, Callable[..., AdapterRecords]] = {
-    "coco_karpathy": coco_karpathy,
-    "vqa_v2": vqa_v2,
-    "aokvqa": aokvqa,
-    "textcaps": textcaps,
-    "refcoco": refcoco,
-    "visual_genome": visual_genome,
+  "coco_karpathy": coco_karpathy,
+  "vqa_v2": vqa_v2,
+  "aokvqa": aokvqa,
+  "textcaps": textcaps,
+  "refcoco": refcoco,
+  "visual_genome": visual_genome,
 }
 
 
@@ -374,8 +433,10 @@ def convert_to_jsonl(name: str, out_path: str | os.PathLike, **kwargs: Any) -> C
     raise errors.UserError(f"unknown adapter {name!r}; expected one of {sorted(ADAPTERS)}")
   records = ADAPTERS[name](**kwargs)
   if not records:
-    raise errors.UserError(f"adapter {name!r} with {kwargs} produced no valid record "
-                           f"({skip_summary(0, records.skipped)}); nothing written to {out_path}")
+    raise errors.UserError(
+      f"adapter {name!r} with {kwargs} produced no valid record "
+      f"({skip_summary(0, records.skipped)}); nothing written to {out_path}"
+    )
   write_jsonl(records, out_path)
   return Converted(len(records), records.skipped)
 
@@ -406,19 +467,27 @@ def command_line_parser() -> argparse.ArgumentParser:
   documented = {name: _documented(adapter) for name, adapter in ADAPTERS.items()}
   width = max(map(len, ADAPTERS)) + 2
   listing = [f"  {name:<{width}}{description.splitlines()[0]}" for name, (description, _) in documented.items()]
-  parser = argparse.ArgumentParser(prog="python -m lion_jax.data.adapters", description=__doc__,
-                                   epilog="\n".join(["adapters (ADAPTER --help lists its flags):", *listing]),
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  subcommands = parser.add_subparsers(dest="adapter", required=True, metavar="ADAPTER",
-                                      help="the dataset's adapter, one of those listed below")
+  parser = argparse.ArgumentParser(
+    prog="python -m lion_jax.data.adapters",
+    description=__doc__,
+    epilog="\n".join(["adapters (ADAPTER --help lists its flags):", *listing]),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  subcommands = parser.add_subparsers(
+    dest="adapter", required=True, metavar="ADAPTER", help="the dataset's adapter, one of those listed below"
+  )
   for name, adapter in ADAPTERS.items():
     description, helps = documented[name]
     sub = subcommands.add_parser(name, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     for param in inspect.signature(adapter).parameters.values():
       required = param.default is inspect.Parameter.empty
       shown_default = "" if required else f" (default: {'none' if param.default is None else '%(default)s'})"
-      sub.add_argument(f"--{param.name}", required=required, default=None if required else param.default,
-                       help=helps[param.name] + shown_default)
+      sub.add_argument(
+        f"--{param.name}",
+        required=required,
+        default=None if required else param.default,
+        help=helps[param.name] + shown_default,
+      )
     sub.add_argument("--out", required=True, help="the JSONL file to write (its folder is created)")
   return parser
 

@@ -19,10 +19,17 @@ TRAIN_KEYS = MODEL_KEYS + ("target_ids", "target_mask")  # what a train step or 
 def spec(image_size: int, qformer_len: int, input_len: int, target_len: int) -> dict[str, tuple[tuple, Any]]:
   """{key: (per-example shape, dtype)} for every key of TRAIN_KEYS."""
   ids = lambda n: ((n,), np.int32)
-  return dict(image=((image_size, image_size, 3), np.float32), qformer_ids=ids(qformer_len),
-              qformer_mask=ids(qformer_len), input_ids=ids(input_len), input_mask=ids(input_len),
-              decoder_input_ids=ids(target_len), task=((), np.int32), target_ids=ids(target_len),
-              target_mask=ids(target_len))
+  return dict(
+    image=((image_size, image_size, 3), np.float32),
+    qformer_ids=ids(qformer_len),
+    qformer_mask=ids(qformer_len),
+    input_ids=ids(input_len),
+    input_mask=ids(input_len),
+    decoder_input_ids=ids(target_len),
+    task=((), np.int32),
+    target_ids=ids(target_len),
+    target_mask=ids(target_len),
+  )
 
 
 def data_spec(data_config) -> dict[str, tuple[tuple, Any]]:
@@ -33,6 +40,6 @@ def data_spec(data_config) -> dict[str, tuple[tuple, Any]]:
 
 def zeros(batch_spec: dict[str, tuple[tuple, Any]], batch_size: int, keys=TRAIN_KEYS) -> dict[str, np.ndarray]:
   """A batch of `keys` with every mask set and everything else zero (for init and compiling ahead)."""
-  return {k: (np.ones if k.endswith("_mask") else np.zeros)((batch_size,) + batch_spec[k][0], batch_spec[k][1])
-          for k in keys}
-
+  return {
+    k: (np.ones if k.endswith("_mask") else np.zeros)((batch_size,) + batch_spec[k][0], batch_spec[k][1]) for k in keys
+  }

@@ -46,8 +46,9 @@ def to_model_input(image: Image.Image, size: int) -> np.ndarray:
   return (pixels - CLIP_MEAN) / CLIP_STD
 
 
-def random_resized_crop(image: Image.Image, rng: np.random.Generator, scale=(0.5, 1.0),
-                        ratio=(3 / 4, 4 / 3)) -> Image.Image:
+def random_resized_crop(
+  image: Image.Image, rng: np.random.Generator, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)
+) -> Image.Image:
   """torchvision's RandomResizedCrop box sampling (10 tries, then the central crop)."""
   width, height = image.size
   area = width * height
@@ -75,8 +76,9 @@ class ExampleImage(NamedTuple):
   flipped: bool  # mirrored left-right: the caller mirrors the text too (templates.mirror_record)
 
 
-def load_example_image(path_or_bytes: str | Path | bytes, size: int, rng: np.random.Generator | None,
-                       augment: bool) -> ExampleImage:
+def load_example_image(
+  path_or_bytes: str | Path | bytes, size: int, rng: np.random.Generator | None, augment: bool
+) -> ExampleImage:
   """The model input of one example; augments (crop, then a 50% flip, both from `rng`) only when
   `augment` and `rng`, and says whether it flipped so the text can follow."""
   image = decode_image(path_or_bytes)

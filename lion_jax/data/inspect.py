@@ -36,8 +36,13 @@ def check_record(record: Record, image_root: Path, rng: np.random.Generator) -> 
   return templates.build_checked_text(record, rng, width, height)
 
 
-def inspect_file(records_path: Path, image_root: Path, num_examples: int = 3, seed: int = 0,
-                 data_config: ml_collections.ConfigDict | None = None) -> dict:
+def inspect_file(
+  records_path: Path,
+  image_root: Path,
+  num_examples: int = 3,
+  seed: int = 0,
+  data_config: ml_collections.ConfigDict | None = None,
+) -> dict:
   """{'valid': n, 'invalid': {reason: n}, 'examples': [...], 'problems': [...]} for one file; with a
   `data_config` (pipeline.default_config() with both vocabularies set) also 'truncated': {text: n},
   the valid records cut by its length limits."""
@@ -62,8 +67,9 @@ def inspect_file(records_path: Path, image_root: Path, num_examples: int = 3, se
       for name in pipeline.encode_text(text, data_config, t5, bert)[1]:
         truncated[name] += 1
     if len(examples) < num_examples:
-      examples.append({"task": record.task, "instruction": text.instruction, "t5_input": text.t5_input,
-                       "target": text.target})
+      examples.append(
+        {"task": record.task, "instruction": text.instruction, "t5_input": text.t5_input, "target": text.target}
+      )
   result = {"valid": valid, "invalid": dict(invalid), "examples": examples, "problems": problems}
   if data_config is not None:
     result["truncated"] = truncated
@@ -71,27 +77,50 @@ def inspect_file(records_path: Path, image_root: Path, num_examples: int = 3, se
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m lion_jax.data.inspect", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m lion_jax.data.inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--records", required=True, metavar="FILE", help="JSONL records or the official LION JSON list")
-  parser.add_argument("--image_root", "--image-root", required=True, metavar="DIR",
-                      help="the folder the records' image paths are relative to")
+  parser.add_argument(
+    "--image_root",
+    "--image-root",
+    required=True,
+    metavar="DIR",
+    help="the folder the records' image paths are relative to",
+  )
   parser.add_argument("--strict", action="store_true", help="exit 1 if any record is invalid (default: off)")
   parser.add_argument("--json", action="store_true", help="print one JSON object with the counts (default: off)")
-  parser.add_argument("--t5_vocab", "--t5-vocab", metavar="FILE",
-                      help="T5 SentencePiece model; with --bert_vocab, count truncated texts (default: none)")
-  parser.add_argument("--bert_vocab", "--bert-vocab", metavar="FILE",
-                      help="Q-Former WordPiece vocab; with --t5_vocab, count truncated texts (default: none)")
+  parser.add_argument(
+    "--t5_vocab",
+    "--t5-vocab",
+    metavar="FILE",
+    help="T5 SentencePiece model; with --bert_vocab, count truncated texts (default: none)",
+  )
+  parser.add_argument(
+    "--bert_vocab",
+    "--bert-vocab",
+    metavar="FILE",
+    help="Q-Former WordPiece vocab; with --t5_vocab, count truncated texts (default: none)",
+  )
   data_config = pipeline.default_config()
   for key in pipeline.TRUNCATION_LIMITS.values():
-    parser.add_argument(f"--{key}", f"--{key.replace('_', '-')}", type=int, default=data_config[key], metavar="N",
-                        help=f"the pipeline's {key}, for the truncation counts (default: %(default)s)")
+    parser.add_argument(
+      f"--{key}",
+      f"--{key.replace('_', '-')}",
+      type=int,
+      default=data_config[key],
+      metavar="N",
+      help=f"the pipeline's {key}, for the truncation counts (default: %(default)s)",
+    )
   args = parser.parse_args(argv)
   if bool(args.t5_vocab) != bool(args.bert_vocab):
     parser.error("--t5_vocab and --bert_vocab go together")
   if args.t5_vocab:
-    data_config.update(t5_vocab=args.t5_vocab, bert_vocab=args.bert_vocab,
-                       **{key: getattr(args, key) for key in pipeline.TRUNCATION_LIMITS.values()})
+    data_config.update(
+      t5_vocab=args.t5_vocab,
+      bert_vocab=args.bert_vocab,
+      **{key: getattr(args, key) for key in pipeline.TRUNCATION_LIMITS.values()},
+    )
   return errors.exit_code(lambda: print_report(args, data_config if args.t5_vocab else None))
 
 
@@ -115,8 +144,10 @@ def print_report(args: argparse.Namespace, data_config: ml_collections.ConfigDic
     for p in result["problems"][:10]:
       print(f"  e.g. {p}")
     for ex in result["examples"]:
-      print(f"\n[{ex['task']}]\n  T5 input:    {ex['t5_input']}\n  Q-Former:    {ex['instruction']}\n"
-            f"  target:      {ex['target']}")
+      print(
+        f"\n[{ex['task']}]\n  T5 input:    {ex['t5_input']}\n  Q-Former:    {ex['instruction']}\n"
+        f"  target:      {ex['target']}"
+      )
   if result["valid"] == 0 or (args.strict and result["invalid"]):
     return 1
   return 0

@@ -89,24 +89,39 @@ def _tfds_records(name: str, spec: ml_collections.ConfigDict, where: str) -> lis
   if spec.task_type not in TASK_TYPES:
     raise UserError(f"{where}.task_type={spec.task_type!r}; expected one of {TASK_TYPES}")
   return tfds_source.load_tfds_records(
-      tfds_source.builder_directory(spec.name, spec.data_dir), spec.split, source=name,
-      fields=tfds_source.parse_fields(spec.fields, f"{where}.fields"), task_type=spec.task_type, task=spec.task)
+    tfds_source.builder_directory(spec.name, spec.data_dir),
+    spec.split,
+    source=name,
+    fields=tfds_source.parse_fields(spec.fields, f"{where}.fields"),
+    task_type=spec.task_type,
+    task=spec.task,
+  )
 
 
-def encode_text(text: templates.ExampleText, config: ml_collections.ConfigDict, t5: T5Tokenizer,
-                bert: BertTokenizer) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def encode_text(
+  text: templates.ExampleText, config: ml_collections.ConfigDict, t5: T5Tokenizer, bert: BertTokenizer
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
   """The token arrays of one example, and {name: untruncated length} of the texts (names of
   TRUNCATION_LIMITS) that were longer than their limit and so cut."""
   input_ids, input_mask, input_len = t5.encode_batch(
-      [text.t5_input], max_length=config.max_input_len, truncation_side="left", return_lengths=True)
+    [text.t5_input], max_length=config.max_input_len, truncation_side="left", return_lengths=True
+  )
   target_ids, target_mask, target_len = t5.encode_batch(
-      [text.target], max_length=config.max_target_len, truncation_side="right", return_lengths=True)
+    [text.target], max_length=config.max_target_len, truncation_side="right", return_lengths=True
+  )
   q_ids, q_mask, q_len = bert.encode_batch(
-      [text.instruction], max_length=config.max_qformer_len, truncation_side="left", return_lengths=True)
+    [text.instruction], max_length=config.max_qformer_len, truncation_side="left", return_lengths=True
+  )
   decoder_input_ids = np.concatenate([np.zeros((1, 1), np.int32), target_ids[:, :-1]], axis=1)
-  arrays = dict(qformer_ids=q_ids[0], qformer_mask=q_mask[0], input_ids=input_ids[0],
-                input_mask=input_mask[0], decoder_input_ids=decoder_input_ids[0], target_ids=target_ids[0],
-                target_mask=target_mask[0])
+  arrays = dict(
+    qformer_ids=q_ids[0],
+    qformer_mask=q_mask[0],
+    input_ids=input_ids[0],
+    input_mask=input_mask[0],
+    decoder_input_ids=decoder_input_ids[0],
+    target_ids=target_ids[0],
+    target_mask=target_mask[0],
+  )
   lengths = dict(input=int(input_len[0]), target=int(target_len[0]), qformer=int(q_len[0]))
   return arrays, {name: n for name, n in lengths.items() if n > config[TRUNCATION_LIMITS[name]]}
 
@@ -114,8 +129,9 @@ def encode_text(text: templates.ExampleText, config: ml_collections.ConfigDict, 
 class ExamplePreparer:
   """Record index -> model-ready example (numpy arrays of fixed shapes). Picklable for workers."""
 
-  def __init__(self, source: Source, source_index: int, config: ml_collections.ConfigDict,
-               t5: T5Tokenizer, bert: BertTokenizer):
+  def __init__(
+    self, source: Source, source_index: int, config: ml_collections.ConfigDict, t5: T5Tokenizer, bert: BertTokenizer
+  ):
     self.source, self.source_index, self.config = source, source_index, config
     self.t5, self.bert = t5, bert
     self._warned: set[int] = set()
@@ -131,8 +147,13 @@ class ExamplePreparer:
     arrays, cut = encode_text(text, c, self.t5, self.bert)
     self._warn_truncated(i, cut)
     truncated = np.array([name in cut for name in TRUNCATION_LIMITS], np.int32)
-    return dict(image=image.pixels, **arrays, task=np.int32(record.task_id),
-                source=np.int32(self.source_index), truncated=truncated)
+    return dict(
+      image=image.pixels,
+      **arrays,
+      task=np.int32(record.task_id),
+      source=np.int32(self.source_index),
+      truncated=truncated,
+    )
 
   def _warn_truncated(self, i: int, cut: dict[str, int]) -> None:
     """Once per source and limit, so a too-small limit is noticed; later cuts are only counted."""
@@ -140,10 +161,18 @@ class ExamplePreparer:
       if name not in self._warned_truncation:
         self._warned_truncation.add(name)
         limit = TRUNCATION_LIMITS[name]
-        log.warning("source %s, record %d (id %r): the %s text has %d tokens, over %s=%d, and is "
-                    "truncated; further cuts in this source are counted as truncated_%s",
-                    self.source.name, i, self.source.records[i].id, name, needed, limit, self.config[limit],
-                    name)
+        log.warning(
+          "source %s, record %d (id %r): the %s text has %d tokens, over %s=%d, and is "
+          "truncated; further cuts in this source are counted as truncated_%s",
+          self.source.name,
+          i,
+          self.source.records[i].id,
+          name,
+          needed,
+          limit,
+          self.config[limit],
+          name,
+        )
 
   def __call__(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     records = self.source.records
@@ -163,13 +192,15 @@ class ExamplePreparer:
         continue
       example["skipped"] = skipped
       return example
-    raise UserError(f"source {self.source.name}: {MAX_CONSECUTIVE_FAILURES} consecutive records could not "
-                     f"be prepared ({dict(zip(SKIP_REASONS, skipped.tolist()))}); check the image root "
-                     f"{self.source.image_root} and the record file")
+    raise UserError(
+      f"source {self.source.name}: {MAX_CONSECUTIVE_FAILURES} consecutive records could not "
+      f"be prepared ({dict(zip(SKIP_REASONS, skipped.tolist()))}); check the image root "
+      f"{self.source.image_root} and the record file"
+    )
 
 
 # Length of the endless per-source and mixed streams (grain needs a finite one).
-STREAM_LENGTH = 2 ** 62
+STREAM_LENGTH = 2**62
 
 
 class GlobalExamples:
@@ -178,10 +209,14 @@ class GlobalExamples:
   g // G (G = the global batch size). Mixed batches draw every example from the weighted mix of the
   sources; homogeneous batches draw a source per batch and fill the batch from it."""
 
-  def __init__(self, num_records: list[int], weights: list[float], global_batch: int, homogeneous: bool,
-               seed: int):
-    streams = [grain.MapDataset.range(n).shuffle(seed=seed + 1000 * i).repeat(STREAM_LENGTH // n)
-               .map(functools.partial(_tag_source, i)) for i, n in enumerate(num_records)]
+  def __init__(self, num_records: list[int], weights: list[float], global_batch: int, homogeneous: bool, seed: int):
+    streams = [
+      grain.MapDataset.range(n)
+      .shuffle(seed=seed + 1000 * i)
+      .repeat(STREAM_LENGTH // n)
+      .map(functools.partial(_tag_source, i))
+      for i, n in enumerate(num_records)
+    ]
     self.global_batch, self.homogeneous = global_batch, homogeneous
     if homogeneous:
       self.plan = grain.MapDataset.mix([s.batch(global_batch) for s in streams], weights)
@@ -205,8 +240,9 @@ class PrepareRows:
   [first_row, first_row + num_rows) of every global batch. The random draws (augmentation, template)
   are seeded by the global index, so they do not depend on the process count either."""
 
-  def __init__(self, examples: GlobalExamples, preparers: list[ExamplePreparer], first_row: int, num_rows: int,
-               seed: int):
+  def __init__(
+    self, examples: GlobalExamples, preparers: list[ExamplePreparer], first_row: int, num_rows: int, seed: int
+  ):
     self.examples, self.preparers = examples, preparers
     self.first_row, self.num_rows, self.seed = first_row, num_rows, seed
 
@@ -216,24 +252,35 @@ class PrepareRows:
     return self.preparers[source](record, np.random.default_rng([self.seed, g]))
 
 
-def build_dataset(config: ml_collections.ConfigDict, sources: list[Source], weights: list[float],
-                  global_batch: int, *, seed: int, rows: tuple[int, int] | None = None, first_batch: int = 0
-                  ) -> grain.IterDataset:
+def build_dataset(
+  config: ml_collections.ConfigDict,
+  sources: list[Source],
+  weights: list[float],
+  global_batch: int,
+  *,
+  seed: int,
+  rows: tuple[int, int] | None = None,
+  first_batch: int = 0,
+) -> grain.IterDataset:
   """This process's part of the mixed, batched global stream: `rows` = (first row, number of rows)
   of each global batch (default all of it), starting at global batch `first_batch` (resuming)."""
   first_row, num_rows = rows or (0, global_batch)
   t5 = T5Tokenizer(config.t5_vocab)
   bert = BertTokenizer(config.bert_vocab)
   preparers = [ExamplePreparer(s, i, config, t5, bert) for i, s in enumerate(sources)]
-  examples = GlobalExamples([len(s.records) for s in sources], weights, global_batch, config.homogeneous_batches,
-                            seed)
-  dataset = (grain.MapDataset.range(STREAM_LENGTH).map(PrepareRows(examples, preparers, first_row, num_rows, seed))
-             .batch(num_rows, drop_remainder=True))[first_batch:]
-  iter_dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0 if config.num_workers else 2,
-                                                            prefetch_buffer_size=config.prefetch_batches))
+  examples = GlobalExamples([len(s.records) for s in sources], weights, global_batch, config.homogeneous_batches, seed)
+  dataset = (
+    grain.MapDataset.range(STREAM_LENGTH)
+    .map(PrepareRows(examples, preparers, first_row, num_rows, seed))
+    .batch(num_rows, drop_remainder=True)
+  )[first_batch:]
+  iter_dataset = dataset.to_iter_dataset(
+    grain.ReadOptions(num_threads=0 if config.num_workers else 2, prefetch_buffer_size=config.prefetch_batches)
+  )
   if config.num_workers:
-    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.num_workers, per_worker_buffer_size=config.prefetch_batches))
+    iter_dataset = iter_dataset.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=config.num_workers, per_worker_buffer_size=config.prefetch_batches)
+    )
   return iter_dataset
 
 
@@ -302,27 +349,58 @@ def load_mixture(config: ml_collections.ConfigDict, where: str = "data.mixture")
   names = sorted(mixture)
   unset = [n for n in names if not source_is_set(config.sources[n])]
   if unset:
-    raise UserError(f"{where} names sources without records: {', '.join(unset)}. Set "
-                    f"data.sources.<name>.records and .image_root (JSONL from python -m lion_jax.data.adapters), "
-                    f"or leave a source out with --config.{where}.<name>=0")
-  return Mixture([load_source(name, config.sources[name], config.strict) for name in names],
-                 [mixture[n] for n in names])
+    raise UserError(
+      f"{where} names sources without records: {', '.join(unset)}. Set "
+      f"data.sources.<name>.records and .image_root (JSONL from python -m lion_jax.data.adapters), "
+      f"or leave a source out with --config.{where}.<name>=0"
+    )
+  return Mixture(
+    [load_source(name, config.sources[name], config.strict) for name in names], [mixture[n] for n in names]
+  )
 
 
-def make_iterator(config: ml_collections.ConfigDict, batch_size: int, *, mixture: Mixture | None = None,
-                  seed: int | None = None, rows: tuple[int, int] | None = None, first_batch: int = 0
-                  ) -> CountingIterator:
+def make_iterator(
+  config: ml_collections.ConfigDict,
+  batch_size: int,
+  *,
+  mixture: Mixture | None = None,
+  seed: int | None = None,
+  rows: tuple[int, int] | None = None,
+  first_batch: int = 0,
+) -> CountingIterator:
   """The iterator over this process's `rows` of each global batch of `batch_size` examples of
   `mixture` (default: `load_mixture(config)`), from global batch `first_batch` on."""
   mixture = mixture or load_mixture(config)
-  dataset = build_dataset(config, mixture.sources, mixture.weights, batch_size,
-                          seed=config.seed if seed is None else seed, rows=rows, first_batch=first_batch)
+  dataset = build_dataset(
+    config,
+    mixture.sources,
+    mixture.weights,
+    batch_size,
+    seed=config.seed if seed is None else seed,
+    rows=rows,
+    first_batch=first_batch,
+  )
   return CountingIterator(iter(dataset), [s.name for s in mixture.sources])
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Data settings with LION's lengths (T5 input/target 128, Q-Former 128) and image size 224."""
-  return ml_collections.ConfigDict(dict(
-      sources={}, mixture={}, t5_vocab="", bert_vocab="", image_size=224, max_input_len=128,
-      max_target_len=128, max_qformer_len=128, homogeneous_batches=True, augment=True, use_tags=True,
-      num_workers=0, prefetch_batches=4, strict=False, seed=0))
+  return ml_collections.ConfigDict(
+    dict(
+      sources={},
+      mixture={},
+      t5_vocab="",
+      bert_vocab="",
+      image_size=224,
+      max_input_len=128,
+      max_target_len=128,
+      max_qformer_len=128,
+      homogeneous_batches=True,
+      augment=True,
+      use_tags=True,
+      num_workers=0,
+      prefetch_batches=4,
+      strict=False,
+      seed=0,
+    )
+  )

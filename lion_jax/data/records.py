@@ -34,7 +34,6 @@ from typing import Any
 from lion_jax.data.boxes import parse_boxes
 from lion_jax.errors import MissingFile, UserError
 
-
 TASK_TYPES = ("region_level", "image_level")  # index = the MoA task id (0 region, 1 image)
 TASKS = ("caption", "vqa", "rec", "reg", "grounded_caption", "instruction")
 REGION_TASKS = ("rec", "reg", "grounded_caption")
@@ -137,8 +136,10 @@ def validate(record: Record) -> Record:
   if record.task == "grounded_caption":
     for a in answers:
       if a.count(BOXES_PLACEHOLDER) != len(record.boxes):
-        raise BadRecord("bad_box", f"answer has {a.count(BOXES_PLACEHOLDER)} {BOXES_PLACEHOLDER} "
-                        f"placeholders for {len(record.boxes)} boxes")
+        raise BadRecord(
+          "bad_box",
+          f"answer has {a.count(BOXES_PLACEHOLDER)} {BOXES_PLACEHOLDER} placeholders for {len(record.boxes)} boxes",
+        )
   return record
 
 
@@ -153,10 +154,20 @@ def record_from_json(d: Any) -> Record:
   answers = d.get("answers", d.get("answer", []))
   answers = [answers] if isinstance(answers, str) else list(answers)
   try:
-    record = Record(task_type=d.get("task_type", ""), task=d.get("task", ""), image=d.get("image", ""),
-                    question=d.get("question", ""), expression=d.get("expression", ""), answers=answers,
-                    boxes=list(d.get("boxes", [])), tags=parse_tags(d.get("tags")), width=d.get("width"),
-                    height=d.get("height"), source=d.get("source", ""), id=str(d.get("id", "")))
+    record = Record(
+      task_type=d.get("task_type", ""),
+      task=d.get("task", ""),
+      image=d.get("image", ""),
+      question=d.get("question", ""),
+      expression=d.get("expression", ""),
+      answers=answers,
+      boxes=list(d.get("boxes", [])),
+      tags=parse_tags(d.get("tags")),
+      width=d.get("width"),
+      height=d.get("height"),
+      source=d.get("source", ""),
+      id=str(d.get("id", "")),
+    )
   except TypeError as e:
     raise BadRecord("malformed", str(e)) from e
   return validate(record)
@@ -172,9 +183,18 @@ def record_from_lion_json(d: Any, source: str = "lion") -> Record:
     answer = answer[0] if answer else ""
   category = str(d.get("category", "")).lower()  # the official loader lower-cases it
   task_type = "region_level" if category in LION_REGION_CATEGORIES else "image_level"
-  return validate(Record(task_type=task_type, task="instruction", image=str(image),
-                         question=str(d.get("question", "")), answers=[str(answer)],
-                         tags=parse_tags(d.get("tags")), source=source, id=str(d.get("id", ""))))
+  return validate(
+    Record(
+      task_type=task_type,
+      task="instruction",
+      image=str(image),
+      question=str(d.get("question", "")),
+      answers=[str(answer)],
+      tags=parse_tags(d.get("tags")),
+      source=source,
+      id=str(d.get("id", "")),
+    )
+  )
 
 
 @dataclasses.dataclass
@@ -221,9 +241,15 @@ def detect_format(path: Path) -> str:
   return "lion_json" if head.startswith("[") else "jsonl"
 
 
-def load_records(path: str | os.PathLike, *, fmt: str = "auto", source: str | None = None,
-                 strict: bool = False, require_valid: bool = True, logger: logging.Logger | None = None
-                 ) -> tuple[list[Record], LoadReport]:
+def load_records(
+  path: str | os.PathLike,
+  *,
+  fmt: str = "auto",
+  source: str | None = None,
+  strict: bool = False,
+  require_valid: bool = True,
+  logger: logging.Logger | None = None,
+) -> tuple[list[Record], LoadReport]:
   """Reads and validates a record file. Bad records are skipped, counted and logged with their
   line (the first raises under `strict`); a file without any valid record raises ValueError
   (unless `require_valid=False`)."""
@@ -251,8 +277,7 @@ def load_records(path: str | os.PathLike, *, fmt: str = "auto", source: str | No
     records.append(record)
     report.valid += 1
   if not records and require_valid:
-    raise UserError(f"{path}: no valid record ({dict(report.invalid)}); first problems: "
-                     f"{report.first_errors[:3]}")
+    raise UserError(f"{path}: no valid record ({dict(report.invalid)}); first problems: {report.first_errors[:3]}")
   return records, report
 
 

@@ -35,20 +35,19 @@ from lion_jax import errors
 from lion_jax.data import templates
 from lion_jax.data.boxes import REC_ANSWER_PREFIX
 from lion_jax.data.records import BOXES_PLACEHOLDER, Record, validate, write_jsonl
-from lion_jax.data.tokenizers import (
-    BertTokenizer, T5Tokenizer, train_t5_sentencepiece, write_bert_vocab)
+from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, train_t5_sentencepiece, write_bert_vocab
 
 SOURCE = "synthetic"
 SHAPES = ("circle", "square", "triangle")
 # Every shape color has a channel <= 60 and every background channel is >= 200, so a shape's pixels
 # can never be confused with the background (the tests find shapes by exact color).
 COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 160, 60),
-    "blue": (40, 80, 220),
-    "yellow": (235, 200, 30),
-    "purple": (140, 50, 170),
-    "black": (25, 25, 25),
+  "red": (220, 40, 40),
+  "green": (40, 160, 60),
+  "blue": (40, 80, 220),
+  "yellow": (235, 200, 30),
+  "purple": (140, 50, 170),
+  "black": (25, 25, 25),
 }
 BACKGROUND_RANGE = (200, 250)
 MAX_SHAPES = 4
@@ -98,25 +97,31 @@ class Scene:
 
 
 def _boxes_apart(a: Sequence[int], b: Sequence[int]) -> bool:
-  return (a[2] + MIN_GAP <= b[0] or b[2] + MIN_GAP <= a[0] or
-          a[3] + MIN_GAP <= b[1] or b[3] + MIN_GAP <= a[1])
+  return a[2] + MIN_GAP <= b[0] or b[2] + MIN_GAP <= a[0] or a[3] + MIN_GAP <= b[1] or b[3] + MIN_GAP <= a[1]
 
 
-def sample_scene(rng: np.random.Generator, image_size: int, max_shapes: int = MAX_SHAPES,
-                 size_range: tuple[float, float] = SIZE_RANGE, grid: int = 1) -> Scene:
+def sample_scene(
+  rng: np.random.Generator,
+  image_size: int,
+  max_shapes: int = MAX_SHAPES,
+  size_range: tuple[float, float] = SIZE_RANGE,
+  grid: int = 1,
+) -> Scene:
   """A background and 1 to `max_shapes` shapes whose side is a `size_range` fraction of the image,
   placed with corners on a `grid`-pixel lattice; a shape that finds no free spot is dropped, so the
   scene's shape count is whatever got placed (at least one: the first always fits)."""
   top = tuple(int(v) for v in rng.integers(*BACKGROUND_RANGE, size=3, endpoint=True))
-  bottom = top if rng.random() < 0.5 else tuple(
-      int(v) for v in rng.integers(*BACKGROUND_RANGE, size=3, endpoint=True))
+  bottom = top if rng.random() < 0.5 else tuple(int(v) for v in rng.integers(*BACKGROUND_RANGE, size=3, endpoint=True))
   colors = list(COLORS)
   shapes: list[Shape] = []
   for _ in range(int(rng.integers(1, max_shapes, endpoint=True))):
     kind, color = SHAPES[rng.integers(len(SHAPES))], colors[rng.integers(len(colors))]
     for _ in range(PLACEMENT_TRIES):
-      side = grid * int(rng.integers(max(1, round(size_range[0] * image_size / grid)),
-                                     round(size_range[1] * image_size / grid), endpoint=True))
+      side = grid * int(
+        rng.integers(
+          max(1, round(size_range[0] * image_size / grid)), round(size_range[1] * image_size / grid), endpoint=True
+        )
+      )
       x1, y1 = (grid * int(v) for v in rng.integers(0, (image_size - side) // grid, size=2, endpoint=True))
       box = (x1, y1, x1 + side, y1 + side)
       if all(_boxes_apart(box, s.box) for s in shapes):
@@ -205,10 +210,10 @@ def vqa_pairs(shapes: Sequence[Shape], rng: np.random.Generator) -> list[tuple[s
   yes = sorted(present)[rng.integers(len(present))]
   no = absent[rng.integers(len(absent))]
   pairs = [
-      ("How many shapes are there?", NUMBER_WORDS[len(shapes)]),
-      (f"How many {asked_kind}s are there?", NUMBER_WORDS[kind_counts[asked_kind]]),
-      (f"Is there a {yes[0]} {yes[1]}?", "yes"),
-      (f"Is there a {no[0]} {no[1]}?", "no"),
+    ("How many shapes are there?", NUMBER_WORDS[len(shapes)]),
+    (f"How many {asked_kind}s are there?", NUMBER_WORDS[kind_counts[asked_kind]]),
+    (f"Is there a {yes[0]} {yes[1]}?", "yes"),
+    (f"Is there a {no[0]} {no[1]}?", "no"),
   ]
   unique_kinds = [s for s in shapes if kind_counts[s.kind] == 1]
   if unique_kinds:
@@ -221,23 +226,31 @@ def vqa_pairs(shapes: Sequence[Shape], rng: np.random.Generator) -> list[tuple[s
   return pairs
 
 
-def scene_records(scene: Scene, image: str, image_index: int, image_size: int,
-                  rng: np.random.Generator) -> list[Record]:
+def scene_records(
+  scene: Scene, image: str, image_index: int, image_size: int, rng: np.random.Generator
+) -> list[Record]:
   """Every task's records for one image, validated; REC/REG only for shapes whose color+shape is
   unique in the image, so each expression names exactly one box."""
   shapes = scene.shapes
   common = dict(image=image, tags=tags_of(shapes), width=image_size, height=image_size, source=SOURCE)
   records = [Record("image_level", "caption", answers=caption_answers(shapes), **common)]
-  records += [Record("image_level", "vqa", question=q, answers=[a], **common)
-              for q, a in vqa_pairs(shapes, rng)]
+  records += [Record("image_level", "vqa", question=q, answers=[a], **common) for q, a in vqa_pairs(shapes, rng)]
   names = collections.Counter(s.name for s in shapes)
   for shape in (s for s in shapes if names[s.name] == 1):
     box = [list(shape.box)]
     records.append(Record("region_level", "rec", expression=f"the {shape.name}", boxes=box, **common))
-    records.append(Record("region_level", "reg", expression=f"the {shape.name}", boxes=box,
-                          answers=[f"the {shape.name}"], **common))
-  records.append(Record("region_level", "grounded_caption", answers=grounded_caption_answers(shapes),
-                        boxes=[list(s.box) for s in shapes], **common))
+    records.append(
+      Record("region_level", "reg", expression=f"the {shape.name}", boxes=box, answers=[f"the {shape.name}"], **common)
+    )
+  records.append(
+    Record(
+      "region_level",
+      "grounded_caption",
+      answers=grounded_caption_answers(shapes),
+      boxes=[list(s.box) for s in shapes],
+      **common,
+    )
+  )
   per_task = collections.Counter()
   for record in records:
     record.id = f"{SOURCE}-{image_index:06d}-{record.task}-{per_task[record.task]}"
@@ -257,8 +270,13 @@ def tokenizer_corpus(records: Sequence[Record]) -> list[str]:
   characters of box text. Deduplicated so the handful of templates weigh as much as the thousands
   of near-identical records."""
   corpus = [BOX_CHARACTERS_LINE, REC_ANSWER_PREFIX.strip()]
-  for template in (*templates.CAPTION_TEMPLATES, *templates.VQA_TEMPLATES, *templates.REC_TEMPLATES,
-                   *templates.REG_TEMPLATES, *templates.GROUNDED_CAPTION_TEMPLATES):
+  for template in (
+    *templates.CAPTION_TEMPLATES,
+    *templates.VQA_TEMPLATES,
+    *templates.REC_TEMPLATES,
+    *templates.REG_TEMPLATES,
+    *templates.GROUNDED_CAPTION_TEMPLATES,
+  ):
     corpus.append(template.format(question="", expr="", boxes="").strip())
   for record in records:
     corpus += [text for text in (record.question, record.expression) if text]
@@ -274,13 +292,23 @@ def bert_words(corpus: Sequence[str]) -> list[str]:
 
 
 def _split_counts(records: Sequence[Record], num_images: int) -> dict[str, Any]:
-  return {"images": num_images, "records": len(records),
-          "tasks": dict(sorted(collections.Counter(r.task for r in records).items()))}
+  return {
+    "images": num_images,
+    "records": len(records),
+    "tasks": dict(sorted(collections.Counter(r.task for r in records).items())),
+  }
 
 
-def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, image_size: int = 224,
-             val_fraction: float = 0.1, max_shapes: int = MAX_SHAPES,
-             size_range: tuple[float, float] = SIZE_RANGE, grid: int = 1) -> dict[str, Any]:
+def generate(
+  out_dir: str | os.PathLike,
+  num_images: int = 2000,
+  seed: int = 0,
+  image_size: int = 224,
+  val_fraction: float = 0.1,
+  max_shapes: int = MAX_SHAPES,
+  size_range: tuple[float, float] = SIZE_RANGE,
+  grid: int = 1,
+) -> dict[str, Any]:
   """Writes the dataset under `out_dir`; returns the summary (also in dataset.json, whose file paths
   are relative to `out_dir`; the returned ones are full paths). `max_shapes` and `size_range` set
   how crowded and how small the scenes are; `grid` > 1 puts every box corner on a lattice of that
@@ -313,44 +341,94 @@ def generate(out_dir: str | os.PathLike, num_images: int = 2000, seed: int = 0, 
 
   corpus = tokenizer_corpus(splits["train"] + splits["val"])
   coordinates = coordinate_pieces(image_size)
-  spiece = train_t5_sentencepiece(corpus, out / "spiece", T5_VOCAB_SIZE + len(coordinates), coordinates,
-                                  model_type="bpe")
+  spiece = train_t5_sentencepiece(
+    corpus, out / "spiece", T5_VOCAB_SIZE + len(coordinates), coordinates, model_type="bpe"
+  )
   bert_vocab = write_bert_vocab(bert_words(corpus), out / "bert_vocab.txt")
   t5 = T5Tokenizer(spiece)
   summary = {
-      "source": SOURCE, "seed": seed, "image_size": image_size, "num_images": num_images,
-      "val_fraction": val_fraction, "max_shapes": max_shapes, "size_range": list(size_range), "grid": grid,
-      "splits": {"train": _split_counts(splits["train"], num_train),
-                 "val": _split_counts(splits["val"], num_val)},
-      # The sizes the tokenizers report, i.e. what the embeddings need (T5's sentinels and the
-      # Q-Former's [DEC] included).
-      "t5_vocab_size": t5.vocab_size, "t5_sentinel_id": t5.sentinel_id(0),
-      "bert_vocab_size": BertTokenizer(bert_vocab).vocab_size,
-      "files": {"images": "images", "train": "train.jsonl", "val": "val.jsonl",
-                "spiece_model": spiece.name, "spiece_vocab": "spiece.vocab",
-                "bert_vocab": bert_vocab.name, "summary": "dataset.json"},
+    "source": SOURCE,
+    "seed": seed,
+    "image_size": image_size,
+    "num_images": num_images,
+    "val_fraction": val_fraction,
+    "max_shapes": max_shapes,
+    "size_range": list(size_range),
+    "grid": grid,
+    "splits": {"train": _split_counts(splits["train"], num_train), "val": _split_counts(splits["val"], num_val)},
+    # The sizes the tokenizers report, i.e. what the embeddings need (T5's sentinels and the
+    # Q-Former's [DEC] included).
+    "t5_vocab_size": t5.vocab_size,
+    "t5_sentinel_id": t5.sentinel_id(0),
+    "bert_vocab_size": BertTokenizer(bert_vocab).vocab_size,
+    "files": {
+      "images": "images",
+      "train": "train.jsonl",
+      "val": "val.jsonl",
+      "spiece_model": spiece.name,
+      "spiece_vocab": "spiece.vocab",
+      "bert_vocab": bert_vocab.name,
+      "summary": "dataset.json",
+    },
   }
   (out / "dataset.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
   return {**summary, "files": {k: str(out / v) for k, v in summary["files"].items()}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m lion_jax.data.synthetic", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m lion_jax.data.synthetic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-  parser.add_argument("--num_images", "--num-images", type=int, default=2000, metavar="N",
-                      help="images in all, the last val_fraction of them for val (default: %(default)s)")
+  parser.add_argument(
+    "--num_images",
+    "--num-images",
+    type=int,
+    default=2000,
+    metavar="N",
+    help="images in all, the last val_fraction of them for val (default: %(default)s)",
+  )
   parser.add_argument("--seed", type=int, default=0, help="image i depends only on (seed, i) (default: %(default)s)")
-  parser.add_argument("--image_size", "--image-size", type=int, default=224, metavar="PIXELS",
-                      help="side of the square images (default: %(default)s)")
-  parser.add_argument("--val_fraction", "--val-fraction", type=float, default=0.1, metavar="F",
-                      help="fraction of the images in val.jsonl, in [0, 1) (default: %(default)s)")
-  parser.add_argument("--max_shapes", "--max-shapes", type=int, default=MAX_SHAPES, metavar="N",
-                      help="at most this many shapes per image (default: %(default)s)")
-  parser.add_argument("--size_range", "--size-range", type=float, nargs=2, default=SIZE_RANGE, metavar=("LOW", "HIGH"),
-                      help="shape side as a fraction of the image side (default: %(default)s)")
-  parser.add_argument("--grid", type=int, default=1, metavar="PIXELS",
-                      help="box corners on a lattice of this many pixels (default: %(default)s)")
+  parser.add_argument(
+    "--image_size",
+    "--image-size",
+    type=int,
+    default=224,
+    metavar="PIXELS",
+    help="side of the square images (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--val_fraction",
+    "--val-fraction",
+    type=float,
+    default=0.1,
+    metavar="F",
+    help="fraction of the images in val.jsonl, in [0, 1) (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--max_shapes",
+    "--max-shapes",
+    type=int,
+    default=MAX_SHAPES,
+    metavar="N",
+    help="at most this many shapes per image (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--size_range",
+    "--size-range",
+    type=float,
+    nargs=2,
+    default=SIZE_RANGE,
+    metavar=("LOW", "HIGH"),
+    help="shape side as a fraction of the image side (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--grid",
+    type=int,
+    default=1,
+    metavar="PIXELS",
+    help="box corners on a lattice of this many pixels (default: %(default)s)",
+  )
   args = parser.parse_args(argv)
   return errors.exit_code(lambda: generate_and_report(args))
 
@@ -358,14 +436,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 def generate_and_report(args: argparse.Namespace) -> None:
   """Runs `generate` with the flags and prints one line: where, how long, how much."""
   start = time.perf_counter()
-  summary = generate(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-                     val_fraction=args.val_fraction, max_shapes=args.max_shapes, size_range=tuple(args.size_range),
-                     grid=args.grid)
+  summary = generate(
+    args.out,
+    num_images=args.num_images,
+    seed=args.seed,
+    image_size=args.image_size,
+    val_fraction=args.val_fraction,
+    max_shapes=args.max_shapes,
+    size_range=tuple(args.size_range),
+    grid=args.grid,
+  )
   seconds = time.perf_counter() - start
-  counts = ", ".join(f"{name}: {s['images']} images / {s['records']} records"
-                     for name, s in summary["splits"].items())
-  print(f"wrote {args.out} in {seconds:.1f}s ({counts}; T5 vocab {summary['t5_vocab_size']}, "
-        f"BERT vocab {summary['bert_vocab_size']})")
+  counts = ", ".join(f"{name}: {s['images']} images / {s['records']} records" for name, s in summary["splits"].items())
+  print(
+    f"wrote {args.out} in {seconds:.1f}s ({counts}; T5 vocab {summary['t5_vocab_size']}, "
+    f"BERT vocab {summary['bert_vocab_size']})"
+  )
 
 
 if __name__ == "__main__":

@@ -24,44 +24,44 @@ from lion_jax.data.records import BOXES_PLACEHOLDER, BadRecord, Record
 TAG_PROMPT = "According to <extra_id_0>, you are allowed to use or partially use the following tags: [{}]. "
 
 CAPTION_TEMPLATES = (
-    "Please describe the image using a single short sentence.",  # LION's notebook prompt
-    "A short image caption:",
-    "A short image description:",
-    "Write a short description for the image.",
-    "Briefly describe the content of the image.",
-    "Provide a one-sentence caption for the provided image.",
-    "What does the image show? Answer in one sentence.",
-    "Summarize the picture in a few words.",
+  "Please describe the image using a single short sentence.",  # LION's notebook prompt
+  "A short image caption:",
+  "A short image description:",
+  "Write a short description for the image.",
+  "Briefly describe the content of the image.",
+  "Provide a one-sentence caption for the provided image.",
+  "What does the image show? Answer in one sentence.",
+  "Summarize the picture in a few words.",
 )
 VQA_TEMPLATES = (
-    "{question}",
-    "Question: {question} Short answer:",
-    "{question} A short answer to the question is",
-    "Answer the question using a single word or phrase. {question}",
-    "Given the image, answer the following question with no more than three words. {question}",
-    "Q: {question} A:",
-    "Use the provided image to answer the question: {question} Keep the answer short.",
+  "{question}",
+  "Question: {question} Short answer:",
+  "{question} A short answer to the question is",
+  "Answer the question using a single word or phrase. {question}",
+  "Given the image, answer the following question with no more than three words. {question}",
+  "Q: {question} A:",
+  "Use the provided image to answer the question: {question} Keep the answer short.",
 )
 REC_TEMPLATES = (  # "<expr>" -> the referring expression
-    "In the image <image>, can you locate {expr} and let me know its coordinates?",  # LION notebook
-    "Where is {expr} in the image <image>? Answer with its coordinates.",
-    "In <image>, find {expr} and give its bounding box.",
-    "Can you point out {expr} in the picture <image> by stating its coordinates?",
-    "Please give the location of {expr} in the photo <image> as a box.",
-    "Help me find {expr} in <image>: output its coordinates.",
-    "Locate {expr} in the image <image> and answer with the box coordinates.",
+  "In the image <image>, can you locate {expr} and let me know its coordinates?",  # LION notebook
+  "Where is {expr} in the image <image>? Answer with its coordinates.",
+  "In <image>, find {expr} and give its bounding box.",
+  "Can you point out {expr} in the picture <image> by stating its coordinates?",
+  "Please give the location of {expr} in the photo <image> as a box.",
+  "Help me find {expr} in <image>: output its coordinates.",
+  "Locate {expr} in the image <image> and answer with the box coordinates.",
 )
 REG_TEMPLATES = (  # "{boxes}" -> the region as box text
-    "What is the object at {boxes} in the image <image>? Describe it so it can be told apart.",
-    "Describe the region {boxes} of the image <image>.",
-    "Give a short referring expression for the object in {boxes} of <image>.",
-    "In the picture <image>, what is at {boxes}?",
-    "Which object does {boxes} in <image> show? Answer with a short description.",
+  "What is the object at {boxes} in the image <image>? Describe it so it can be told apart.",
+  "Describe the region {boxes} of the image <image>.",
+  "Give a short referring expression for the object in {boxes} of <image>.",
+  "In the picture <image>, what is at {boxes}?",
+  "Which object does {boxes} in <image> show? Answer with a short description.",
 )
 GROUNDED_CAPTION_TEMPLATES = (
-    "Describe the image <image> briefly and give the coordinates of every object you mention.",
-    "Write a short caption for <image> with the box of each object you name.",
-    "Summarize <image> in one sentence, following each mentioned object with its coordinates.",
+  "Describe the image <image> briefly and give the coordinates of every object you mention.",
+  "Write a short caption for <image> with the box of each object you name.",
+  "Summarize <image> in one sentence, following each mentioned object with its coordinates.",
 )
 
 
@@ -106,9 +106,12 @@ def mirror_text(text: str) -> str:
 def mirror_record(record: Record) -> Record:
   """A copy of `record` whose question, expression and answers describe the flipped image, so a
   flip augmentation never teaches "left of" for what now is right of it."""
-  return dataclasses.replace(record, question=mirror_text(record.question),
-                             expression=mirror_text(record.expression),
-                             answers=[mirror_text(a) for a in record.answers])
+  return dataclasses.replace(
+    record,
+    question=mirror_text(record.question),
+    expression=mirror_text(record.expression),
+    answers=[mirror_text(a) for a in record.answers],
+  )
 
 
 def _pick(rng: np.random.Generator | None, options: Sequence[str]) -> str:
@@ -116,8 +119,9 @@ def _pick(rng: np.random.Generator | None, options: Sequence[str]) -> str:
   return options[0] if rng is None else options[int(rng.integers(len(options)))]
 
 
-def build_text(record: Record, rng: np.random.Generator | None, width: int, height: int,
-               *, use_tags: bool = True) -> ExampleText:
+def build_text(
+  record: Record, rng: np.random.Generator | None, width: int, height: int, *, use_tags: bool = True
+) -> ExampleText:
   """(instruction, T5 input, target) for one record; `width`/`height` normalise its boxes."""
   task = record.task
   if task == "caption":
@@ -144,8 +148,9 @@ def build_text(record: Record, rng: np.random.Generator | None, width: int, heig
   return ExampleText(instruction, t5_input, target)
 
 
-def build_checked_text(record: Record, rng: np.random.Generator | None, width: int, height: int,
-                       *, use_tags: bool = True) -> ExampleText:
+def build_checked_text(
+  record: Record, rng: np.random.Generator | None, width: int, height: int, *, use_tags: bool = True
+) -> ExampleText:
   """`build_text` for a decoded image of `width` x `height`: a box outside it or an empty target
   raises BadRecord (what loading could not check without the image)."""
   for box in record.boxes:

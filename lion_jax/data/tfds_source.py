@@ -64,15 +64,18 @@ def _record_fields(example: dict[str, Any], fields: dict[str, str], image_is_pat
   return kwargs
 
 
-def load_tfds_records(builder_dir: str | os.PathLike, split: str, *, fields: dict[str, str], task_type: str,
-                      task: str, source: str) -> list[Record]:
+def load_tfds_records(
+  builder_dir: str | os.PathLike, split: str, *, fields: dict[str, str], task_type: str, task: str, source: str
+) -> list[Record]:
   """Every example of `split` as a validated Record. `fields` maps record fields to feature names, e.g.
   {"image": "jpeg", "answers": "captions", "id": "id"}; `builder_dir` is the prepared version folder
   (the one holding dataset_info.json). Invalid examples are skipped and counted in one warning."""
   builder_dir = Path(builder_dir)
   if not (builder_dir / "dataset_info.json").is_file():
-    raise MissingFile(f"{builder_dir}: no dataset_info.json; expected a prepared TFDS dataset version "
-                            f"folder such as data_dir/name/1.0.0")
+    raise MissingFile(
+      f"{builder_dir}: no dataset_info.json; expected a prepared TFDS dataset version "
+      f"folder such as data_dir/name/1.0.0"
+    )
   unknown = sorted(set(fields) - set(MAPPABLE_FIELDS))
   if unknown:
     raise UserError(f"cannot map features to record fields {unknown}; expected fields from {MAPPABLE_FIELDS}")
@@ -80,11 +83,14 @@ def load_tfds_records(builder_dir: str | os.PathLike, split: str, *, fields: dic
   features = builder.info.features
   missing = sorted(feature for feature in fields.values() if feature not in features)
   if missing:
-    raise UserError(f"{builder_dir}: no feature {', '.join(map(repr, missing))}; "
-                     f"the dataset has {sorted(features.keys())}")
+    raise UserError(
+      f"{builder_dir}: no feature {', '.join(map(repr, missing))}; the dataset has {sorted(features.keys())}"
+    )
   if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
-    raise UserError(f"{builder_dir}: stored as {builder.info.file_format}; only array_record can be "
-                     f"read without TensorFlow (prepare it with file_format='array_record')")
+    raise UserError(
+      f"{builder_dir}: stored as {builder.info.file_format}; only array_record can be "
+      f"read without TensorFlow (prepare it with file_format='array_record')"
+    )
   if split not in builder.info.splits:
     raise UserError(f"{builder_dir}: no split {split!r}; the dataset has {sorted(builder.info.splits.keys())}")
   image_is_path = "image" in fields and isinstance(features[fields["image"]], tfds.features.Text)
@@ -97,8 +103,14 @@ def load_tfds_records(builder_dir: str | os.PathLike, split: str, *, fields: dic
     except BadRecord as e:
       skipped[e.reason] += 1
   if skipped:
-    logger.warning("%s[%s]: kept %d records, skipped %d (%s)", builder_dir, split, len(records),
-                   sum(skipped.values()), ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())))
+    logger.warning(
+      "%s[%s]: kept %d records, skipped %d (%s)",
+      builder_dir,
+      split,
+      len(records),
+      sum(skipped.values()),
+      ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())),
+    )
   return records
 
 
@@ -111,8 +123,10 @@ def builder_directory(name: str, data_dir: str | os.PathLike) -> Path:
     return root / version
   prepared = [d for d in root.glob("*") if (d / "dataset_info.json").is_file()] if root.is_dir() else []
   if not prepared:
-    raise MissingFile(f"{root}: no prepared version of TFDS dataset {base!r} (expected {root}/<version>/"
-                      f"dataset_info.json; prepare it with file_format='array_record')")
+    raise MissingFile(
+      f"{root}: no prepared version of TFDS dataset {base!r} (expected {root}/<version>/"
+      f"dataset_info.json; prepare it with file_format='array_record')"
+    )
   return max(prepared, key=lambda d: tuple(int(p) if p.isdigit() else -1 for p in d.name.split(".")))
 
 
@@ -121,6 +135,7 @@ def parse_fields(text: str, where: str) -> dict[str, str]:
   pairs = [item.partition("=") for item in text.split(",") if item.strip()]
   bad = [f"{k}{sep}{v}" for k, sep, v in pairs if not (k.strip() and sep and v.strip())]
   if bad or not pairs:
-    raise UserError(f"{where}={text!r}: expected record_field=feature pairs separated by commas, "
-                    f"e.g. 'image=jpeg,answers=captions'")
+    raise UserError(
+      f"{where}={text!r}: expected record_field=feature pairs separated by commas, e.g. 'image=jpeg,answers=captions'"
+    )
   return {k.strip(): v.strip() for k, _, v in pairs}

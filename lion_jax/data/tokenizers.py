@@ -39,8 +39,7 @@ BERT_DEC_TOKEN = "[DEC]"
 LENGTH_BUCKET = 32  # untruncated texts are padded to a multiple of this (bucketed_length)
 
 
-def _truncate(content: list[int], max_length: int | None, num_special: int,
-              truncation_side: str) -> list[int]:
+def _truncate(content: list[int], max_length: int | None, num_special: int, truncation_side: str) -> list[int]:
   """Keeps at most `max_length - num_special` content ids, cut from `truncation_side` (HF semantics)."""
   if truncation_side not in TRUNCATION_SIDES:
     raise ValueError(f"truncation_side must be one of {TRUNCATION_SIDES}, got {truncation_side!r}")
@@ -51,7 +50,7 @@ def _truncate(content: list[int], max_length: int | None, num_special: int,
     raise ValueError(f"max_length={max_length} leaves no room for the {num_special} special token(s)")
   if len(content) <= budget:
     return content
-  return content[len(content) - budget:] if truncation_side == "left" else content[:budget]
+  return content[len(content) - budget :] if truncation_side == "left" else content[:budget]
 
 
 def pad_batch(rows: list[list[int]], max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +58,8 @@ def pad_batch(rows: list[list[int]], max_length: int, pad_id: int) -> tuple[np.n
   ids = np.full((len(rows), max_length), pad_id, np.int32)
   mask = np.zeros((len(rows), max_length), np.int32)
   for i, row in enumerate(rows):
-    ids[i, :len(row)] = row
-    mask[i, :len(row)] = 1
+    ids[i, : len(row)] = row
+    mask[i, : len(row)] = 1
   return ids, mask
 
 
@@ -75,8 +74,9 @@ def _check_batch(texts: Sequence[str]) -> None:
     raise TypeError("encode_batch takes a sequence of strings; use encode for a single string")
 
 
-def _batch(rows: list[list[int]], full_lengths: list[int], max_length: int, pad_id: int,
-           return_lengths: bool) -> tuple[np.ndarray, ...]:
+def _batch(
+  rows: list[list[int]], full_lengths: list[int], max_length: int, pad_id: int, return_lengths: bool
+) -> tuple[np.ndarray, ...]:
   """(ids, mask), plus the untruncated lengths [len(rows)] int32 when `return_lengths`."""
   ids, mask = pad_batch(rows, max_length, pad_id)
   return (ids, mask, np.asarray(full_lengths, np.int32)) if return_lengths else (ids, mask)
@@ -153,18 +153,25 @@ class T5Tokenizer:
       content += [self._special_ids[part]] if i % 2 else self._sp.encode(part)
     return content
 
-  def _finish(self, content: list[int], max_length: int | None, truncation_side: str,
-              add_eos: bool) -> list[int]:
+  def _finish(self, content: list[int], max_length: int | None, truncation_side: str, add_eos: bool) -> list[int]:
     content = _truncate(content, max_length, int(add_eos), truncation_side)
     return content + [self.eos_id] if add_eos else content
 
-  def encode(self, text: str, *, max_length: int | None = None, truncation_side: str = "left",
-             add_eos: bool = True) -> list[int]:
+  def encode(
+    self, text: str, *, max_length: int | None = None, truncation_side: str = "left", add_eos: bool = True
+  ) -> list[int]:
     """Ids of `text`, with `</s>` last (kept by truncation) when `add_eos`."""
     return self._finish(self._content(text), max_length, truncation_side, add_eos)
 
-  def encode_batch(self, texts: Sequence[str], *, max_length: int, truncation_side: str = "left",
-                   add_eos: bool = True, return_lengths: bool = False) -> tuple[np.ndarray, ...]:
+  def encode_batch(
+    self,
+    texts: Sequence[str],
+    *,
+    max_length: int,
+    truncation_side: str = "left",
+    add_eos: bool = True,
+    return_lengths: bool = False,
+  ) -> tuple[np.ndarray, ...]:
     """(ids, mask), int32 [len(texts), max_length], right-padded with the pad id; with
     `return_lengths` also the lengths before truncation ([len(texts)], `</s>` included)."""
     _check_batch(texts)
@@ -188,8 +195,7 @@ class T5Tokenizer:
       is_sentinel = token_id >= self._sp_size
       if skip_special_tokens and (is_sentinel or token_id == self.unk_id):
         continue
-      tokens.append(f"<extra_id_{self.vocab_size - 1 - token_id}>" if is_sentinel
-                    else self._sp.id_to_piece(token_id))
+      tokens.append(f"<extra_id_{self.vocab_size - 1 - token_id}>" if is_sentinel else self._sp.id_to_piece(token_id))
     text = "".join(tokens).replace(SPACE_PIECE, " ")
     return text[1:] if text.startswith(" ") else text
 
@@ -219,13 +225,15 @@ class BertTokenizer:
 
     self._tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
     self._tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True)
+      clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
     self._tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     self._tokenizer.decoder = decoders.WordPiece(prefix="##")
     # As in HF, the special tokens are matched in the raw text; [DEC] is new, so it gets id len(vocab).
     self._tokenizer.add_special_tokens([*BERT_SPECIAL_TOKENS, BERT_DEC_TOKEN])
     self._tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)])
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", self.cls_id), ("[SEP]", self.sep_id)]
+    )
 
   @property
   def vocab_size(self) -> int:
@@ -247,8 +255,7 @@ class BertTokenizer:
   def dec_id(self) -> int:
     return self._tokenizer.token_to_id(BERT_DEC_TOKEN)
 
-  def encode(self, text: str, *, max_length: int | None = None,
-             truncation_side: str = "left") -> list[int]:
+  def encode(self, text: str, *, max_length: int | None = None, truncation_side: str = "left") -> list[int]:
     """`[CLS] content [SEP]`; truncation keeps both and cuts the content from `truncation_side`."""
     return self._finish(self._content(text), max_length, truncation_side)
 
@@ -258,8 +265,9 @@ class BertTokenizer:
   def _finish(self, content: list[int], max_length: int | None, truncation_side: str) -> list[int]:
     return [self.cls_id, *_truncate(content, max_length, 2, truncation_side), self.sep_id]
 
-  def encode_batch(self, texts: Sequence[str], *, max_length: int, truncation_side: str = "left",
-                   return_lengths: bool = False) -> tuple[np.ndarray, ...]:
+  def encode_batch(
+    self, texts: Sequence[str], *, max_length: int, truncation_side: str = "left", return_lengths: bool = False
+  ) -> tuple[np.ndarray, ...]:
     """(ids, mask), int32 [len(texts), max_length], right-padded with `[PAD]`; with `return_lengths`
     also the lengths before truncation ([len(texts)], `[CLS]` and `[SEP]` included)."""
     _check_batch(texts)
@@ -268,9 +276,13 @@ class BertTokenizer:
     return _batch(rows, [len(c) + 2 for c in contents], max_length, self.pad_id, return_lengths)
 
 
-def train_t5_sentencepiece(sentences: Iterable[str], path_prefix: str | os.PathLike,
-                           vocab_size: int, user_defined_symbols: Sequence[str] = (),
-                           model_type: str = "unigram") -> Path:
+def train_t5_sentencepiece(
+  sentences: Iterable[str],
+  path_prefix: str | os.PathLike,
+  vocab_size: int,
+  user_defined_symbols: Sequence[str] = (),
+  model_type: str = "unigram",
+) -> Path:
   """Trains a tiny T5-layout SentencePiece model (pad 0, eos 1, unk 2, no bos) offline; returns the
   .model path. T5's own is unigram; on a small deduplicated corpus BPE finds whole words where
   unigram keeps fragments ("le", "f", "t" for "left").
@@ -281,10 +293,20 @@ def train_t5_sentencepiece(sentences: Iterable[str], path_prefix: str | os.PathL
   prefix = Path(path_prefix)
   prefix.parent.mkdir(parents=True, exist_ok=True)
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sentences), model_prefix=str(prefix), vocab_size=vocab_size,
-      model_type=model_type, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
-      hard_vocab_limit=False, num_threads=2, minloglevel=2,
-      user_defined_symbols=list(user_defined_symbols) or None)
+    sentence_iterator=iter(sentences),
+    model_prefix=str(prefix),
+    vocab_size=vocab_size,
+    model_type=model_type,
+    pad_id=0,
+    eos_id=1,
+    unk_id=2,
+    bos_id=-1,
+    character_coverage=1.0,
+    hard_vocab_limit=False,
+    num_threads=2,
+    minloglevel=2,
+    user_defined_symbols=list(user_defined_symbols) or None,
+  )
   return prefix.parent / f"{prefix.name}.model"
 
 

@@ -41,8 +41,14 @@ KINDS = GENERATION_KINDS + ("loss",)
 class Evaluator:
   """One named evaluator for one stage: `due(step)` says when, `run(params)` gives its scalars."""
 
-  def __init__(self, name: str, spec: ml_collections.ConfigDict, model_config: ml_collections.ConfigDict,
-               data_config: ml_collections.ConfigDict, num_steps: int):
+  def __init__(
+    self,
+    name: str,
+    spec: ml_collections.ConfigDict,
+    model_config: ml_collections.ConfigDict,
+    data_config: ml_collections.ConfigDict,
+    num_steps: int,
+  ):
     if spec.kind not in KINDS:
       raise UserError(f"evals.{name}.kind={spec.kind!r}; expected one of {KINDS}")
     self.name, self.spec, self.model_config, self.data_config = name, spec, model_config, data_config
@@ -68,11 +74,22 @@ class Evaluator:
     """Generated answers for the records, prompted and decoded as `python -m lion_jax.evaluate` does."""
     s, d = self.spec, self.data_config
     return runner.predict_records(
-        self.model_config, params, self.t5, self.bert, self.source.records, self.source.image_root,
-        batch_size=s.batch_size, max_input_len=d.max_input_len, max_qformer_len=d.max_qformer_len,
-        use_tags=d.use_tags, progress=False, num_beams=s.num_beams,
-        max_new_tokens=s.max_new_tokens or d.max_target_len, repetition_penalty=s.repetition_penalty,
-        length_penalty=s.length_penalty)
+      self.model_config,
+      params,
+      self.t5,
+      self.bert,
+      self.source.records,
+      self.source.image_root,
+      batch_size=s.batch_size,
+      max_input_len=d.max_input_len,
+      max_qformer_len=d.max_qformer_len,
+      use_tags=d.use_tags,
+      progress=False,
+      num_beams=s.num_beams,
+      max_new_tokens=s.max_new_tokens or d.max_target_len,
+      repetition_penalty=s.repetition_penalty,
+      length_penalty=s.length_penalty,
+    )
 
   def _scores(self, params) -> dict[str, float]:
     return runner.score(self.spec.kind, self.source.records, self.predict(params))
@@ -103,11 +120,11 @@ def _loss_sums(model_config_json: str):
   def sums(params, batch):
     _, m = loss_and_metrics(model.apply({"params": params}, batch), batch)
     return jnp.stack([jnp.stack([m[f"loss_sum_{level}"], m[f"tokens_{level}"]]) for level in TASK_LEVELS])
+
   return jax.jit(sums)
 
 
-def make_evaluators(config: ml_collections.ConfigDict, model_config, data_config, num_steps: int
-                    ) -> list[Evaluator]:
+def make_evaluators(config: ml_collections.ConfigDict, model_config, data_config, num_steps: int) -> list[Evaluator]:
   return [Evaluator(name, spec, model_config, data_config, num_steps) for name, spec in config.get("evals", {}).items()]
 
 

@@ -26,10 +26,10 @@ from lion_jax.errors import UserError
 # -lrb-, which that list (upper-case) misses: COCO scores keep them, and so do we.
 _CANNOT = re.compile(r"\bcannot\b")
 _DROPPED_PUNCTUATION = re.compile(
-  r"""["`?!;]"""                            # always split off and dropped
-  r"|\.(?!\w)(?<!\.[a-z]\.)"                # a word-final period, unless it closes u.s. / a.m. / e.g.
-  r"|(?<!\d)[,:]|[,:](?!\d)"                # commas and colons, except inside 1,000 and 10:30
-  r"|(?<!\w)-|-(?!\w)"                      # dashes, but not the hyphen of black-and-white
+  r"""["`?!;]"""  # always split off and dropped
+  r"|\.(?!\w)(?<!\.[a-z]\.)"  # a word-final period, unless it closes u.s. / a.m. / e.g.
+  r"|(?<!\d)[,:]|[,:](?!\d)"  # commas and colons, except inside 1,000 and 10:30
+  r"|(?<!\w)-|-(?!\w)"  # dashes, but not the hyphen of black-and-white
   r"|(?<!\w)'(?!(?:s|m|d|ll|re|ve)\b)|'(?!\w)"  # quote marks, but not 's or o'clock
 )
 _PTB_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
@@ -56,35 +56,42 @@ def _check_same_ids(references: Mapping[Hashable, Sequence[str]], predictions: M
   missing = [k for k in references if k not in predictions]
   extra = [k for k in predictions if k not in references]
   if missing or extra:
-    raise UserError(f"prediction ids must equal reference ids: missing predictions for {missing[:10]}"
-                     f" ({len(missing)} in all), predictions without references {extra[:10]} ({len(extra)} in all)")
+    raise UserError(
+      f"prediction ids must equal reference ids: missing predictions for {missing[:10]}"
+      f" ({len(missing)} in all), predictions without references {extra[:10]} ({len(extra)} in all)"
+    )
   empty = [k for k, refs in references.items() if not refs]
   if empty:
     raise UserError(f"ids without reference captions: {empty[:10]} ({len(empty)} in all)")
 
 
-def _ptb_tokenize(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str]
-                  ) -> tuple[dict[Hashable, list[str]], dict[Hashable, list[str]]]:
+def _ptb_tokenize(
+  references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str]
+) -> tuple[dict[Hashable, list[str]], dict[Hashable, list[str]]]:
   """Both sides through one PTBTokenizer call (one JVM start)."""
   if shutil.which("java") is None:
-    raise RuntimeError("tokenizer='ptb' runs Stanford PTBTokenizer (pycocoevalcap) and needs `java` on PATH;"
-                       " install a Java runtime or use tokenizer='simple'")
+    raise RuntimeError(
+      "tokenizer='ptb' runs Stanford PTBTokenizer (pycocoevalcap) and needs `java` on PATH;"
+      " install a Java runtime or use tokenizer='simple'"
+    )
   from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
   captions = {("reference", k): [{"caption": c} for c in refs] for k, refs in references.items()}
   captions.update({("prediction", k): [{"caption": predictions[k]}] for k in references})
   tokenized = PTBTokenizer().tokenize(captions)
-  return ({k: tokenized[("reference", k)] for k in references},
-          {k: tokenized[("prediction", k)] for k in references})
+  return ({k: tokenized[("reference", k)] for k in references}, {k: tokenized[("prediction", k)] for k in references})
 
 
-def _tokenized(references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str], tokenizer: str
-               ) -> tuple[dict[Hashable, list[str]], dict[Hashable, list[str]]]:
+def _tokenized(
+  references: Mapping[Hashable, Sequence[str]], predictions: Mapping[Hashable, str], tokenizer: str
+) -> tuple[dict[Hashable, list[str]], dict[Hashable, list[str]]]:
   """(gts, res) in the form pycocoevalcap's scorers take: id -> token strings."""
   _check_same_ids(references, predictions)
   if tokenizer == "simple":
-    return ({k: [simple_tokenize(c) for c in refs] for k, refs in references.items()},
-            {k: [simple_tokenize(predictions[k])] for k in references})
+    return (
+      {k: [simple_tokenize(c) for c in refs] for k, refs in references.items()},
+      {k: [simple_tokenize(predictions[k])] for k in references},
+    )
   if tokenizer == "ptb":
     return _ptb_tokenize(references, predictions)
   raise UserError(f"tokenizer must be 'simple' or 'ptb', got {tokenizer!r}")
@@ -118,37 +125,165 @@ def bleu4(references: dict[str, list[str]], predictions: dict[str, str], *, toke
 # Copied entry for entry from vqaEval.py (including its keys with capitals, which never match after
 # its lower-casing) so that the table can be checked against the official one.
 _CONTRACTIONS = {
-  "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-  "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
-  "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
-  "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll",
-  "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd",
-  "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
-  "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't",
-  "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
-  "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've",
-  "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
-  "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
-  "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
-  "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
-  "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
-  "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd",
-  "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's", "theyd": "they'd",
-  "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
-  "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't",
-  "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
-  "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
-  "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're",
-  "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
-  "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
-  "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
-  "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+  "aint": "ain't",
+  "arent": "aren't",
+  "cant": "can't",
+  "couldve": "could've",
+  "couldnt": "couldn't",
+  "couldn'tve": "couldn't've",
+  "couldnt've": "couldn't've",
+  "didnt": "didn't",
+  "doesnt": "doesn't",
+  "dont": "don't",
+  "hadnt": "hadn't",
+  "hadnt've": "hadn't've",
+  "hadn'tve": "hadn't've",
+  "hasnt": "hasn't",
+  "havent": "haven't",
+  "hed": "he'd",
+  "hed've": "he'd've",
+  "he'dve": "he'd've",
+  "hes": "he's",
+  "howd": "how'd",
+  "howll": "how'll",
+  "hows": "how's",
+  "Id've": "I'd've",
+  "I'dve": "I'd've",
+  "Im": "I'm",
+  "Ive": "I've",
+  "isnt": "isn't",
+  "itd": "it'd",
+  "itd've": "it'd've",
+  "it'dve": "it'd've",
+  "itll": "it'll",
+  "let's": "let's",
+  "maam": "ma'am",
+  "mightnt": "mightn't",
+  "mightnt've": "mightn't've",
+  "mightn'tve": "mightn't've",
+  "mightve": "might've",
+  "mustnt": "mustn't",
+  "mustve": "must've",
+  "neednt": "needn't",
+  "notve": "not've",
+  "oclock": "o'clock",
+  "oughtnt": "oughtn't",
+  "ow's'at": "'ow's'at",
+  "'ows'at": "'ow's'at",
+  "'ow'sat": "'ow's'at",
+  "shant": "shan't",
+  "shed've": "she'd've",
+  "she'dve": "she'd've",
+  "she's": "she's",
+  "shouldve": "should've",
+  "shouldnt": "shouldn't",
+  "shouldnt've": "shouldn't've",
+  "shouldn'tve": "shouldn't've",
+  "somebody'd": "somebodyd",
+  "somebodyd've": "somebody'd've",
+  "somebody'dve": "somebody'd've",
+  "somebodyll": "somebody'll",
+  "somebodys": "somebody's",
+  "someoned": "someone'd",
+  "someoned've": "someone'd've",
+  "someone'dve": "someone'd've",
+  "someonell": "someone'll",
+  "someones": "someone's",
+  "somethingd": "something'd",
+  "somethingd've": "something'd've",
+  "something'dve": "something'd've",
+  "somethingll": "something'll",
+  "thats": "that's",
+  "thered": "there'd",
+  "thered've": "there'd've",
+  "there'dve": "there'd've",
+  "therere": "there're",
+  "theres": "there's",
+  "theyd": "they'd",
+  "theyd've": "they'd've",
+  "they'dve": "they'd've",
+  "theyll": "they'll",
+  "theyre": "they're",
+  "theyve": "they've",
+  "twas": "'twas",
+  "wasnt": "wasn't",
+  "wed've": "we'd've",
+  "we'dve": "we'd've",
+  "weve": "we've",
+  "werent": "weren't",
+  "whatll": "what'll",
+  "whatre": "what're",
+  "whats": "what's",
+  "whatve": "what've",
+  "whens": "when's",
+  "whered": "where'd",
+  "wheres": "where's",
+  "whereve": "where've",
+  "whod": "who'd",
+  "whod've": "who'd've",
+  "who'dve": "who'd've",
+  "wholl": "who'll",
+  "whos": "who's",
+  "whove": "who've",
+  "whyll": "why'll",
+  "whyre": "why're",
+  "whys": "why's",
+  "wont": "won't",
+  "wouldve": "would've",
+  "wouldnt": "wouldn't",
+  "wouldnt've": "wouldn't've",
+  "wouldn'tve": "wouldn't've",
+  "yall": "y'all",
+  "yall'll": "y'all'll",
+  "y'allll": "y'all'll",
+  "yall'd've": "y'all'd've",
+  "y'alld've": "y'all'd've",
+  "y'all'dve": "y'all'd've",
+  "youd": "you'd",
+  "youd've": "you'd've",
+  "you'dve": "you'd've",
+  "youll": "you'll",
+  "youre": "you're",
+  "youve": "you've",
 }
-_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-                 "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_NUMBER_WORDS = {
+  "none": "0",
+  "zero": "0",
+  "one": "1",
+  "two": "2",
+  "three": "3",
+  "four": "4",
+  "five": "5",
+  "six": "6",
+  "seven": "7",
+  "eight": "8",
+  "nine": "9",
+  "ten": "10",
+}
 _ARTICLES = {"a", "an", "the"}
-_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
-                "!"]
+_PUNCTUATION = [
+  ";",
+  "/",
+  "[",
+  "]",
+  '"',
+  "{",
+  "}",
+  "(",
+  ")",
+  "=",
+  "+",
+  "\\",
+  "_",
+  "-",
+  ">",
+  "<",
+  "@",
+  "`",
+  ",",
+  "?",
+  "!",
+]
 _COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
 # Official periodStrip is "(?!<=\d)(\.)(?!\d)"; its "(?!<=\d)" (a typo for a look-behind) never
 # fails in front of a period, so it removes every period not followed by a digit.
@@ -226,6 +361,7 @@ def exact_match_accuracy(predictions: list[str], answers: list[str] | list[list[
 # Referring expression comprehension (RefCOCO/+/g): Acc@0.5 as Shikra / LION report it
 # --------------------------------------------------------------------------------------------------
 
+
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
   """IoU of two xyxy boxes; 0 when either is degenerate (no positive area)."""
   ax1, ay1, ax2, ay2 = a
@@ -251,6 +387,7 @@ def rec_accuracy(predictions: list[str], boxes: list[list[float]], iou_threshold
 # --------------------------------------------------------------------------------------------------
 # POPE, VisDial, MMBench
 # --------------------------------------------------------------------------------------------------
+
 
 def _pope_says_no(text: str) -> bool:
   """POPE evaluate.py: keep the text before the first '.', drop commas, split on ' ', then "no" if

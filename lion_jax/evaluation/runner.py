@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
 import numpy as np
 
-from lion_jax.data import images, templates
 from lion_jax.convert.converted import load_converted, tokenizer_files
+from lion_jax.data import images, templates
 from lion_jax.data.records import BadRecord, Record, load_records
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
 from lion_jax.errors import MissingFile, UserError
@@ -33,10 +33,21 @@ def _prepare(record: Record, image_root: Path, image_size: int, use_tags: bool):
   return images.to_model_input(image, image_size), text, image.size
 
 
-def predict_records(config, params, t5: T5Tokenizer, bert: BertTokenizer, records: Sequence[Record],
-                    image_root: str | Path, *, batch_size: int = 16, max_input_len: int = 128,
-                    max_qformer_len: int = 128, use_tags: bool = True, progress: bool = True,
-                    **generate_settings) -> list[str | None]:
+def predict_records(
+  config,
+  params,
+  t5: T5Tokenizer,
+  bert: BertTokenizer,
+  records: Sequence[Record],
+  image_root: str | Path,
+  *,
+  batch_size: int = 16,
+  max_input_len: int = 128,
+  max_qformer_len: int = 128,
+  use_tags: bool = True,
+  progress: bool = True,
+  **generate_settings,
+) -> list[str | None]:
   """Generated text per record (None for a record whose image cannot be read; counted and logged).
 
   T5 prompts are padded to `max_input_len` (the training limit, one compiled shape), a batch holding a
@@ -47,6 +58,7 @@ def predict_records(config, params, t5: T5Tokenizer, bert: BertTokenizer, record
   iterator = range(0, len(records), batch_size)
   if progress:
     from tqdm import tqdm
+
     iterator = tqdm(iterator, desc="evaluating", unit="batch")
   for start in iterator:
     chunk = list(range(start, min(start + batch_size, len(records))))
@@ -68,8 +80,9 @@ def predict_records(config, params, t5: T5Tokenizer, bert: BertTokenizer, record
     input_ids, input_mask = pad_batch(rows, bucketed_length(max(map(len, rows)), max_input_len), t5.pad_id)
     q_ids, q_mask = bert.encode_batch(questions, max_length=max_qformer_len, truncation_side="left")
     task = np.array([records[i].task_id for i in kept] + [records[kept[0]].task_id] * pad, np.int32)
-    batch = dict(image=pixels, qformer_ids=q_ids, qformer_mask=q_mask, input_ids=input_ids, input_mask=input_mask,
-                 task=task)
+    batch = dict(
+      image=pixels, qformer_ids=q_ids, qformer_mask=q_mask, input_ids=input_ids, input_mask=input_mask, task=task
+    )
     ids = np.asarray(jax.device_get(generate(config, params, batch, **generate_settings)))
     for row, i in zip(ids[:n], kept):
       outputs[i] = t5.decode(row.tolist())
@@ -135,10 +148,21 @@ def run_benchmark(config, checkpoint: str | Path, output: str | Path | None = No
   if config.limit:
     records = records[: config.limit]
   predictions = predict_records(
-      model_config, params, T5Tokenizer(files["t5"]), BertTokenizer(files["bert"]), records, config.image_root,
-      batch_size=config.batch_size, max_input_len=config.max_input_len, max_qformer_len=config.max_qformer_len,
-      use_tags=config.use_tags, num_beams=config.num_beams, max_new_tokens=config.max_new_tokens,
-      repetition_penalty=config.repetition_penalty, length_penalty=config.length_penalty)
+    model_config,
+    params,
+    T5Tokenizer(files["t5"]),
+    BertTokenizer(files["bert"]),
+    records,
+    config.image_root,
+    batch_size=config.batch_size,
+    max_input_len=config.max_input_len,
+    max_qformer_len=config.max_qformer_len,
+    use_tags=config.use_tags,
+    num_beams=config.num_beams,
+    max_new_tokens=config.max_new_tokens,
+    repetition_penalty=config.repetition_penalty,
+    length_penalty=config.length_penalty,
+  )
   scores = score(config.kind, records, predictions)
   write_results(output or checkpoint, config.name, records, predictions, scores)
   paper = {config.name: benchmarks.BENCHMARKS[config.name][1]}

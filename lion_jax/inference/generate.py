@@ -45,11 +45,22 @@ def _forbid_eos_before_min_length(scores, cur_len, min_length, eos_id):
 
 def _step_fn(model: Lion, params, encoded, encoder_mask, task, cache_len: int):
   """(cache, tokens [N], position) -> (logits [N, V] float32, cache); a missing cache is created."""
+
   def step(cache, tokens, position):
     variables = {"params": params} if cache is None else {"params": params, "cache": cache}
-    logits, updated = model.apply(variables, tokens[:, None], encoded, encoder_mask, task, cache_len=cache_len,
-                                  cache_index=position, method=Lion.decode, mutable=["cache"])
+    logits, updated = model.apply(
+      variables,
+      tokens[:, None],
+      encoded,
+      encoder_mask,
+      task,
+      cache_len=cache_len,
+      cache_index=position,
+      method=Lion.decode,
+      mutable=["cache"],
+    )
     return logits[:, 0].astype(jnp.float32), updated["cache"]
+
   return step
 
 
@@ -85,8 +96,20 @@ def _greedy(model, params, batch, max_new_tokens, min_length, repetition_penalty
   return sequences[:, 1:]
 
 
-def _beam_search(model, params, batch, num_beams, max_new_tokens, min_length, repetition_penalty,
-                 length_penalty, early_stopping, eos_id, pad_id, start_id):
+def _beam_search(
+  model,
+  params,
+  batch,
+  num_beams,
+  max_new_tokens,
+  min_length,
+  repetition_penalty,
+  length_penalty,
+  early_stopping,
+  eos_id,
+  pad_id,
+  start_id,
+):
   k, max_length = num_beams, max_new_tokens + 1  # max_length counts the start token, as HF does
   encoded, mask = model.apply({"params": params}, batch, method=Lion.encode)
   b, vocab = encoded.shape[0], model.config.t5.vocab_size
@@ -98,9 +121,17 @@ def _beam_search(model, params, batch, num_beams, max_new_tokens, min_length, re
   running = jnp.full((b, k, max_length), pad_id, jnp.int32).at[:, :, 0].set(start_id)
   running_scores = jnp.zeros((b, k)).at[:, 1:].set(NEG)
   seen = jnp.zeros((b, k, vocab), bool).at[:, :, start_id].set(True)
-  state = dict(cur_len=jnp.int32(1), running=running, running_scores=running_scores, seen=seen,
-               finished=running, finished_scores=jnp.full((b, k), NEG), is_finished=jnp.zeros((b, k), bool),
-               improvable=jnp.ones((b, 1), bool), all_hit_stop=jnp.bool_(False))
+  state = dict(
+    cur_len=jnp.int32(1),
+    running=running,
+    running_scores=running_scores,
+    seen=seen,
+    finished=running,
+    finished_scores=jnp.full((b, k), NEG),
+    is_finished=jnp.zeros((b, k), bool),
+    improvable=jnp.ones((b, 1), bool),
+    all_hit_stop=jnp.bool_(False),
+  )
 
   def advance(state, logits, cache):
     cur_len = state["cur_len"]
@@ -144,9 +175,17 @@ def _beam_search(model, params, batch, num_beams, max_new_tokens, min_length, re
     best_running = running_scores[:, :1] / (jnp.asarray(best_len, jnp.float32) ** length_penalty)
     worst_finished = jnp.where(is_finished, jnp.min(finished_scores, axis=1, keepdims=True), NEG)
     improvable = state["improvable"] & jnp.any(best_running > worst_finished, axis=-1, keepdims=True)
-    new_state = dict(cur_len=cur_len, running=running, running_scores=running_scores, seen=new_seen,
-                     finished=finished, finished_scores=finished_scores, is_finished=is_finished,
-                     improvable=improvable, all_hit_stop=jnp.all(hits_stop))
+    new_state = dict(
+      cur_len=cur_len,
+      running=running,
+      running_scores=running_scores,
+      seen=new_seen,
+      finished=finished,
+      finished_scores=finished_scores,
+      is_finished=is_finished,
+      improvable=improvable,
+      all_hit_stop=jnp.all(hits_stop),
+    )
     return new_state, cache
 
   def unfinished(state):
@@ -158,8 +197,9 @@ def _beam_search(model, params, batch, num_beams, max_new_tokens, min_length, re
 
   def body(carry):
     state, cache = carry
-    tokens = jax.vmap(lambda seqs, t: jax.lax.dynamic_index_in_dim(seqs, t, axis=1, keepdims=False),
-                      in_axes=(0, None))(state["running"], state["cur_len"] - 1).reshape(-1)
+    tokens = jax.vmap(lambda seqs, t: jax.lax.dynamic_index_in_dim(seqs, t, axis=1, keepdims=False), in_axes=(0, None))(
+      state["running"], state["cur_len"] - 1
+    ).reshape(-1)
     logits, cache = step(cache, tokens, state["cur_len"] - 1)
     return advance(state, logits, cache)
 
@@ -170,24 +210,62 @@ def _beam_search(model, params, batch, num_beams, max_new_tokens, min_length, re
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(config_json: str, num_beams, max_new_tokens, min_length, repetition_penalty, length_penalty,
-              early_stopping, eos_id, pad_id, start_id):
+def _compiled(
+  config_json: str,
+  num_beams,
+  max_new_tokens,
+  min_length,
+  repetition_penalty,
+  length_penalty,
+  early_stopping,
+  eos_id,
+  pad_id,
+  start_id,
+):
   model = Lion(ml_collections.ConfigDict(json.loads(config_json)))
   if num_beams == 1:
-    fn = functools.partial(_greedy, model, max_new_tokens=max_new_tokens, min_length=min_length,
-                           repetition_penalty=repetition_penalty, eos_id=eos_id, pad_id=pad_id, start_id=start_id)
+    fn = functools.partial(
+      _greedy,
+      model,
+      max_new_tokens=max_new_tokens,
+      min_length=min_length,
+      repetition_penalty=repetition_penalty,
+      eos_id=eos_id,
+      pad_id=pad_id,
+      start_id=start_id,
+    )
   else:
-    fn = functools.partial(_beam_search, model, num_beams=num_beams, max_new_tokens=max_new_tokens,
-                           min_length=min_length, repetition_penalty=repetition_penalty,
-                           length_penalty=length_penalty, early_stopping=early_stopping, eos_id=eos_id,
-                           pad_id=pad_id, start_id=start_id)
+    fn = functools.partial(
+      _beam_search,
+      model,
+      num_beams=num_beams,
+      max_new_tokens=max_new_tokens,
+      min_length=min_length,
+      repetition_penalty=repetition_penalty,
+      length_penalty=length_penalty,
+      early_stopping=early_stopping,
+      eos_id=eos_id,
+      pad_id=pad_id,
+      start_id=start_id,
+    )
   return jax.jit(fn)
 
 
-def generate(config: ml_collections.ConfigDict, params, batch: dict, *, num_beams: int = 5,
-             max_new_tokens: int = 256, min_length: int = 1, repetition_penalty: float = 1.5,
-             length_penalty: float = 1.0, early_stopping: bool | str = False, eos_id: int = 1, pad_id: int = 0,
-             decoder_start_id: int = 0) -> jax.Array:
+def generate(
+  config: ml_collections.ConfigDict,
+  params,
+  batch: dict,
+  *,
+  num_beams: int = 5,
+  max_new_tokens: int = 256,
+  min_length: int = 1,
+  repetition_penalty: float = 1.5,
+  length_penalty: float = 1.0,
+  early_stopping: bool | str = False,
+  eos_id: int = 1,
+  pad_id: int = 0,
+  decoder_start_id: int = 0,
+) -> jax.Array:
   """Generated ids [B, max_new_tokens] (int32) for a model batch (no `decoder_input_ids` needed).
 
   Defaults are LION's released settings: beam 5, up to 256 new tokens, min_length 1, repetition
@@ -196,17 +274,32 @@ def generate(config: ml_collections.ConfigDict, params, batch: dict, *, num_beam
   if num_beams < 1 or max_new_tokens < 1:
     raise ValueError(f"num_beams={num_beams} and max_new_tokens={max_new_tokens} must be >= 1")
   inputs = {k: v for k, v in batch.items() if k != "decoder_input_ids"}
-  fn = _compiled(config.to_json(), num_beams, max_new_tokens, min_length, float(repetition_penalty),
-                 float(length_penalty), early_stopping, eos_id, pad_id, decoder_start_id)
+  fn = _compiled(
+    config.to_json(),
+    num_beams,
+    max_new_tokens,
+    min_length,
+    float(repetition_penalty),
+    float(length_penalty),
+    early_stopping,
+    eos_id,
+    pad_id,
+    decoder_start_id,
+  )
   return fn(params, inputs)
 
 
-def score_candidates(config: ml_collections.ConfigDict, params, batch: dict, candidate_ids, candidate_mask
-                     ) -> tuple[jax.Array, jax.Array]:
+def score_candidates(
+  config: ml_collections.ConfigDict, params, batch: dict, candidate_ids, candidate_mask
+) -> tuple[jax.Array, jax.Array]:
   """Log-likelihood of given answers: candidate_ids/mask [B, C, T] (targets with </s>) ->
   (sum of token log-probs [B, C], number of tokens [B, C]). The encoder runs once per example."""
-  return _score(config.to_json())(params, {k: v for k, v in batch.items() if k != "decoder_input_ids"},
-                                  jnp.asarray(candidate_ids, jnp.int32), jnp.asarray(candidate_mask, jnp.int32))
+  return _score(config.to_json())(
+    params,
+    {k: v for k, v in batch.items() if k != "decoder_input_ids"},
+    jnp.asarray(candidate_ids, jnp.int32),
+    jnp.asarray(candidate_mask, jnp.int32),
+  )
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,11 +310,16 @@ def _score(config_json: str):
     b, c, t = ids.shape
     encoded, enc_mask = model.apply({"params": params}, batch, method=Lion.encode)
     decoder_inputs = jnp.concatenate([jnp.zeros((b, c, 1), jnp.int32), ids[:, :, :-1]], axis=2).reshape(b * c, t)
-    logits = model.apply({"params": params}, decoder_inputs, jnp.repeat(encoded, c, 0), jnp.repeat(enc_mask, c, 0),
-                         jnp.repeat(batch["task"], c, 0), method=Lion.decode)
+    logits = model.apply(
+      {"params": params},
+      decoder_inputs,
+      jnp.repeat(encoded, c, 0),
+      jnp.repeat(enc_mask, c, 0),
+      jnp.repeat(batch["task"], c, 0),
+      method=Lion.decode,
+    )
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     token_lp = jnp.take_along_axis(log_probs, ids.reshape(b * c, t, 1), axis=-1)[..., 0].reshape(b, c, t)
     return (token_lp * mask).sum(-1), mask.sum(-1)
+
   return jax.jit(score)
-
-

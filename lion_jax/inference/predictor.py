@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -34,23 +34,41 @@ class Prediction:
 
 
 class Predictor:
-  def __init__(self, config, params, t5: T5Tokenizer, bert: BertTokenizer, *, num_beams: int = 5,
-               max_new_tokens: int = 256, repetition_penalty: float = 1.5, length_penalty: float = 1.0,
-               min_length: int = 1, max_qformer_len: int = 128):
+  def __init__(
+    self,
+    config,
+    params,
+    t5: T5Tokenizer,
+    bert: BertTokenizer,
+    *,
+    num_beams: int = 5,
+    max_new_tokens: int = 256,
+    repetition_penalty: float = 1.5,
+    length_penalty: float = 1.0,
+    min_length: int = 1,
+    max_qformer_len: int = 128,
+  ):
     self.config, self.params, self.t5, self.bert = config, params, t5, bert
-    self.settings = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty,
-                         length_penalty=length_penalty, min_length=min_length)
+    self.settings = dict(
+      num_beams=num_beams,
+      max_new_tokens=max_new_tokens,
+      repetition_penalty=repetition_penalty,
+      length_penalty=length_penalty,
+      min_length=min_length,
+    )
     self.max_qformer_len = max_qformer_len
 
   @classmethod
-  def load(cls, checkpoint_dir: str | os.PathLike, **settings) -> "Predictor":
+  def load(cls, checkpoint_dir: str | os.PathLike, **settings) -> Predictor:
     """A converted-checkpoint directory (python -m lion_jax.convert, or a trainer export)."""
     config, params = load_converted(checkpoint_dir)
     files = tokenizer_files(checkpoint_dir)
     missing = [name for name in ("t5", "bert") if name not in files]
     if missing:
-      raise MissingFile(f"{Path(checkpoint_dir) / 'tokenizer'} lacks the {' and '.join(missing)} tokenizer "
-                              "file(s); convert again with --t5_vocab / --bert_vocab")
+      raise MissingFile(
+        f"{Path(checkpoint_dir) / 'tokenizer'} lacks the {' and '.join(missing)} tokenizer "
+        "file(s); convert again with --t5_vocab / --bert_vocab"
+      )
     return cls(config, params, T5Tokenizer(files["t5"]), BertTokenizer(files["bert"]), **settings)
 
   def _batch(self, pixels: np.ndarray, question: str, tags: Sequence[str] | None, task: str) -> dict:
@@ -60,11 +78,22 @@ class Predictor:
     limit = min(self.max_qformer_len, self.config.qformer.max_positions)
     q_ids = self.bert.encode(question, max_length=limit, truncation_side="left")
     qformer_ids, qformer_mask = pad_batch([q_ids], min(bucketed_length(len(q_ids)), limit), self.bert.pad_id)
-    return dict(image=pixels[None], qformer_ids=qformer_ids, qformer_mask=qformer_mask, input_ids=input_ids,
-                input_mask=input_mask, task=np.array([TASK_TYPES.index(task)], np.int32))
+    return dict(
+      image=pixels[None],
+      qformer_ids=qformer_ids,
+      qformer_mask=qformer_mask,
+      input_ids=input_ids,
+      input_mask=input_mask,
+      task=np.array([TASK_TYPES.index(task)], np.int32),
+    )
 
-  def __call__(self, image: str | os.PathLike | Image.Image | np.ndarray, question: str,
-               tags: Sequence[str] | str | None = None, task: str = "image_level") -> Prediction:
+  def __call__(
+    self,
+    image: str | os.PathLike | Image.Image | np.ndarray,
+    question: str,
+    tags: Sequence[str] | str | None = None,
+    task: str = "image_level",
+  ) -> Prediction:
     if task not in TASK_TYPES:
       raise UserError(f"task={task!r}; expected one of {TASK_TYPES}")
     if isinstance(image, np.ndarray):

@@ -21,9 +21,11 @@ from lion_jax.models import layers
 
 def one_hot_gate(adapter_index: int):
   """Gate init: row `adapter_index` (task type == adapter index) is ones, the others zeros."""
+
   def init(key, shape, dtype=jnp.float32):
     del key
     return jnp.zeros(shape, dtype).at[adapter_index].set(1.0)
+
   return init
 
 
@@ -34,10 +36,12 @@ class Adapter(nn.Module):
 
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
-    y = layers.Dense(self.bottleneck, ("embed", None), kernel_init=layers.torch_linear_init,
-                     dtype=self.dtype, name="down")(h)
-    y = layers.Dense(self.d_model, (None, "embed"), kernel_init=nn.initializers.zeros,
-                     dtype=self.dtype, name="up")(jax.nn.relu(y))
+    y = layers.Dense(
+      self.bottleneck, ("embed", None), kernel_init=layers.torch_linear_init, dtype=self.dtype, name="down"
+    )(h)
+    y = layers.Dense(self.d_model, (None, "embed"), kernel_init=nn.initializers.zeros, dtype=self.dtype, name="up")(
+      jax.nn.relu(y)
+    )
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (None,)), (1,))
     return y * scale.astype(self.dtype)
 
@@ -57,8 +61,9 @@ class MixtureOfAdapters(nn.Module):
       return Adapter(self.d_model, self.bottleneck, self.dtype, name="adapter_0")(h)
     out = jnp.zeros_like(h)
     for k in range(self.num_adapters):
-      gate = self.param(f"gate_{k}", nn.with_logical_partitioning(one_hot_gate(k), (None, "embed")),
-                        (self.num_task_types, self.d_model))
+      gate = self.param(
+        f"gate_{k}", nn.with_logical_partitioning(one_hot_gate(k), (None, "embed")), (self.num_task_types, self.d_model)
+      )
       row = jnp.take(gate, task, axis=0)[:, None, :].astype(self.dtype)  # [B, 1, d]
       out = out + row * Adapter(self.d_model, self.bottleneck, self.dtype, name=f"adapter_{k}")(h)
     return out

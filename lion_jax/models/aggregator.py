@@ -8,7 +8,7 @@ Then LayerNorm (eps 1e-5) -> Linear -> exact GELU -> Linear to the T5 width: one
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -29,12 +29,14 @@ class AggregatorBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, memory: jax.Array, *, train: bool = False) -> jax.Array:
     c = self.config
-    attn = lambda name: BertAttention(self.width, c.num_heads, c.ln_eps, c.dropout_rate,
-                                      zero_init_output=True, dtype=self.dtype, name=name)
+    attn = lambda name: BertAttention(
+      self.width, c.num_heads, c.ln_eps, c.dropout_rate, zero_init_output=True, dtype=self.dtype, name=name
+    )
     x = attn("self_attention")(x, train=train)
     x = attn("cross_attention")(x, memory=memory, train=train)
-    return BertFeedForward(self.width, c.mlp_dim, c.ln_eps, c.dropout_rate, zero_init_output=True,
-                           dtype=self.dtype, name="ffn")(x, train=train)
+    return BertFeedForward(
+      self.width, c.mlp_dim, c.ln_eps, c.dropout_rate, zero_init_output=True, dtype=self.dtype, name="ffn"
+    )(x, train=train)
 
 
 class Aggregator(nn.Module):
@@ -50,8 +52,10 @@ class Aggregator(nn.Module):
     for i, memory in enumerate(memories):
       x = AggregatorBlock(c, self.width, self.dtype, name=f"blocks_{i}")(x, memory, train=train)
     x = layers.LayerNorm(c.out_ln_eps, name="out_norm")(x)
-    x = layers.Dense(c.proj_dim, ("embed", "mlp"), kernel_init=layers.torch_linear_init,
-                     dtype=self.dtype, name="proj_in")(x)
+    x = layers.Dense(
+      c.proj_dim, ("embed", "mlp"), kernel_init=layers.torch_linear_init, dtype=self.dtype, name="proj_in"
+    )(x)
     x = layers.activation("gelu")(x)
-    return layers.Dense(self.d_model, ("mlp", "embed"), kernel_init=layers.torch_linear_init,
-                        dtype=self.dtype, name="proj_out")(x)
+    return layers.Dense(
+      self.d_model, ("mlp", "embed"), kernel_init=layers.torch_linear_init, dtype=self.dtype, name="proj_out"
+    )(x)

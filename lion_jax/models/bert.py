@@ -29,8 +29,9 @@ class BertAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, memory: jax.Array | None = None, bias: jax.Array | None = None,
-               *, train: bool = False) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, memory: jax.Array | None = None, bias: jax.Array | None = None, *, train: bool = False
+  ) -> jax.Array:
     memory = x if memory is None else memory
     heads = lambda name: layers.Dense(self.width, ("embed", "heads"), dtype=self.dtype, name=name)
     q = layers.split_heads(heads("query")(x), self.num_heads)
@@ -38,11 +39,13 @@ class BertAttention(nn.Module):
     v = layers.split_heads(heads("value")(memory), self.num_heads)
     drop = layers.Dropout(self.dropout_rate)
     probs_dropout = None if not train else (lambda p: drop(p, deterministic=False))
-    out = layers.attend(q, k, v, bias, scale=layers.head_scale(self.width // self.num_heads),
-                        probs_dropout=probs_dropout)
+    out = layers.attend(
+      q, k, v, bias, scale=layers.head_scale(self.width // self.num_heads), probs_dropout=probs_dropout
+    )
     out_init = nn.initializers.zeros if self.zero_init_output else layers.normal_002
-    out = layers.Dense(self.width, ("heads", "embed"), kernel_init=out_init, dtype=self.dtype,
-                       name="out")(layers.merge_heads(out))
+    out = layers.Dense(self.width, ("heads", "embed"), kernel_init=out_init, dtype=self.dtype, name="out")(
+      layers.merge_heads(out)
+    )
     out = drop(out, deterministic=not train)
     return layers.LayerNorm(self.ln_eps, name="norm")(out + x)
 

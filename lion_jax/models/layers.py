@@ -8,7 +8,8 @@ float32 whatever the compute dtype, as the PyTorch reference does under autocast
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -38,9 +39,9 @@ def exact_gelu(x: Array) -> Array:
 def activation(name: str) -> Callable[[Array], Array]:
   """Activations by their HF names: `gelu` is exact (erf), `gelu_new` the tanh approximation."""
   table = {
-      "gelu": exact_gelu,
-      "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-      "relu": jax.nn.relu,
+    "gelu": exact_gelu,
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
   }
   if name not in table:
     raise UserError(f"unknown activation {name!r}; expected one of {sorted(table)}")
@@ -59,7 +60,7 @@ def keep_mask(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
   data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
   *lead, last = shape or (1,)
   words = -(-last // 4)  # hashes per row; each yields 2 x 32 bits = 4 x 16 bits
-  if data.shape != (2,) or not shape or math.prod(lead) * words >= 2 ** 32:  # counters are uint32
+  if data.shape != (2,) or not shape or math.prod(lead) * words >= 2**32:  # counters are uint32
     return jax.random.bernoulli(key, 1.0 - rate, shape)
   counters = jax.lax.iota(jnp.uint32, math.prod(lead) * words).reshape(*lead, words)
   bits1, bits2 = threefry2x32_p.bind(data[0], data[1], counters, jnp.zeros_like(counters))
@@ -95,12 +96,13 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = self.param(
-        "kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
-        (x.shape[-1], self.features), jnp.float32)
+      "kernel", nn.with_logical_partitioning(self.kernel_init, self.axes), (x.shape[-1], self.features), jnp.float32
+    )
     y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]),
-                        (self.features,), jnp.float32)
+      bias = self.param(
+        "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]), (self.features,), jnp.float32
+      )
       y = y + bias.astype(self.dtype)
     return y
 
@@ -114,10 +116,10 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
-                       (d,), jnp.float32)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)),
-                      (d,), jnp.float32)
+    scale = self.param(
+      "scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)), (d,), jnp.float32
+    )
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)), (d,), jnp.float32)
     xf = x.astype(jnp.float32)
     mean = xf.mean(-1, keepdims=True)
     var = jnp.square(xf - mean).mean(-1, keepdims=True)
@@ -132,8 +134,9 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       (x.shape[-1],), jnp.float32)
+    scale = self.param(
+      "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],), jnp.float32
+    )
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), -1, keepdims=True) + self.epsilon)
     return (y * scale).astype(x.dtype)
@@ -144,8 +147,15 @@ def padding_bias(mask: Array, dtype: Dtype = jnp.float32) -> Array:
   return jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
-def attend(q: Array, k: Array, v: Array, bias: Array | None, *, scale: float,
-           probs_dropout: Callable[[Array], Array] | None = None) -> Array:
+def attend(
+  q: Array,
+  k: Array,
+  v: Array,
+  bias: Array | None,
+  *,
+  scale: float,
+  probs_dropout: Callable[[Array], Array] | None = None,
+) -> Array:
   """Multi-head attention core on [B, T, H, D] tensors; softmax in float32.
 
   `bias` is added to the logits (padding masks, causal masks, T5 relative positions) and broadcasts

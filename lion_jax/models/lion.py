@@ -72,8 +72,9 @@ class Lion(nn.Module):
       self.aggregator = Aggregator(c.aggregator, c.vit.width, c.t5.d_model, dtype)
     self.t5 = T5(c.t5, num_adapters(c), dtype)
     if c.use_soft_prompt:
-      self.soft_prompt = self.param("soft_prompt", nn.with_logical_partitioning(
-          nn.initializers.normal(1.0), ("embed",)), (c.t5.d_model,))
+      self.soft_prompt = self.param(
+        "soft_prompt", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("embed",)), (c.t5.d_model,)
+      )
 
   def visual_tokens(self, batch, *, train: bool = False) -> jax.Array:
     """Image (+ question) -> [B, N_visual, d_model] tokens for the T5 encoder."""
@@ -102,23 +103,25 @@ class Lion(nn.Module):
     x = jnp.concatenate([visual.astype(text.dtype), text], axis=1)
     x = layers.constrain(x, ("batch", "length", "embed"))
     b, n_visual = visual.shape[:2]
-    mask = jnp.concatenate([jnp.ones((b, n_visual), jnp.int32), batch["input_mask"].astype(jnp.int32)],
-                           axis=1)
+    mask = jnp.concatenate([jnp.ones((b, n_visual), jnp.int32), batch["input_mask"].astype(jnp.int32)], axis=1)
     return self.t5.encode(x, mask, batch["task"], train=train), mask
 
-  def decode(self, decoder_input_ids, encoded, encoder_mask, task, *, train: bool = False, cache_len: int = 0,
-             cache_index=None):
+  def decode(
+    self, decoder_input_ids, encoded, encoder_mask, task, *, train: bool = False, cache_len: int = 0, cache_index=None
+  ):
     """Logits [B, T, V]; with `cache_len`, one incremental step (see T5.decode)."""
-    return self.t5.decode(decoder_input_ids, encoded, encoder_mask, task, train=train, cache_len=cache_len,
-                          cache_index=cache_index)
+    return self.t5.decode(
+      decoder_input_ids, encoded, encoder_mask, task, train=train, cache_len=cache_len, cache_index=cache_index
+    )
 
   def __call__(self, batch, *, train: bool = False) -> jax.Array:
     encoded, mask = self.encode(batch, train=train)
     return self.decode(batch["decoder_input_ids"], encoded, mask, batch["task"], train=train)
 
 
-def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1, qformer_len: int = 8,
-                  text_len: int = 8, target_len: int = 4) -> dict[str, jax.Array]:
+def example_batch(
+  config: ml_collections.ConfigDict, batch_size: int = 1, qformer_len: int = 8, text_len: int = 8, target_len: int = 4
+) -> dict[str, jax.Array]:
   """The batch contract's model inputs at the config's image size and short lengths (for init/shapes)."""
   spec = contract.spec(config.vit.image_size, qformer_len, text_len, target_len)
   return {k: jnp.asarray(v) for k, v in contract.zeros(spec, batch_size, contract.MODEL_KEYS).items()}

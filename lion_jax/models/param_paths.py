@@ -108,8 +108,10 @@ class FreezeRule:
     unused = [p for p, c in zip(self.patterns, self._compiled) if not any(c.fullmatch(k) for k in paths)]
     if unused:
       example = next(iter(paths), "")
-      raise UserError(f"{self.where}: pattern(s) {unused} match no parameter of this model; patterns are "
-                       f"regular expressions over whole '/'-joined paths such as {example!r}")
+      raise UserError(
+        f"{self.where}: pattern(s) {unused} match no parameter of this model; patterns are "
+        f"regular expressions over whole '/'-joined paths such as {example!r}"
+      )
 
 
 LION = FreezeRule(LION_FROZEN, "LION's freezing rule")

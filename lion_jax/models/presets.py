@@ -16,40 +16,82 @@ T5_SOFT_PROMPT_TOKEN_ID = 32099
 
 
 def _vit(**overrides) -> ml_collections.ConfigDict:
-  vit = dict(image_size=224, patch_size=14, width=1408, depth=39, num_heads=16, mlp_dim=6144,
-             ln_eps=1e-6, pos_embed_init="normal")  # or "sincos2d" (models/vit.py)
+  vit = dict(
+    image_size=224,
+    patch_size=14,
+    width=1408,
+    depth=39,
+    num_heads=16,
+    mlp_dim=6144,
+    ln_eps=1e-6,
+    pos_embed_init="normal",
+  )  # or "sincos2d" (models/vit.py)
   vit.update(overrides)
   return ml_collections.ConfigDict(vit)
 
 
 def _qformer(**overrides) -> ml_collections.ConfigDict:
-  q = dict(vocab_size=30523, width=768, num_layers=12, num_heads=12, mlp_dim=3072, max_positions=512,
-           num_queries=32, cross_attention_freq=2, ln_eps=1e-12, dropout_rate=0.1,
-           vision_ln_eps=1e-5)  # LAVIS `ln_vision` is torch's LayerNorm default
+  q = dict(
+    vocab_size=30523,
+    width=768,
+    num_layers=12,
+    num_heads=12,
+    mlp_dim=3072,
+    max_positions=512,
+    num_queries=32,
+    cross_attention_freq=2,
+    ln_eps=1e-12,
+    dropout_rate=0.1,
+    vision_ln_eps=1e-5,
+  )  # LAVIS `ln_vision` is torch's LayerNorm default
   q.update(overrides)
   return ml_collections.ConfigDict(q)
 
 
 def _aggregator(**overrides) -> ml_collections.ConfigDict:
-  a = dict(num_heads=16, mlp_dim=3072, ln_eps=1e-12, dropout_rate=0.1, out_ln_eps=1e-5, proj_dim=5632,
-           memory_layers=(29, 19))  # 1-based ViT blocks that blocks 1, 2 cross-attend to
+  a = dict(
+    num_heads=16, mlp_dim=3072, ln_eps=1e-12, dropout_rate=0.1, out_ln_eps=1e-5, proj_dim=5632, memory_layers=(29, 19)
+  )  # 1-based ViT blocks that blocks 1, 2 cross-attend to
   a.update(overrides)
   return ml_collections.ConfigDict(a)
 
 
 def _t5(**overrides) -> ml_collections.ConfigDict:
-  t = dict(vocab_size=32128, d_model=2048, d_kv=64, num_heads=32, d_ff=5120, num_layers=24,
-           num_decoder_layers=24, relative_buckets=32, relative_max_distance=128, ln_eps=1e-6,
-           dropout_rate=0.1, activation="gelu", gated=True, tie_word_embeddings=False,
-           adapter_bottleneck=64, num_task_types=2, remat=False)
+  t = dict(
+    vocab_size=32128,
+    d_model=2048,
+    d_kv=64,
+    num_heads=32,
+    d_ff=5120,
+    num_layers=24,
+    num_decoder_layers=24,
+    relative_buckets=32,
+    relative_max_distance=128,
+    ln_eps=1e-6,
+    dropout_rate=0.1,
+    activation="gelu",
+    gated=True,
+    tie_word_embeddings=False,
+    adapter_bottleneck=64,
+    num_task_types=2,
+    remat=False,
+  )
   t.update(overrides)
   return ml_collections.ConfigDict(t)
 
 
 def _lion(vit, qformer, aggregator, t5, **overrides) -> ml_collections.ConfigDict:
-  c = dict(visual_input="all", dtype="float32", use_soft_prompt=True, adapters="moa",
-           soft_prompt_token_id=T5_SOFT_PROMPT_TOKEN_ID, vit=vit, qformer=qformer,
-           aggregator=aggregator, t5=t5)
+  c = dict(
+    visual_input="all",
+    dtype="float32",
+    use_soft_prompt=True,
+    adapters="moa",
+    soft_prompt_token_id=T5_SOFT_PROMPT_TOKEN_ID,
+    vit=vit,
+    qformer=qformer,
+    aggregator=aggregator,
+    t5=t5,
+  )
   c.update(overrides)
   return ml_collections.ConfigDict(c)
 
@@ -59,21 +101,34 @@ def flant5xl(visual_input: str = "all") -> ml_collections.ConfigDict:
 
 
 def flant5xxl(visual_input: str = "all") -> ml_collections.ConfigDict:
-  return _lion(_vit(), _qformer(), _aggregator(), _t5(d_model=4096, num_heads=64, d_ff=10240),
-               visual_input=visual_input)
+  return _lion(
+    _vit(), _qformer(), _aggregator(), _t5(d_model=4096, num_heads=64, d_ff=10240), visual_input=visual_input
+  )
 
 
-def tiny(visual_input: str = "all", t5_vocab_size: int = 256,
-         qformer_vocab_size: int = 128) -> ml_collections.ConfigDict:
+def tiny(
+  visual_input: str = "all", t5_vocab_size: int = 256, qformer_vocab_size: int = 128
+) -> ml_collections.ConfigDict:
   """Seconds on a CPU; same structure as the real presets (ViT depth 5 so blocks 5 <- 3, 2)."""
   return _lion(
-      _vit(image_size=28, patch_size=7, width=32, depth=5, num_heads=4, mlp_dim=64),
-      _qformer(vocab_size=qformer_vocab_size, width=32, num_layers=2, num_heads=4, mlp_dim=64,
-               max_positions=64, num_queries=4),
-      _aggregator(num_heads=4, mlp_dim=64, proj_dim=64, memory_layers=(3, 2)),
-      _t5(vocab_size=t5_vocab_size, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-          num_decoder_layers=2, adapter_bottleneck=8),
-      visual_input=visual_input, soft_prompt_token_id=t5_vocab_size - 1)
+    _vit(image_size=28, patch_size=7, width=32, depth=5, num_heads=4, mlp_dim=64),
+    _qformer(
+      vocab_size=qformer_vocab_size, width=32, num_layers=2, num_heads=4, mlp_dim=64, max_positions=64, num_queries=4
+    ),
+    _aggregator(num_heads=4, mlp_dim=64, proj_dim=64, memory_layers=(3, 2)),
+    _t5(
+      vocab_size=t5_vocab_size,
+      d_model=32,
+      d_kv=8,
+      num_heads=4,
+      d_ff=64,
+      num_layers=2,
+      num_decoder_layers=2,
+      adapter_bottleneck=8,
+    ),
+    visual_input=visual_input,
+    soft_prompt_token_id=t5_vocab_size - 1,
+  )
 
 
 PRESETS = {"tiny": tiny, "flant5xl": flant5xl, "flant5xxl": flant5xxl}

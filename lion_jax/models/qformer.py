@@ -25,10 +25,8 @@ class QFormerLayer(nn.Module):
   @nn.compact
   def __call__(self, x, self_bias, image, num_queries, *, train=False):
     c = self.config
-    attn = lambda name: BertAttention(c.width, c.num_heads, c.ln_eps, c.dropout_rate, dtype=self.dtype,
-                                      name=name)
-    ffn = lambda name: BertFeedForward(c.width, c.mlp_dim, c.ln_eps, c.dropout_rate, dtype=self.dtype,
-                                       name=name)
+    attn = lambda name: BertAttention(c.width, c.num_heads, c.ln_eps, c.dropout_rate, dtype=self.dtype, name=name)
+    ffn = lambda name: BertFeedForward(c.width, c.mlp_dim, c.ln_eps, c.dropout_rate, dtype=self.dtype, name=name)
     x = attn("self_attention")(x, bias=self_bias, train=train)
     queries, text = x[:, :num_queries], x[:, num_queries:]
     if self.has_cross_attention:
@@ -46,15 +44,19 @@ class QFormerEncoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, queries: jax.Array, text_ids: jax.Array, text_mask: jax.Array, image: jax.Array,
-               *, train: bool = False) -> jax.Array:
+  def __call__(
+    self, queries: jax.Array, text_ids: jax.Array, text_mask: jax.Array, image: jax.Array, *, train: bool = False
+  ) -> jax.Array:
     c = self.config
     b, nq = queries.shape[0], queries.shape[1]
     if text_ids.shape[1] > c.max_positions:
-      raise ValueError(f"Q-Former text has {text_ids.shape[1]} tokens; at most {c.max_positions} fit "
-                       "the position table (truncate on the left when tokenising)")
+      raise ValueError(
+        f"Q-Former text has {text_ids.shape[1]} tokens; at most {c.max_positions} fit "
+        "the position table (truncate on the left when tokenising)"
+      )
     emb = lambda name, n: self.param(
-        name, nn.with_logical_partitioning(layers.normal_002, (None, "embed")), (n, c.width))
+      name, nn.with_logical_partitioning(layers.normal_002, (None, "embed")), (n, c.width)
+    )
     words = emb("word_embeddings", c.vocab_size)
     positions = emb("position_embeddings", c.max_positions)
     text = jnp.take(words, text_ids, axis=0) + positions[None, : text_ids.shape[1]]
@@ -65,7 +67,8 @@ class QFormerEncoder(nn.Module):
     self_bias = layers.padding_bias(mask)
     for i in range(c.num_layers):
       x = QFormerLayer(c, i % c.cross_attention_freq == 0, self.dtype, name=f"layers_{i}")(
-          x, self_bias, image, nq, train=train)
+        x, self_bias, image, nq, train=train
+      )
     return x
 
 
@@ -77,14 +80,18 @@ class QFormerBranch(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, vit_last: jax.Array, text_ids: jax.Array, text_mask: jax.Array,
-               *, train: bool = False) -> jax.Array:
+  def __call__(
+    self, vit_last: jax.Array, text_ids: jax.Array, text_mask: jax.Array, *, train: bool = False
+  ) -> jax.Array:
     c = self.config
     image = layers.LayerNorm(c.vision_ln_eps, name="vision_norm")(vit_last)
-    queries = self.param("query_tokens", nn.with_logical_partitioning(layers.normal_002,
-                                                                      (None, None, "embed")),
-                         (1, c.num_queries, c.width))
+    queries = self.param(
+      "query_tokens",
+      nn.with_logical_partitioning(layers.normal_002, (None, None, "embed")),
+      (1, c.num_queries, c.width),
+    )
     queries = jnp.broadcast_to(queries, (vit_last.shape[0],) + queries.shape[1:])
     x = QFormerEncoder(c, self.dtype, name="encoder")(queries, text_ids, text_mask, image, train=train)
-    return layers.Dense(self.d_model, (None, "embed"), kernel_init=layers.torch_linear_init,
-                        dtype=self.dtype, name="proj")(x[:, : c.num_queries])
+    return layers.Dense(
+      self.d_model, (None, "embed"), kernel_init=layers.torch_linear_init, dtype=self.dtype, name="proj"
+    )(x[:, : c.num_queries])

@@ -37,17 +37,30 @@ def count_params(config: ml_collections.ConfigDict, rule: param_paths.FreezeRule
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m lion_jax.models.summary", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--preset", choices=sorted(PRESETS), default="flant5xl",
-                      help="model preset (default: %(default)s)")
-  parser.add_argument("--visual_input", default="all", choices=["qformer", "aggregator", "all"],
-                      help="which visual branches the model has, as a stage's visual_input (default: %(default)s)")
-  parser.add_argument("--frozen", nargs="*", default=list(param_paths.LION_FROZEN), metavar="REGEX",
-                      help="whole-path regular expressions of the frozen parameters (default: LION's rule, "
-                           "%(default)s)")
-  parser.add_argument("--table", action="store_true",
-                      help="also print every parameter's path, shape, dtype and size (default: %(default)s)")
+  parser = argparse.ArgumentParser(
+    prog="python -m lion_jax.models.summary", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--preset", choices=sorted(PRESETS), default="flant5xl", help="model preset (default: %(default)s)"
+  )
+  parser.add_argument(
+    "--visual_input",
+    default="all",
+    choices=["qformer", "aggregator", "all"],
+    help="which visual branches the model has, as a stage's visual_input (default: %(default)s)",
+  )
+  parser.add_argument(
+    "--frozen",
+    nargs="*",
+    default=list(param_paths.LION_FROZEN),
+    metavar="REGEX",
+    help="whole-path regular expressions of the frozen parameters (default: LION's rule, %(default)s)",
+  )
+  parser.add_argument(
+    "--table",
+    action="store_true",
+    help="also print every parameter's path, shape, dtype and size (default: %(default)s)",
+  )
   args = parser.parse_args(argv)
   return errors.exit_code(lambda: print_counts(args.preset, args.visual_input, args.frozen, args.table))
 

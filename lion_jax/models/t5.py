@@ -21,8 +21,9 @@ from lion_jax.models import layers
 from lion_jax.models.adapters import MixtureOfAdapters
 
 
-def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> jax.Array:
+def relative_position_bucket(
+  relative_position: jax.Array, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
   """T5's bucketing of `key_pos - query_pos`: exact for small distances, log-spaced up to
   `max_distance`, one bucket beyond."""
   buckets = jnp.zeros_like(relative_position)
@@ -34,8 +35,11 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
     n = -jnp.minimum(relative_position, 0)
   max_exact = num_buckets // 2
   is_small = n < max_exact
-  large = max_exact + (jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
-                       / math.log(max_distance / max_exact) * (num_buckets - max_exact)).astype(n.dtype)
+  large = max_exact + (
+    jnp.log(jnp.maximum(n, 1).astype(jnp.float32) / max_exact)
+    / math.log(max_distance / max_exact)
+    * (num_buckets - max_exact)
+  ).astype(n.dtype)
   large = jnp.minimum(large, num_buckets - 1)
   return buckets + jnp.where(is_small, n, large)
 
@@ -50,8 +54,11 @@ class RelativePositionBias(nn.Module):
   def __call__(self, q_len: int, k_len: int, q_offset: int | jax.Array = 0) -> jax.Array:
     """`q_offset` is the position of the first query (a traced step index when decoding)."""
     c = self.config
-    table = self.param("rel_embedding", nn.with_logical_partitioning(
-        nn.initializers.normal(c.d_model ** -0.5), (None, None)), (c.relative_buckets, c.num_heads))
+    table = self.param(
+      "rel_embedding",
+      nn.with_logical_partitioning(nn.initializers.normal(c.d_model**-0.5), (None, None)),
+      (c.relative_buckets, c.num_heads),
+    )
     rel = jnp.arange(k_len)[None, :] - (jnp.arange(q_len)[:, None] + q_offset)
     buckets = relative_position_bucket(rel, self.bidirectional, c.relative_buckets, c.relative_max_distance)
     return jnp.take(table, buckets, axis=0).transpose(2, 0, 1)[None]
@@ -66,15 +73,14 @@ class T5Attention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, memory, bias, *, train=False, decode=False, cache_len=0, cache_index=None,
-               is_cross=False):
+  def __call__(self, x, memory, bias, *, train=False, decode=False, cache_len=0, cache_index=None, is_cross=False):
     c = self.config
     inner = c.num_heads * c.d_kv
-    proj = lambda name, std: layers.Dense(inner, ("embed", "heads"), use_bias=False,
-                                          kernel_init=nn.initializers.normal(std), dtype=self.dtype,
-                                          name=name)
+    proj = lambda name, std: layers.Dense(
+      inner, ("embed", "heads"), use_bias=False, kernel_init=nn.initializers.normal(std), dtype=self.dtype, name=name
+    )
     q = layers.split_heads(proj("q", (c.d_model * c.d_kv) ** -0.5)(x), c.num_heads)
-    k_proj, v_proj = proj("k", c.d_model ** -0.5), proj("v", c.d_model ** -0.5)
+    k_proj, v_proj = proj("k", c.d_model**-0.5), proj("v", c.d_model**-0.5)
     if decode and is_cross:
       k = self.variable("cache", "cached_key", lambda: layers.split_heads(k_proj(memory), c.num_heads)).value
       v = self.variable("cache", "cached_value", lambda: layers.split_heads(v_proj(memory), c.num_heads)).value
@@ -89,11 +95,17 @@ class T5Attention(nn.Module):
       cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v, cache_index, axis=1)
       k, v = cached_k.value, cached_v.value
     drop = layers.Dropout(c.dropout_rate)
-    out = layers.attend(q, k, v, bias, scale=1.0,
-                        probs_dropout=(lambda p: drop(p, deterministic=False)) if train else None)
-    return layers.Dense(c.d_model, ("heads", "embed"), use_bias=False,
-                        kernel_init=nn.initializers.normal(inner ** -0.5), dtype=self.dtype,
-                        name="o")(layers.merge_heads(out))
+    out = layers.attend(
+      q, k, v, bias, scale=1.0, probs_dropout=(lambda p: drop(p, deterministic=False)) if train else None
+    )
+    return layers.Dense(
+      c.d_model,
+      ("heads", "embed"),
+      use_bias=False,
+      kernel_init=nn.initializers.normal(inner**-0.5),
+      dtype=self.dtype,
+      name="o",
+    )(layers.merge_heads(out))
 
 
 class T5FeedForward(nn.Module):
@@ -105,15 +117,25 @@ class T5FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x, *, train=False):
     c = self.config
-    wi = lambda name: layers.Dense(c.d_ff, ("embed", "mlp"), use_bias=False,
-                                   kernel_init=nn.initializers.normal(c.d_model ** -0.5),
-                                   dtype=self.dtype, name=name)
+    wi = lambda name: layers.Dense(
+      c.d_ff,
+      ("embed", "mlp"),
+      use_bias=False,
+      kernel_init=nn.initializers.normal(c.d_model**-0.5),
+      dtype=self.dtype,
+      name=name,
+    )
     act = layers.activation(c.activation)
     y = act(wi("wi_0")(x)) * wi("wi_1")(x) if c.gated else act(wi("wi")(x))
     y = layers.Dropout(c.dropout_rate)(y, deterministic=not train)
-    return layers.Dense(c.d_model, ("mlp", "embed"), use_bias=False,
-                        kernel_init=nn.initializers.normal(c.d_ff ** -0.5), dtype=self.dtype,
-                        name="wo")(y)
+    return layers.Dense(
+      c.d_model,
+      ("mlp", "embed"),
+      use_bias=False,
+      kernel_init=nn.initializers.normal(c.d_ff**-0.5),
+      dtype=self.dtype,
+      name="wo",
+    )(y)
 
 
 class T5Block(nn.Module):
@@ -125,23 +147,31 @@ class T5Block(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, self_bias, memory, cross_bias, task, train=False, *, decode=False, cache_len=0,
-               cache_index=None):
+  def __call__(
+    self, x, self_bias, memory, cross_bias, task, train=False, *, decode=False, cache_len=0, cache_index=None
+  ):
     c = self.config
     drop = lambda y: layers.Dropout(c.dropout_rate)(y, deterministic=not train)
     norm = lambda name: layers.RMSNorm(c.ln_eps, name=name)
     h = norm("self_attention_norm")(x)
-    x = x + drop(T5Attention(c, self.dtype, name="self_attention")(
-        h, h, self_bias, train=train, decode=decode, cache_len=cache_len, cache_index=cache_index))
+    x = x + drop(
+      T5Attention(c, self.dtype, name="self_attention")(
+        h, h, self_bias, train=train, decode=decode, cache_len=cache_len, cache_index=cache_index
+      )
+    )
     if self.is_decoder:
       h = norm("cross_attention_norm")(x)
-      x = x + drop(T5Attention(c, self.dtype, name="cross_attention")(
-          h, memory, cross_bias, train=train, decode=decode, is_cross=True))
+      x = x + drop(
+        T5Attention(c, self.dtype, name="cross_attention")(
+          h, memory, cross_bias, train=train, decode=decode, is_cross=True
+        )
+      )
     h = norm("ffn_norm")(x)
     out = x + drop(T5FeedForward(c, self.dtype, name="ffn")(h, train=train))
     if self.num_adapters:
-      out = out + MixtureOfAdapters(c.d_model, c.adapter_bottleneck, self.num_adapters,
-                                    c.num_task_types, self.dtype, name="moa")(x, task)
+      out = out + MixtureOfAdapters(
+        c.d_model, c.adapter_bottleneck, self.num_adapters, c.num_task_types, self.dtype, name="moa"
+      )(x, task)
     return layers.constrain(out, ("batch", "length", "embed"))
 
 
@@ -200,14 +230,15 @@ class T5(nn.Module):
 
   def setup(self):
     c = self.config
-    self.shared = self.param("shared", nn.with_logical_partitioning(nn.initializers.normal(1.0),
-                                                                    ("vocab", "embed")),
-                             (c.vocab_size, c.d_model))
+    self.shared = self.param(
+      "shared", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")), (c.vocab_size, c.d_model)
+    )
     self.encoder = T5Stack(c, self.num_adapters, is_decoder=False, dtype=self.dtype)
     self.decoder = T5Stack(c, self.num_adapters, is_decoder=True, dtype=self.dtype)
     if not c.tie_word_embeddings:
-      self.lm_head = layers.Dense(c.vocab_size, ("embed", "vocab"), use_bias=False,
-                                  kernel_init=nn.initializers.normal(1.0), dtype=self.dtype)
+      self.lm_head = layers.Dense(
+        c.vocab_size, ("embed", "vocab"), use_bias=False, kernel_init=nn.initializers.normal(1.0), dtype=self.dtype
+      )
 
   def embed(self, ids: jax.Array) -> jax.Array:
     return jnp.take(self.shared, ids, axis=0).astype(self.dtype)
@@ -215,14 +246,21 @@ class T5(nn.Module):
   def encode(self, inputs_embeds, mask, task, *, train=False):
     return self.encoder(inputs_embeds, mask, None, None, task, train=train)
 
-  def decode(self, decoder_input_ids, encoded, encoder_mask, task, *, train=False, cache_len=0,
-             cache_index=None):
+  def decode(self, decoder_input_ids, encoded, encoder_mask, task, *, train=False, cache_len=0, cache_index=None):
     """Decoder -> logits [B, T, V] (float32). With `cache_len`, one step of incremental decoding:
     `decoder_input_ids` [B, 1] is position `cache_index` (call with mutable=['cache'])."""
-    x = self.decoder(self.embed(decoder_input_ids), None, encoded, encoder_mask, task, train=train,
-                     cache_len=cache_len, cache_index=cache_index)
+    x = self.decoder(
+      self.embed(decoder_input_ids),
+      None,
+      encoded,
+      encoder_mask,
+      task,
+      train=train,
+      cache_len=cache_len,
+      cache_index=cache_index,
+    )
     if self.config.tie_word_embeddings:
-      x = x * (self.config.d_model ** -0.5)
+      x = x * (self.config.d_model**-0.5)
       logits = jnp.dot(x, self.shared.T.astype(self.dtype))
     else:
       logits = self.lm_head(x)

@@ -22,14 +22,17 @@ from lion_jax.models import layers
 
 def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
   """Keys' cubic convolution weights for offsets -1, 0, 1, 2 (torch's bicubic uses a = -0.75)."""
+
   def near(x):  # |x| <= 1
     return ((a + 2) * x - (a + 3)) * x * x + 1
+
   def far(x):  # 1 < |x| < 2
     return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
   return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
   """[n_out, n_in] matrix equal to torch `interpolate(mode='bicubic', align_corners=False)` in 1-D.
 
@@ -49,7 +52,7 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
 def resize_positions(pos: jax.Array, grid_out: tuple[int, int]) -> jax.Array:
   """Resizes [1, 1 + g*g, D] position embeddings (CLS first) to a (gh, gw) patch grid."""
   n = pos.shape[1] - 1
-  g = int(round(n ** 0.5))
+  g = int(round(n**0.5))
   if g * g != n:
     raise ValueError(f"position embedding has {n} patch positions, which is not a square grid")
   if (g, g) == tuple(grid_out):
@@ -119,23 +122,30 @@ class VisionTransformer(nn.Module):
     p = c.patch_size
     if image.shape[1] % p or image.shape[2] % p:
       raise ValueError(f"image size {image.shape[1:3]} is not a multiple of the patch size {p}")
-    patches = nn.Conv(c.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                      kernel_init=nn.with_logical_partitioning(layers.normal_002,
-                                                               (None, None, None, "embed")),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                      name="patch_embed")(image.astype(self.dtype))
+    patches = nn.Conv(
+      c.width,
+      (p, p),
+      strides=(p, p),
+      padding="VALID",
+      dtype=self.dtype,
+      kernel_init=nn.with_logical_partitioning(layers.normal_002, (None, None, None, "embed")),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+      name="patch_embed",
+    )(image.astype(self.dtype))
     b, gh, gw, _ = patches.shape
     x = patches.reshape(b, gh * gw, c.width)
-    cls = self.param("cls_token", nn.with_logical_partitioning(layers.normal_002, (None, None, "embed")),
-                     (1, 1, c.width))
+    cls = self.param(
+      "cls_token", nn.with_logical_partitioning(layers.normal_002, (None, None, "embed")), (1, 1, c.width)
+    )
     grid = c.image_size // p
     # EVA's learned positions start as noise; `pos_embed_init: sincos2d` starts them as sine-cosine
     # (for towers trained from scratch, e.g. the demo's; a converted checkpoint overwrites either).
     pos_init = layers.normal_002
     if c.get("pos_embed_init", "normal") == "sincos2d":
       pos_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(sincos_positions(grid, c.width), dtype)
-    pos = self.param("pos_embed", nn.with_logical_partitioning(pos_init, (None, None, "embed")),
-                     (1, grid * grid + 1, c.width))
+    pos = self.param(
+      "pos_embed", nn.with_logical_partitioning(pos_init, (None, None, "embed")), (1, grid * grid + 1, c.width)
+    )
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.width)), x], axis=1)
     x = x + resize_positions(pos, (gh, gw)).astype(self.dtype)
     hidden = []
