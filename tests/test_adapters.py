@@ -641,3 +641,42 @@ def test_load_tfds_records_errors(toy_builder_dir, tmp_path):
     load_tfds_records(tmp_path, "train", fields={"image": "jpeg"}, **kwargs)
   with pytest.raises(ValueError, match="cannot map features to record fields"):
     load_tfds_records(toy_builder_dir, "train", fields={"picture": "jpeg"}, **kwargs)
+
+
+def test_a_tfds_source_in_the_data_config_feeds_the_pipeline(toy_builder_dir, tmp_path):
+  """`format: tfds` with a builder name and data_dir (newest version found), read without TensorFlow."""
+  from lion_jax import run_config
+  from lion_jax.data import pipeline, synthetic
+
+  synthetic.generate(tmp_path / "vocab", num_images=4, seed=0, image_size=32)  # only for its tokenizers
+  config = pipeline.default_config()
+  toy = run_config.source(fmt="tfds")
+  toy["tfds"].update(
+    name=toy_builder_dir.parent.name,
+    data_dir=str(toy_builder_dir.parents[1]),
+    split="train",
+    fields="image=jpeg, answers=captions, id=id",
+    task_type="image_level",
+    task="caption",
+  )
+  config.sources = {"toy": toy}
+  config.mixture = {"toy": 1.0}
+  config.update(
+    t5_vocab=str(tmp_path / "vocab" / "spiece.model"),
+    bert_vocab=str(tmp_path / "vocab" / "bert_vocab.txt"),
+    image_size=32,
+    augment=False,
+  )
+  mixture = pipeline.load_mixture(config)
+  assert sorted((r.id, r.answers) for r in mixture.sources[0].records) == [
+    ("7", ["a red square", "red"]),
+    ("8", ["a tall red box"]),
+  ]
+  batch = next(pipeline.make_iterator(config, batch_size=4, mixture=mixture))
+  assert batch["image"].shape == (4, 32, 32, 3) and batch["skipped"].sum() == 0
+  config.sources.toy.tfds.fields = "image"
+  with pytest.raises(ValueError, match=r"data.sources.toy.tfds.fields='image': expected record_field=feature"):
+    pipeline.load_mixture(config)
+  config.sources.toy.tfds.name = "no_such_dataset"
+  with pytest.raises(FileNotFoundError, match="no prepared version of TFDS dataset 'no_such_dataset'"):
+    pipeline.load_mixture(config)
