@@ -46,28 +46,14 @@ def jax_train_step(config, params, arrays: dict[str, np.ndarray]):
   """The trainer's own step function, compiled: returns (compiled, state, frozen, batch)."""
   import jax
   import jax.numpy as jnp
-  import ml_collections
 
-  from lion_jax import optim, train
+  from lion_jax import optim, run_config, train
   from lion_jax.models import Lion, param_paths
 
   image, q_ids, text, target = arrays["image"], arrays["q_ids"], arrays["text"], arrays["target"]
   b = image.shape[0]
   trainable, frozen = param_paths.LION.split(params)
-  opt_config = ml_collections.ConfigDict(
-    dict(
-      lr=1e-5,
-      min_lr=0.0,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      weight_decay=0.05,
-      schedule="constant",
-      steps_per_epoch=1,
-      warmup_steps=0,
-      clip_grad_norm=0.0,
-    )
-  )
+  opt_config = run_config.optimizer(schedule="constant", steps_per_epoch=1)
   tx, schedule = optim.make_optimizer(opt_config, 100)
   state = train.TrainState(jnp.zeros((), jnp.int32), trainable, tx.init(trainable))
   batch = dict(

@@ -145,6 +145,23 @@ def both_levels_mixture() -> dict[str, float]:
   }
 
 
+def optimizer(**overrides) -> ml_collections.ConfigDict:
+  """LION's released optimizer settings (module docstring), with `overrides` (e.g. schedule="constant")."""
+  settings = dict(
+    lr=1e-5,
+    min_lr=0.0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.05,
+    schedule="lion_epoch_cosine",
+    steps_per_epoch=6000,
+    warmup_steps=0,
+    clip_grad_norm=0.0,
+  )
+  return ml_collections.ConfigDict({**settings, **overrides})
+
+
 def base_config(size: str = "xl") -> ml_collections.ConfigDict:
   presets_by_size = {"xl": "flant5xl", "xxl": "flant5xxl", "tiny": "tiny"}
   if size not in presets_by_size:
@@ -164,20 +181,7 @@ def base_config(size: str = "xl") -> ml_collections.ConfigDict:
   config.data.sources = data_sources()
   config.global_batch_size = 64
   config.grad_accum_steps = 1
-  config.optimizer = ml_collections.ConfigDict(
-    dict(
-      lr=1e-5,
-      min_lr=0.0,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      weight_decay=0.05,
-      schedule="lion_epoch_cosine",
-      steps_per_epoch=6000,
-      warmup_steps=0,
-      clip_grad_norm=0.0,
-    )
-  )
+  config.optimizer = optimizer()
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   config.sharding_rules = [list(rule) for rule in sharding.DEFAULT_RULES]
   config.num_steps = -1  # > 0: overrides every stage's num_steps (smoke runs)

@@ -270,27 +270,14 @@ def test_gradient_accumulation_equals_one_big_batch():
   """With equal target lengths and no dropout, 2 micro-batches give the full batch's loss and gradient
   (compared through its norm: Adam turns float noise in near-zero gradients into full-size steps, so
   updated parameters are not comparable element by element)."""
-  from lion_jax import optim, train
+  from lion_jax import optim, run_config, train
 
   config = presets.tiny("qformer")
   config.t5.dropout_rate = config.qformer.dropout_rate = 0.0
   batch = random_batch(config)
   batch.update(target_ids=batch["decoder_input_ids"], target_mask=np.ones_like(batch["decoder_input_ids"]))
   trainable, frozen = param_paths.LION.split(init(config))
-  opt = ml_collections.ConfigDict(
-    dict(
-      lr=1e-2,
-      min_lr=0.0,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      weight_decay=0.05,
-      schedule="constant",
-      steps_per_epoch=1,
-      warmup_steps=0,
-      clip_grad_norm=0.0,
-    )
-  )
+  opt = run_config.optimizer(lr=1e-2, schedule="constant", steps_per_epoch=1)
   tx, schedule = optim.make_optimizer(opt, 10)
   results = []
   for accum in (1, 2):
