@@ -54,8 +54,10 @@ class Release:
     self.layer_norm(f"{output}.LayerNorm", f"{dst}/norm", width)
 
 
-def official_lion_state_dict(torch, towers, d_model, n_enc, n_dec, seed=0) -> Release:
-  """A random stage-3 trainables dict in the released key layout (docs/model.md, 'LION .pth')."""
+def official_lion_state_dict(torch, towers, shared, n_enc, n_dec, seed=0) -> Release:
+  """A random stage-3 trainables dict in the released key layout (docs/model.md, 'LION .pth'), with
+  the FlanT5 embedding `shared` [vocab, d_model] kept as the official file keeps it (bf16 copies)."""
+  d_model = shared.shape[1]
   sd = Release(torch, seed)
   q, vit_w, a = towers.qformer, towers.vit.width, towers.aggregator
   sd.put("query_tokens", sd.random(1, q.num_queries, q.width), "qformer/query_tokens")
@@ -93,7 +95,7 @@ def official_lion_state_dict(torch, towers, d_model, n_enc, n_dec, seed=0) -> Re
         sd.put(f"{p}.adapters.{k}.scale", sd.random(1, offset=1.0), f"{d}/adapter_{k}/scale")
         sd.linear(f"{p}.adapters.{k}.down_proj", f"{d}/adapter_{k}/down", 64, d_model)
         sd.linear(f"{p}.adapters.{k}.up_proj", f"{d}/adapter_{k}/up", d_model, 64)
-    sd.put(f"t5_model.{stack}.embed_tokens.weight", sd.random(120, d_model).to(torch.bfloat16))  # tied copies
+    sd.put(f"t5_model.{stack}.embed_tokens.weight", shared.detach().to(torch.bfloat16))  # tied copies
   return sd
 
 
@@ -187,7 +189,7 @@ def release_files(tmp_path_factory):
   (root / "flan-t5" / "config.json").write_text(
     json.dumps({**t5_cfg.to_dict(), "tie_word_embeddings": False, "dense_act_fn": "gelu_new"})
   )
-  lion = official_lion_state_dict(torch, towers, 32, 2, 3)
+  lion = official_lion_state_dict(torch, towers, t5.shared.weight, 2, 3)
   torch.save(
     {"model": lion.state, "optimizer": {"state": {0: {"exp_avg": torch.zeros(3)}}}, "epoch": 9}, root / "lion.pth"
   )
@@ -195,7 +197,7 @@ def release_files(tmp_path_factory):
   torch.save(eva.state, root / "eva_vit_g.pth")
   files = dict(lion_pth=root / "lion.pth", eva_vit_pth=root / "eva_vit_g.pth", flant5_dir=root / "flan-t5")
   expected = {**lion.expected, **eva.expected, **hf_t5_expected(state_dict_numpy(t5))}
-  return files, {k: v.float().numpy() for k, v in lion.state.items()}, expected
+  return files, lion.state, expected
 
 
 def test_lion_release_round_trip_lands_every_tensor(release_files):
@@ -212,7 +214,7 @@ def test_lion_release_round_trip_lands_every_tensor(release_files):
 def _rewrite_lion(release_files, tmp_path, edit):
   torch = require("torch")
   files, lion, _ = release_files
-  sd = {k: torch.from_numpy(v.copy()) for k, v in lion.items()}
+  sd = {k: v.clone() for k, v in lion.items()}
   edit(sd)
   torch.save({"model": sd}, tmp_path / "edited.pth")
   return dict(files, lion_pth=tmp_path / "edited.pth")
@@ -229,6 +231,19 @@ def test_missing_unexpected_and_misshaped_keys_are_named(release_files, tmp_path
   shaped = _rewrite_lion(release_files, tmp_path, lambda sd: sd.update(soft_prompt_hint=torch.zeros(7)))
   with pytest.raises(CheckpointMismatchError, match=r"soft_prompt_hint -> soft_prompt: checkpoint \(7,\)"):
     load_lion_release(**shaped, towers=presets.tiny())
+
+
+def test_embedding_copies_of_another_t5_are_refused(release_files, tmp_path):
+  def perturb(sd):
+    sd["t5_model.decoder.embed_tokens.weight"][3, 5] += 0.5
+
+  other = _rewrite_lion(release_files, tmp_path, perturb)
+  with pytest.raises(
+    CheckpointMismatchError,
+    match=r"t5_model\.decoder\.embed_tokens\.weight differs from .*flan-t5 shared\.weight \(as bfloat16\): "
+    r"largest difference 0\.5",
+  ):
+    load_lion_release(**other, towers=presets.tiny())
 
 
 def test_pickles_that_are_not_plain_weights_are_refused(release_files, tmp_path):

@@ -19,8 +19,27 @@ from lion_jax.convert.sources import TorchSource
 from lion_jax.errors import UserError
 from lion_jax.models import abstract_params, num_adapters, param_paths, presets
 
-# Keys of the LION file the model does not read: a BERT buffer and T5's tied embedding copies.
+# Keys of the LION file the model does not read: a BERT buffer, and T5's tied embedding copies (which
+# `check_embedding_copies` verifies instead).
 LION_IGNORED = (r"Qformer\.bert\.embeddings\.position_ids", r"t5_model\.(en|de)coder\.embed_tokens\.weight")
+LION_EMBEDDING_COPIES = tuple(f"t5_model.{stack}.embed_tokens.weight" for stack in ("encoder", "decoder"))
+
+
+def check_embedding_copies(lion, shared: np.ndarray, lion_pth, flant5_dir) -> None:
+  """The release keeps T5's embedding copies (bf16, tied to `shared` in the official model); the model
+  reads FlanT5's `shared` instead, so each copy must be that table rounded to the copy's dtype. A
+  release made on another T5 than the one given fails here rather than giving other logits."""
+  differing = []
+  for key in (k for k in LION_EMBEDDING_COPIES if k in lion):
+    copy = lion[key]
+    pair = {key: copy, f"{flant5_dir} shared.weight (as {copy.dtype})": np.asarray(shared).astype(copy.dtype)}
+    differing.append(mapping.copy_difference(pair, *pair))
+  differing = [d for d in differing if d]
+  if differing:
+    raise mapping.CheckpointMismatchError(
+      f"{lion_pth}: T5 embedding copies differ from the FlanT5 table the model reads (is this release "
+      f"made on that FlanT5?):\n  " + "\n  ".join(differing)
+    )
 
 
 def visual_input_of(keys) -> str:
@@ -67,6 +86,7 @@ def load_lion_release(
   if t5_activation is not None:
     t5_config.activation = t5_activation
   lion = TorchSource(lion_pth)
+  check_embedding_copies(lion, t5_flat["t5/shared"], lion_pth, flant5_dir)
   config = presets._lion(
     towers.vit,
     towers.qformer,

@@ -240,7 +240,7 @@ def _listing(items: Sequence[str], limit: int = 20) -> str:
   return f"\n    {shown}{more}"
 
 
-def _copy_difference(source: Mapping[str, np.ndarray], copy: str, original: str) -> str | None:
+def copy_difference(source: Mapping[str, np.ndarray], copy: str, original: str) -> str | None:
   """None when `source[copy]` equals `source[original]` exactly, else how they differ."""
   a, b = source[copy], source[original]
   if a.shape != b.shape:
@@ -292,7 +292,7 @@ def assemble(
   not_mapped = sorted(set(expected) - {e.dst for e in entries})
   present_copies = {k: v for k, v in (copies or {}).items() if k in source and v in source}
   used |= set(present_copies)
-  differing = [d for d in (_copy_difference(source, k, v) for k, v in present_copies.items()) if d]
+  differing = [d for d in (copy_difference(source, k, v) for k, v in present_copies.items()) if d]
   unexpected = sorted(k for k in source if k not in used and not any(re.fullmatch(p, k) for p in ignore))
   problems = []
   if missing:
