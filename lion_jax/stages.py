@@ -51,10 +51,11 @@ def model_config(config: ml_collections.ConfigDict, name: str) -> ml_collections
 
 
 def data_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """`config.data` with the stage's mixture and tag setting."""
+  """`config.data` with the stage's mixture and tag settings (its model's soft prompt included)."""
   data = config.data.copy_and_resolve_references()
   data.mixture = config.stages[name].mixture
   data.use_tags = data.use_tags and bool(config.stages[name].get("tags", True))
+  data.soft_prompt = model_config(config, name).use_soft_prompt
   return data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -47,10 +48,24 @@ def test_tag_prompt_is_byte_exact_to_the_official_template():
   assert text.t5_input.startswith(official.format("airport, beagle, dog"))
   assert text.t5_input.endswith(text.instruction) and "<extra_id_0>" not in text.instruction
   assert text.target == "dog"
-  untagged = templates.build_text(Record(**{**rec.__dict__, "tags": []}), np.random.default_rng(0), 10, 10)
-  assert untagged.t5_input == untagged.instruction
+  untagged_record = dataclasses.replace(rec, tags=[])
+  untagged = templates.build_text(untagged_record, np.random.default_rng(0), 10, 10)
+  assert untagged.t5_input == untagged.instruction  # no soft prompt, no tags: a plain InstructBLIP prompt
   no_tags = templates.build_text(rec, np.random.default_rng(0), 10, 10, use_tags=False)
   assert no_tags.t5_input == no_tags.instruction
+
+
+def test_a_soft_prompt_model_always_gets_the_tag_prompt_with_an_empty_list_for_no_tags():
+  """The released LION never saw an input without the tag prompt: the official template renders an
+  empty tag list as `[]`, and the soft prompt is trained on every example."""
+  rec = Record(task_type="image_level", task="vqa", image="x.jpg", question="What is it?", answers=["dog"])
+  official = "According to <extra_id_0>, you are allowed to use or partially use the following tags: []. "
+  untagged = templates.build_text(rec, np.random.default_rng(0), 10, 10, soft_prompt=True)
+  assert untagged.t5_input == official + untagged.instruction
+  hidden = templates.build_text(dataclasses.replace(rec, tags=["dog"]), None, 10, 10, soft_prompt=True, use_tags=False)
+  assert hidden.t5_input == official + hidden.instruction
+  tagged = templates.build_text(dataclasses.replace(rec, tags=["dog", "ball"]), None, 10, 10, soft_prompt=True)
+  assert tagged.t5_input == official.replace("[]", "[dog, ball]") + tagged.instruction
 
 
 def test_targets_per_task():
@@ -217,3 +232,39 @@ def test_record_json_round_trip(tmp_path):
   )
   path = records.write_jsonl([rec], tmp_path / "out.jsonl")
   assert load_records(path)[0] == [rec]
+
+
+def test_tags_cli_merges_a_tags_file_into_records_and_names_bad_lines(tmp_path, capsys):
+  from lion_jax.data import tags
+
+  rows = [
+    {"task_type": "image_level", "task": "vqa", "image": "a.jpg", "question": "Q?", "answers": ["x"], "tags": ["old"]},
+    {"task_type": "image_level", "task": "caption", "image": "a.jpg", "answers": ["a cat"]},
+    {"task_type": "image_level", "task": "caption", "image": "b.jpg", "answers": ["a dog"], "tags": "kept"},
+    {"task_type": "image_level", "task": "caption", "image": "c.jpg", "answers": ["a bird"]},
+    {"task_type": "image_level", "task": "caption", "image": "d.jpg", "answers": []},  # invalid: no answer
+  ]
+  (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (tmp_path / "tags.jsonl").write_text(
+    json.dumps({"image": "a.jpg", "tags": ["cat", "sofa"]})
+    + "\n"
+    + json.dumps({"image": "z.jpg", "tags": "x, y"})
+    + "\n"
+  )
+  argv = ["--records", str(tmp_path / "records.jsonl"), "--tags", str(tmp_path / "tags.jsonl")]
+  assert tags.main([*argv, "--out", str(tmp_path / "out" / "merged.jsonl")]) == 0
+  merged, _ = load_records(tmp_path / "out" / "merged.jsonl")
+  assert [r.tags for r in merged] == [["cat", "sofa"], ["cat", "sofa"], ["kept"], []]
+  assert capsys.readouterr().out.strip() == (
+    f"wrote {tmp_path / 'out' / 'merged.jsonl'}: 4 records, 2 given tags from {tmp_path / 'tags.jsonl'}, "
+    "1 still without tags, 1 invalid records skipped {'empty_answer': 1}, "
+    f"1 images of {tmp_path / 'tags.jsonl'} named by no record"
+  )
+  (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "a.jpg", "tags": ["cat"]}) + "\n" + '{"image": "a.jpg"}\n')
+  assert tags.main(["--records", argv[1], "--tags", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "x")]) == 1
+  assert capsys.readouterr().err.startswith(f'error: {tmp_path / "bad.jsonl"}:2: expected {{"image"')
+  (tmp_path / "twice.jsonl").write_text(
+    json.dumps({"image": "a.jpg", "tags": []}) + "\n\n" + json.dumps({"image": "a.jpg", "tags": []})
+  )
+  assert tags.main(["--records", argv[1], "--tags", str(tmp_path / "twice.jsonl"), "--out", str(tmp_path / "x")]) == 1
+  assert "twice.jsonl:3: image 'a.jpg' is listed twice" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from PIL import Image
 
 from lion_jax.convert import save_converted
-from lion_jax.data import synthetic
+from lion_jax.data import synthetic, templates
 from lion_jax.data.records import load_records
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
 from lion_jax.evaluation import runner
@@ -54,6 +56,54 @@ def test_predictor_answers_with_text_and_pixel_boxes(checkpoint):
   assert rec.boxes == [(20.0, 20.0, 60.0, 40.0)]
   with pytest.raises(ValueError, match="task="):
     predictor(image, "?", task="pixel_level")
+
+
+def test_a_soft_prompt_checkpoint_always_gets_the_tag_prompt_and_says_when_tags_are_missing(checkpoint, caplog):
+  predictor = Predictor.load(checkpoint / "ckpt", num_beams=1, max_new_tokens=4)
+  assert predictor.config.use_soft_prompt
+  batch = predictor._batch(np.zeros((28, 28, 3), np.float32), "What is it?", None, "image_level")
+  expected = predictor.t5.encode(templates.TAG_PROMPT.format("") + "What is it?")
+  assert batch["input_ids"][0][: len(expected)].tolist() == expected  # `[]`, as the official template renders
+  image = checkpoint / "data" / "images" / "000000.png"
+  with caplog.at_level(logging.WARNING, logger="lion_jax.inference.predictor"):
+    untagged = predictor(image, "What color is the circle?")
+    assert predictor(image, "What color is the circle?", tags=[]) == untagged
+  assert ["have no image tags" in r.getMessage() for r in caplog.records] == [True]  # once per predictor
+  caplog.clear()
+  tagger = Predictor.load(checkpoint / "ckpt", num_beams=1, max_new_tokens=4, tagger=lambda im: ["red", "circle"])
+  with caplog.at_level(logging.WARNING, logger="lion_jax.inference.predictor"):
+    question = "What color is the circle?"
+    assert tagger(image, question) == predictor(image, question, tags="red, circle")
+  assert not caplog.records
+
+
+def test_runner_tags_records_without_tags_with_the_tagger_or_warns(checkpoint, caplog):
+  from lion_jax.convert import load_converted
+
+  ckpt = checkpoint / "ckpt"
+  config, params = load_converted(ckpt)
+  t5, bert = T5Tokenizer(ckpt / "tokenizer" / "spiece.model"), BertTokenizer(ckpt / "tokenizer" / "bert_vocab.txt")
+  records = [r for r in load_records(checkpoint / "data" / "val.jsonl")[0] if r.task == "vqa"][:3]
+  assert all(r.tags for r in records)
+  untagged = [dataclasses.replace(r, tags=[]) for r in records]
+  predict = lambda rs, **kw: runner.predict_records(
+    config, params, t5, bert, rs, checkpoint / "data", batch_size=4, progress=False, num_beams=1, max_new_tokens=4, **kw
+  )
+  tags_of = {r.image: r.tags for r in records}
+  with caplog.at_level(logging.WARNING, logger="lion_jax.evaluation.runner"):
+    tagged_by_tagger = predict(untagged, tagger=_tagger_from(checkpoint / "data", tags_of))
+  assert not caplog.records
+  assert tagged_by_tagger == predict(records)
+  with caplog.at_level(logging.WARNING, logger="lion_jax.evaluation.runner"):
+    predict(untagged)
+  assert [r.getMessage()[:38] for r in caplog.records] == ["3 of 3 inputs have no image tags: this"]
+
+
+def _tagger_from(image_root, tags_of):
+  """A tagger that knows the synthetic images by their pixels (what a real tagger sees)."""
+  pixels = lambda image: np.asarray(image.convert("RGB")).tobytes()
+  by_pixels = {pixels(Image.open(image_root / name)): tags for name, tags in tags_of.items()}
+  return lambda image: by_pixels[pixels(image)]
 
 
 def test_predict_cli_prints_and_draws(checkpoint, tmp_path, capsys):

@@ -103,22 +103,75 @@ def convert(entries, state, config, prefixes, ignore=(), exclude=("/moa/",)):
   return mapping.unflatten(flat)
 
 
-def make_instructblip(transformers, torch, *, activation="gelu", tied=False, image_size=28, num_decoder_layers=3):
+def make_instructblip(
+  transformers, torch, *, activation="gelu", tied=False, image_size=28, num_decoder_layers=3, depth=None, seed=0
+):
+  """A random HF InstructBLIP-T5; `depth` (when given) is the layer count of every tower."""
+  vision, qformer = hf_vision_config(transformers, image_size), hf_qformer_config(transformers)
+  text = hf_t5_config(transformers, activation, tied, depth or num_decoder_layers)
+  if depth:
+    vision.num_hidden_layers = qformer.num_hidden_layers = text.num_layers = depth
   cfg = transformers.InstructBlipConfig(
-    vision_config=hf_vision_config(transformers, image_size).to_dict(),
-    qformer_config=hf_qformer_config(transformers).to_dict(),
-    text_config=hf_t5_config(transformers, activation, tied, num_decoder_layers).to_dict(),
-    num_query_tokens=4,
-    image_token_id=119,
+    vision_config=vision.to_dict(),
+    qformer_config=qformer.to_dict(),
+    text_config=text.to_dict(),
+    num_query_tokens=N_QUERY,
+    image_token_id=IMAGE_TOKEN_ID,
   )
   cfg.text_config.dense_act_fn = activation
-  torch.manual_seed(0)
+  torch.manual_seed(seed)
   model = transformers.InstructBlipForConditionalGeneration(cfg).eval()
   if not tied:  # transformers 5 ties lm_head to the embedding even for T5 1.1 configs: untie it
     lm = model.language_model
     lm.lm_head.weight = torch.nn.Parameter(torch.randn(lm.lm_head.weight.shape) * 0.2)
-  randomize_(model)
+  randomize_(model, seed=seed)
   return model
+
+
+N_QUERY, IMAGE_TOKEN_ID = 4, 119
+
+
+def instructblip_inputs(torch, b, seed=5, target_len=5):
+  """Random inputs with some padding: (HF `InstructBlipForConditionalGeneration` kwargs, our batch)."""
+  rng = np.random.default_rng(seed)
+  image = rng.normal(size=(b, 28, 28, 3)).astype(np.float32)
+  q_ids = rng.integers(3, 90, size=(b, 6)).astype(np.int32)
+  q_mask = np.ones_like(q_ids)
+  q_mask[1, 4:] = 0
+  text = rng.integers(3, 110, size=(b, 9)).astype(np.int32)
+  mask = np.ones_like(text)
+  mask[0, 7:] = 0
+  dec = rng.integers(3, 110, size=(b, target_len)).astype(np.int32)
+  hf_ids = np.concatenate([np.full((b, N_QUERY), IMAGE_TOKEN_ID, np.int32), text], 1)
+  hf_mask = np.concatenate([np.ones((b, N_QUERY), np.int32), mask], 1)
+  hf = dict(
+    pixel_values=torch.from_numpy(image.transpose(0, 3, 1, 2)),
+    qformer_input_ids=torch.from_numpy(q_ids).long(),
+    qformer_attention_mask=torch.from_numpy(q_mask).long(),
+    input_ids=torch.from_numpy(hf_ids).long(),
+    attention_mask=torch.from_numpy(hf_mask).long(),
+    decoder_input_ids=torch.from_numpy(dec).long(),
+  )
+  ours = dict(
+    image=image,
+    qformer_ids=q_ids,
+    qformer_mask=q_mask,
+    input_ids=text,
+    input_mask=mask,
+    decoder_input_ids=dec,
+    task=np.ones((b,), np.int32),
+  )
+  return hf, ours
+
+
+def converted_instructblip(model, directory, tied=False):
+  """`model` saved as an HF directory and read back through `load_hf_instructblip`: (config, params)."""
+  state = state_dict_numpy(model)
+  if tied:
+    state.pop("language_model.lm_head.weight")
+  save_safetensors_sharded(state, directory, num_shards=2)
+  model.config.save_pretrained(directory)
+  return load_hf_instructblip(directory)
 
 
 @pytest.fixture(scope="module")
@@ -319,43 +372,35 @@ def test_visual_tokens_of_the_aggregator_match_hf_parts(transformers, torch):
 @pytest.mark.parametrize("activation,tied", [("gelu", False), ("gelu_new", True)])
 def test_instructblip_logits_match_hf_through_converter(transformers, torch, tmp_path, activation, tied):
   model = make_instructblip(transformers, torch, activation=activation, tied=tied)
-  state = state_dict_numpy(model)
-  if tied:
-    state.pop("language_model.lm_head.weight")
-  save_safetensors_sharded(state, tmp_path, num_shards=2)
-  model.config.save_pretrained(tmp_path)
-  config, params = load_hf_instructblip(tmp_path)
+  config, params = converted_instructblip(model, tmp_path, tied)
   assert config.visual_input == "qformer" and config.t5.activation == activation
-
-  rng = np.random.default_rng(5)
-  b, n_query = 2, 4
-  image = rng.normal(size=(b, 28, 28, 3)).astype(np.float32)
-  q_ids = rng.integers(3, 90, size=(b, 6)).astype(np.int32)
-  q_mask = np.ones_like(q_ids)
-  q_mask[1, 4:] = 0
-  text = rng.integers(3, 110, size=(b, 9)).astype(np.int32)
-  mask = np.ones_like(text)
-  mask[0, 7:] = 0
-  dec = rng.integers(3, 110, size=(b, 5)).astype(np.int32)
-  hf_ids = np.concatenate([np.full((b, n_query), 119, np.int32), text], 1)
-  hf_mask = np.concatenate([np.ones((b, n_query), np.int32), mask], 1)
+  hf_inputs, batch = instructblip_inputs(torch, b=2)
   with torch.no_grad():
-    ref = model(
-      pixel_values=torch.from_numpy(image.transpose(0, 3, 1, 2)),
-      qformer_input_ids=torch.from_numpy(q_ids).long(),
-      qformer_attention_mask=torch.from_numpy(q_mask).long(),
-      input_ids=torch.from_numpy(hf_ids).long(),
-      attention_mask=torch.from_numpy(hf_mask).long(),
-      decoder_input_ids=torch.from_numpy(dec).long(),
-    ).logits.numpy()
-  batch = dict(
-    image=image,
-    qformer_ids=q_ids,
-    qformer_mask=q_mask,
-    input_ids=text,
-    input_mask=mask,
-    decoder_input_ids=dec,
-    task=np.ones((b,), np.int32),
-  )
+    ref = model(**hf_inputs).logits.numpy()
   ours = jax.jit(lambda p, x: Lion(config).apply({"params": p}, x))(params, batch)
   assert max_relative_error(ours, ref) <= TOL
+
+
+def relative_rms_error(actual, expected) -> float:
+  """||actual - expected|| / ||expected|| over all logits: the error of a whole forward pass, stable
+  where the max over elements follows a few near-ties."""
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def test_bf16_compute_is_as_close_to_fp32_as_torch_bf16_autocast(transformers, torch, tmp_path):
+  """The official precision recipe (LION runs under PyTorch bf16 autocast): on the same weights and
+  inputs, our bfloat16 logits are at most 1.25x as far from fp32 as autocast's. Bf16 norm outputs or
+  a bf16 residual stream put it at 1.32x on this 6-layer model (0.99x as written; issue 12)."""
+  model = make_instructblip(transformers, torch, depth=6, seed=3)
+  config, params = converted_instructblip(model, tmp_path)
+  hf_inputs, batch = instructblip_inputs(torch, b=48, seed=3, target_len=8)
+  with torch.no_grad():
+    fp32 = model(**hf_inputs).logits.numpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+      autocast = model(**hf_inputs).logits.float().numpy()
+  bf16 = config.copy_and_resolve_references()
+  bf16.dtype = "bfloat16"
+  ours = jax.jit(lambda p, x: Lion(bf16).apply({"params": p}, x))(params, batch)
+  assert ours.dtype == np.float32
+  assert relative_rms_error(ours, fp32) <= 1.25 * relative_rms_error(autocast, fp32)

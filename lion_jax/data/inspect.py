@@ -1,15 +1,17 @@
 """Validate a record file before a run: every record parsed, every image decoded, every text built.
 
-  python -m lion_jax.data.inspect --records FILE --image_root DIR [--strict] [--json]
+  python -m lion_jax.data.inspect --records FILE --image_root DIR [--strict] [--json] [--soft_prompt off]
       [--t5_vocab spiece.model --bert_vocab vocab.txt [--max_input_len N] [--max_target_len N]
        [--max_qformer_len N]]
 
 Prints the number of valid records, the invalid ones per reason and a few rendered examples
-(instruction, T5 input with the tag prompt, target). With both vocabularies it also counts the
-valid records whose T5 input, target or Q-Former text the length limits would cut (for the template
-drawn for each record; limits default to the pipeline's). With --json it prints only
-`{"valid": N, "invalid": {reason: count, ...}}`, plus `"truncated": {text: count}` with the
-vocabularies. Exit status 1 when nothing is valid, or under --strict when anything is invalid.
+(instruction, T5 input with the tag prompt, target); the tag prompt is rendered for a model with
+LION's soft prompt (every input, `[]` without tags) unless `--soft_prompt off` (a plain InstructBLIP).
+With both vocabularies it also counts the valid records whose T5 input, target or Q-Former text the
+length limits would cut (for the template drawn for each record; limits default to the pipeline's).
+With --json it prints only `{"valid": N, "invalid": {reason: count, ...}}`, plus
+`"truncated": {text: count}` with the vocabularies. Exit status 1 when nothing is valid, or under
+--strict when anything is invalid.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from lion_jax.data.records import BadRecord, Record, load_records
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
 
 
-def check_record(record: Record, image_root: Path, rng: np.random.Generator) -> templates.ExampleText:
+def check_record(
+  record: Record, image_root: Path, rng: np.random.Generator, soft_prompt: bool = True
+) -> templates.ExampleText:
   """Decodes the image and builds the text, as training would; raises BadRecord."""
   width, height = images.decode_image(record.image_source(image_root)).size
-  return templates.build_checked_text(record, rng, width, height)
+  return templates.build_checked_text(record, rng, width, height, soft_prompt=soft_prompt)
 
 
 def inspect_file(
@@ -42,6 +46,7 @@ def inspect_file(
   num_examples: int = 3,
   seed: int = 0,
   data_config: ml_collections.ConfigDict | None = None,
+  soft_prompt: bool = True,
 ) -> dict:
   """{'valid': n, 'invalid': {reason: n}, 'examples': [...], 'problems': [...]} for one file; with a
   `data_config` (pipeline.default_config() with both vocabularies set) also 'truncated': {text: n},
@@ -56,7 +61,7 @@ def inspect_file(
     truncated = dict.fromkeys(pipeline.TRUNCATION_LIMITS, 0)
   for i, record in enumerate(records):
     try:
-      text = check_record(record, image_root, rng)
+      text = check_record(record, image_root, rng, soft_prompt)
     except BadRecord as e:
       invalid[e.reason] += 1
       if len(problems) < 20:
@@ -90,6 +95,14 @@ def main(argv=None) -> int:
   )
   parser.add_argument("--strict", action="store_true", help="exit 1 if any record is invalid (default: off)")
   parser.add_argument("--json", action="store_true", help="print one JSON object with the counts (default: off)")
+  parser.add_argument(
+    "--soft_prompt",
+    "--soft-prompt",
+    choices=("on", "off"),
+    default="on",
+    help="render T5 inputs for a model with LION's soft prompt (stages 1-3), which always carries the tag "
+    "prompt; off for a plain InstructBLIP (default: %(default)s)",
+  )
   parser.add_argument(
     "--t5_vocab",
     "--t5-vocab",
@@ -131,7 +144,9 @@ def print_report(args: argparse.Namespace, data_config: ml_collections.ConfigDic
   if not Path(args.image_root).is_dir():
     raise errors.MissingFile(f"--image_root: no such folder: {args.image_root}")
   logging.getLogger("quiet").setLevel(logging.ERROR)
-  result = inspect_file(Path(args.records), Path(args.image_root), data_config=data_config)
+  result = inspect_file(
+    Path(args.records), Path(args.image_root), data_config=data_config, soft_prompt=args.soft_prompt == "on"
+  )
   if args.json:
     print(json.dumps({k: result[k] for k in ("valid", "invalid", "truncated") if k in result}))
   else:

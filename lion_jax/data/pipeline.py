@@ -143,7 +143,9 @@ class ExamplePreparer:
     image = images.load_example_image(record.image_source(self.source.image_root), c.image_size, rng, augment)
     if image.flipped:  # the text must describe the pixels: "left of" becomes "right of"
       record = templates.mirror_record(record)
-    text = templates.build_checked_text(record, rng, *image.original_size, use_tags=c.use_tags)
+    text = templates.build_checked_text(
+      record, rng, *image.original_size, soft_prompt=c.soft_prompt, use_tags=c.use_tags
+    )
     arrays, cut = encode_text(text, c, self.t5, self.bert)
     self._warn_truncated(i, cut)
     truncated = np.array([name in cut for name in TRUNCATION_LIMITS], np.int32)
@@ -398,6 +400,7 @@ def default_config() -> ml_collections.ConfigDict:
       homogeneous_batches=True,
       augment=True,
       use_tags=True,
+      soft_prompt=False,  # the stage's model has one (set by stages.data_config): tag prompt in every input
       num_workers=0,
       prefetch_batches=4,
       strict=False,

@@ -72,12 +72,21 @@ _SIDE_WORD = re.compile(r"\b(left|right)(most)?\b", re.IGNORECASE)
 @dataclasses.dataclass(frozen=True)
 class ExampleText:
   instruction: str  # the task instruction (also the Q-Former text)
-  t5_input: str  # the instruction behind the tag prompt, when the record has tags
+  t5_input: str  # the instruction, behind the tag prompt where `t5_input_text` puts one
   target: str
 
 
 def tag_prompt(tags: Sequence[str]) -> str:
   return TAG_PROMPT.format(", ".join(tags))
+
+
+def t5_input_text(instruction: str, tags: Sequence[str], *, soft_prompt: bool, use_tags: bool = True) -> str:
+  """What T5 reads: the instruction, behind LION's tag prompt. A model with a soft prompt always gets
+  the tag prompt (`[]` without tags, as the official template renders an empty list: the released
+  model never saw an input without it, and the soft prompt is trained only where it appears); a
+  model without one gets it only for tags. `use_tags=False` leaves the tags out of the brackets."""
+  shown = list(tags) if use_tags else []
+  return tag_prompt(shown) + instruction if soft_prompt or shown else instruction
 
 
 def most_common(answers: Sequence[str]) -> str:
@@ -120,9 +129,16 @@ def _pick(rng: np.random.Generator | None, options: Sequence[str]) -> str:
 
 
 def build_text(
-  record: Record, rng: np.random.Generator | None, width: int, height: int, *, use_tags: bool = True
+  record: Record,
+  rng: np.random.Generator | None,
+  width: int,
+  height: int,
+  *,
+  soft_prompt: bool = False,
+  use_tags: bool = True,
 ) -> ExampleText:
-  """(instruction, T5 input, target) for one record; `width`/`height` normalise its boxes."""
+  """(instruction, T5 input, target) for one record; `width`/`height` normalise its boxes;
+  `soft_prompt` (the model has one) and `use_tags` shape the tag prompt (`t5_input_text`)."""
   task = record.task
   if task == "caption":
     instruction, target = _pick(rng, CAPTION_TEMPLATES), _pick(rng, record.answers)
@@ -144,19 +160,25 @@ def build_text(
     instruction, target = record.question.strip(), record.answers[0]
   else:
     raise ValueError(f"unknown task {task!r}")
-  t5_input = tag_prompt(record.tags) + instruction if use_tags and record.tags else instruction
+  t5_input = t5_input_text(instruction, record.tags, soft_prompt=soft_prompt, use_tags=use_tags)
   return ExampleText(instruction, t5_input, target)
 
 
 def build_checked_text(
-  record: Record, rng: np.random.Generator | None, width: int, height: int, *, use_tags: bool = True
+  record: Record,
+  rng: np.random.Generator | None,
+  width: int,
+  height: int,
+  *,
+  soft_prompt: bool = False,
+  use_tags: bool = True,
 ) -> ExampleText:
   """`build_text` for a decoded image of `width` x `height`: a box outside it or an empty target
   raises BadRecord (what loading could not check without the image)."""
   for box in record.boxes:
     if box[2] > width or box[3] > height:
       raise BadRecord("box_outside_image", f"box {box} is outside the {width}x{height} image")
-  text = build_text(record, rng, width, height, use_tags=use_tags)
+  text = build_text(record, rng, width, height, soft_prompt=soft_prompt, use_tags=use_tags)
   if not text.target.strip():
     raise BadRecord("empty_target", "the target text is empty")
   return text

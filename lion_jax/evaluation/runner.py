@@ -8,6 +8,7 @@ next to the scores, so a number can always be traced back to the answers that ma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import numpy as np
 from lion_jax.convert.converted import load_converted, tokenizer_files
 from lion_jax.data import images, templates
 from lion_jax.data.records import BadRecord, Record, load_records
+from lion_jax.data.tags import Tagger, missing_tags_warning
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
 from lion_jax.errors import MissingFile, UserError
 from lion_jax.evaluation import benchmarks, metrics
@@ -27,9 +29,11 @@ from lion_jax.inference.generate import generate
 log = logging.getLogger(__name__)
 
 
-def _prepare(record: Record, image_root: Path, image_size: int, use_tags: bool):
+def _prepare(record: Record, image_root: Path, image_size: int, soft_prompt: bool, use_tags: bool, tagger):
   image = images.decode_image(record.image_source(image_root))
-  text = templates.build_text(record, None, image.width, image.height, use_tags=use_tags)
+  if tagger is not None and not record.tags:
+    record = dataclasses.replace(record, tags=list(tagger(image)))
+  text = templates.build_text(record, None, image.width, image.height, soft_prompt=soft_prompt, use_tags=use_tags)
   return images.to_model_input(image, image_size), text, image.size
 
 
@@ -45,14 +49,20 @@ def predict_records(
   max_input_len: int = 128,
   max_qformer_len: int = 128,
   use_tags: bool = True,
+  tagger: Tagger | None = None,
   progress: bool = True,
   **generate_settings,
 ) -> list[str | None]:
   """Generated text per record (None for a record whose image cannot be read; counted and logged).
 
   T5 prompts are padded to `max_input_len` (the training limit, one compiled shape), a batch holding a
-  longer one to its bucketed length: whole, never truncated."""
+  longer one to its bucketed length: whole, never truncated. A model with a soft prompt always gets
+  the tag prompt; `tagger` (image -> tags) fills it for records without tags."""
   image_root = Path(image_root)
+  soft_prompt = bool(config.use_soft_prompt)
+  without_tags = sum(not r.tags for r in records)
+  if soft_prompt and use_tags and tagger is None and without_tags:
+    log.warning(missing_tags_warning(without_tags, len(records)))
   max_qformer_len = min(max_qformer_len, config.qformer.max_positions)  # the model's position table
   outputs: list[str | None] = [None] * len(records)
   iterator = range(0, len(records), batch_size)
@@ -65,7 +75,7 @@ def predict_records(
     prepared, kept = [], []
     for i in chunk:
       try:
-        prepared.append(_prepare(records[i], image_root, config.vit.image_size, use_tags))
+        prepared.append(_prepare(records[i], image_root, config.vit.image_size, soft_prompt, use_tags, tagger))
         kept.append(i)
       except BadRecord as e:
         log.warning("skipping record %d (%s): %s", i, records[i].image, e)
@@ -133,9 +143,12 @@ def format_table(rows: dict[str, dict[str, float]], paper: dict[str, dict[str, f
   return "\n".join(lines)
 
 
-def run_benchmark(config, checkpoint: str | Path, output: str | Path | None = None) -> dict[str, float]:
+def run_benchmark(
+  config, checkpoint: str | Path, output: str | Path | None = None, tagger: Tagger | None = None
+) -> dict[str, float]:
   """One benchmark config (lion_jax.evaluation.benchmarks.eval_config) on a checkpoint directory:
-  predictions and scores written to `output` (default: the checkpoint), a table printed."""
+  predictions and scores written to `output` (default: the checkpoint), a table printed. `tagger`
+  tags the images of records without tags."""
   if not config.records or not config.image_root:
     raise UserError(f"set --config.records and --config.image_root for {config.name}")
   model_config, params = load_converted(checkpoint)
@@ -158,6 +171,7 @@ def run_benchmark(config, checkpoint: str | Path, output: str | Path | None = No
     max_input_len=config.max_input_len,
     max_qformer_len=config.max_qformer_len,
     use_tags=config.use_tags,
+    tagger=tagger,
     num_beams=config.num_beams,
     max_new_tokens=config.max_new_tokens,
     repetition_penalty=config.repetition_penalty,

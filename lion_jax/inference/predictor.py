@@ -4,13 +4,16 @@
     result = predictor("photo.jpg", "Where is the dog?", task="region_level")
     result.text, result.boxes   # boxes in pixels of the original image
 
-Tags (RAM tags) go behind the soft prompt when given; without them the tag prompt is left out.
-Precompute tags offline with the Recognize Anything model in PyTorch (eval mode) and pass them here.
+Tags (RAM tags) go behind the soft prompt. A checkpoint with LION's soft prompt always gets the tag
+prompt, as the released model was trained: without tags (and without a `tagger`) the list is empty
+(`[]`) and a one-line warning says so. Compute tags with the Recognize Anything model in PyTorch (eval
+mode) and pass them, or pass `tagger=` (image -> tags) to compute them per call.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +25,12 @@ from lion_jax.convert.converted import load_converted, tokenizer_files
 from lion_jax.data import boxes as box_text
 from lion_jax.data import images, templates
 from lion_jax.data.records import TASK_TYPES
+from lion_jax.data.tags import Tagger, missing_tags_warning
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
 from lion_jax.errors import MissingFile, UserError
 from lion_jax.inference.generate import generate
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +53,11 @@ class Predictor:
     length_penalty: float = 1.0,
     min_length: int = 1,
     max_qformer_len: int = 128,
+    tagger: Tagger | None = None,
   ):
     self.config, self.params, self.t5, self.bert = config, params, t5, bert
+    self.tagger = tagger
+    self._warned_no_tags = False
     self.settings = dict(
       num_beams=num_beams,
       max_new_tokens=max_new_tokens,
@@ -72,7 +81,7 @@ class Predictor:
     return cls(config, params, T5Tokenizer(files["t5"]), BertTokenizer(files["bert"]), **settings)
 
   def _batch(self, pixels: np.ndarray, question: str, tags: Sequence[str] | None, task: str) -> dict:
-    prompt = templates.tag_prompt(tags) + question if tags else question
+    prompt = templates.t5_input_text(question, tags or [], soft_prompt=self.config.use_soft_prompt)
     t5_ids = self.t5.encode(prompt)
     input_ids, input_mask = pad_batch([t5_ids], bucketed_length(len(t5_ids)), self.t5.pad_id)
     limit = min(self.max_qformer_len, self.config.qformer.max_positions)
@@ -103,6 +112,11 @@ class Predictor:
     image = image.convert("RGB")
     if isinstance(tags, str):
       tags = [t.strip() for t in tags.split(",") if t.strip()]
+    if tags is None and self.tagger is not None:
+      tags = list(self.tagger(image))
+    if not tags and self.config.use_soft_prompt and not self._warned_no_tags:
+      log.warning(missing_tags_warning(1, 1))
+      self._warned_no_tags = True
     pixels = images.to_model_input(image, self.config.vit.image_size)
     ids = np.asarray(generate(self.config, self.params, self._batch(pixels, question, tags, task), **self.settings))[0]
     text = self.t5.decode(ids.tolist())

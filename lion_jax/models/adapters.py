@@ -43,7 +43,7 @@ class Adapter(nn.Module):
       jax.nn.relu(y)
     )
     scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (None,)), (1,))
-    return y * scale.astype(self.dtype)
+    return y * scale.astype(jnp.float32)  # float32 out, as the official fp32 adapter's
 
 
 class MixtureOfAdapters(nn.Module):
@@ -64,6 +64,6 @@ class MixtureOfAdapters(nn.Module):
       gate = self.param(
         f"gate_{k}", nn.with_logical_partitioning(one_hot_gate(k), (None, "embed")), (self.num_task_types, self.d_model)
       )
-      row = jnp.take(gate, task, axis=0)[:, None, :].astype(self.dtype)  # [B, 1, d]
+      row = jnp.take(gate, task, axis=0)[:, None, :].astype(jnp.float32)  # [B, 1, d]
       out = out + row * Adapter(self.d_model, self.bottleneck, self.dtype, name=f"adapter_{k}")(h)
     return out

@@ -1,8 +1,11 @@
 """Building blocks shared by every tower: dense layers with logical axes, norms, attention.
 
 Every parameter is created through `nn.with_logical_partitioning`, so a sharding rule set in the
-config (not this code) decides where it lives on the device mesh. Norms and softmax always run in
-float32 whatever the compute dtype, as the PyTorch reference does under autocast.
+config (not this code) decides where it lives on the device mesh.
+
+Mixed precision follows the official recipe (PyTorch bf16 autocast): `Dense` and the attention matmuls
+run in the compute dtype; norms (statistics and outputs), softmax and therefore the residual streams
+stay float32, since every residual add takes a float32 input (docs/model.md, "Precision").
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def activation(name: str) -> Callable[[Array], Array]:
   }
   if name not in table:
     raise UserError(f"unknown activation {name!r}; expected one of {sorted(table)}")
-  return table[name]
+  fn = table[name]
+  return lambda x: fn(x.astype(jnp.float32))
 
 
 def keep_mask(key: Array, rate: float, shape: tuple[int, ...]) -> Array:
@@ -98,17 +102,19 @@ class Dense(nn.Module):
     kernel = self.param(
       "kernel", nn.with_logical_partitioning(self.kernel_init, self.axes), (x.shape[-1], self.features), jnp.float32
     )
-    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    # Accumulated in float32 with the bias added before the one rounding to the compute dtype, as a
+    # bf16 `addmm` does under autocast.
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), preferred_element_type=jnp.float32)
     if self.use_bias:
       bias = self.param(
         "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1:]), (self.features,), jnp.float32
       )
-      y = y + bias.astype(self.dtype)
-    return y
+      y = y + bias.astype(jnp.float32)
+    return y.astype(self.dtype)
 
 
 class LayerNorm(nn.Module):
-  """LayerNorm computed in float32, returned in the input dtype."""
+  """LayerNorm computed and returned in float32 (the next `Dense` casts its input to the compute dtype)."""
 
   epsilon: float
   axis_name: str | None = "embed"
@@ -123,12 +129,11 @@ class LayerNorm(nn.Module):
     xf = x.astype(jnp.float32)
     mean = xf.mean(-1, keepdims=True)
     var = jnp.square(xf - mean).mean(-1, keepdims=True)
-    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
-    return y.astype(x.dtype)
+    return (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
 
 
 class RMSNorm(nn.Module):
-  """T5's norm: scale only, no mean subtraction, variance in float32."""
+  """T5's norm: scale only, no mean subtraction; computed and returned in float32."""
 
   epsilon: float = 1e-6
 
@@ -139,7 +144,7 @@ class RMSNorm(nn.Module):
     )
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), -1, keepdims=True) + self.epsilon)
-    return (y * scale).astype(x.dtype)
+    return y * scale.astype(jnp.float32)
 
 
 def padding_bias(mask: Array, dtype: Dtype = jnp.float32) -> Array:
@@ -168,7 +173,7 @@ def attend(
   if scale != 1.0:
     # On q, as EVA does (a pass over Tq x D, not Tq x Tk), rounded once from float32 as torch does.
     q = (q.astype(jnp.float32) * scale).astype(q.dtype)
-  logits = jnp.einsum("bqhd,bkhd->bqhk", q, k).astype(jnp.float32)
+  logits = jnp.einsum("bqhd,bkhd->bqhk", q, k, preferred_element_type=jnp.float32)
   if bias is not None:
     logits = logits + jnp.swapaxes(bias, 1, 2).astype(jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)

@@ -62,7 +62,7 @@ class QFormerEncoder(nn.Module):
     text = jnp.take(words, text_ids, axis=0) + positions[None, : text_ids.shape[1]]
     x = jnp.concatenate([queries.astype(jnp.float32), text.astype(jnp.float32)], axis=1)
     x = layers.LayerNorm(c.ln_eps, name="embed_norm")(x)
-    x = layers.Dropout(c.dropout_rate)(x, deterministic=not train).astype(self.dtype)
+    x = layers.Dropout(c.dropout_rate)(x, deterministic=not train)
     mask = jnp.concatenate([jnp.ones((b, nq), text_mask.dtype), text_mask], axis=1)
     self_bias = layers.padding_bias(mask)
     for i in range(c.num_layers):

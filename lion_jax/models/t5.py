@@ -241,7 +241,7 @@ class T5(nn.Module):
       )
 
   def embed(self, ids: jax.Array) -> jax.Array:
-    return jnp.take(self.shared, ids, axis=0).astype(self.dtype)
+    return jnp.take(self.shared, ids, axis=0).astype(jnp.float32)  # the residual stream is float32
 
   def encode(self, inputs_embeds, mask, task, *, train=False):
     return self.encoder(inputs_embeds, mask, None, None, task, train=train)
@@ -261,7 +261,7 @@ class T5(nn.Module):
     )
     if self.config.tie_word_embeddings:
       x = x * (self.config.d_model**-0.5)
-      logits = jnp.dot(x, self.shared.T.astype(self.dtype))
+      logits = jnp.dot(x.astype(self.dtype), self.shared.T.astype(self.dtype))
     else:
       logits = self.lm_head(x)
     return layers.constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))

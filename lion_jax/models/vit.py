@@ -133,7 +133,7 @@ class VisionTransformer(nn.Module):
       name="patch_embed",
     )(image.astype(self.dtype))
     b, gh, gw, _ = patches.shape
-    x = patches.reshape(b, gh * gw, c.width)
+    x = patches.reshape(b, gh * gw, c.width).astype(jnp.float32)  # the residual stream is float32
     cls = self.param(
       "cls_token", nn.with_logical_partitioning(layers.normal_002, (None, None, "embed")), (1, 1, c.width)
     )
@@ -146,8 +146,8 @@ class VisionTransformer(nn.Module):
     pos = self.param(
       "pos_embed", nn.with_logical_partitioning(pos_init, (None, None, "embed")), (1, grid * grid + 1, c.width)
     )
-    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.width)), x], axis=1)
-    x = x + resize_positions(pos, (gh, gw)).astype(self.dtype)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(jnp.float32), (b, 1, c.width)), x], axis=1)
+    x = x + resize_positions(pos, (gh, gw)).astype(jnp.float32)
     hidden = []
     for i in range(c.depth):
       x = Block(c, self.dtype, name=f"blocks_{i}")(x)
