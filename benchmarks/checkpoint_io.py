@@ -1,12 +1,16 @@
 """Checkpoint save and restore, trainables-only (what lion-jax writes) vs everything, at a real size.
 
   python -m benchmarks.checkpoint_io [--size xl] [--stage stage3] [--dir /tmp/lion-ckpt-bench]
+      [--devices N [--orbax_default_handler]]
 
 A stage checkpoint (`lion_jax.checkpoints.StageCheckpoints`: trainables + AdamW state + meta,
 which holds the data position) is written and restored at the released model size, with random values (so no
 compression helps either side); "everything" additionally writes the frozen towers in their stored
 dtype (bf16), which is what a checkpoint of the whole model would add. Reports seconds (save
 including the wait for the async write; restore onto the host's devices) and bytes on disk.
+`--devices N` holds the stage checkpoint replicated on N devices (a data-parallel mesh, e.g. 8 fake
+CPU devices via XLA_FLAGS), where Orbax's replica-parallel saving applies; `--orbax_default_handler`
+saves with Orbax's own array handler instead of lion-jax's (lion_jax/paths.py), to compare.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ def main() -> None:
   parser.add_argument("--size", default="xl", choices=["tiny", "xl", "xxl"])
   parser.add_argument("--stage", default="stage3")
   parser.add_argument("--dir", default="/tmp/lion-ckpt-bench")
+  parser.add_argument("--devices", type=int, default=1, help="replicate the stage checkpoint on N devices")
+  parser.add_argument(
+    "--orbax_default_handler", action="store_true", help="Orbax's default array handler (replica-parallel always)"
+  )
   args = parser.parse_args()
 
   import importlib
@@ -45,14 +53,18 @@ def main() -> None:
   from lion_jax import sharding, train
   from lion_jax.checkpoints import StageCheckpoints
 
+  if args.orbax_default_handler:
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(), override=True)
   config = importlib.import_module(f"configs.{args.stage}").get_config(f"size={args.size}")
-  mesh = sharding.make_mesh(devices=jax.devices()[:1])
+  mesh = sharding.make_mesh(data=args.devices, devices=jax.devices()[: args.devices])
   abstract, frozen, _, _ = train.abstract_state(config, args.stage, mesh, sharding.config_rules(config), 1000)
   rng = np.random.default_rng(0)
-  trainable = jax.tree.map(lambda a: jnp.asarray(random_like(a, np.float32, rng)), abstract.params)
+  trainable = jax.tree.map(lambda a: jax.device_put(random_like(a, np.float32, rng), a.sharding), abstract.params)
   # Moments as after some steps (not compressible zeros); the step counters stay scalars.
   opt_state = jax.tree.map(
-    lambda x: jnp.abs(jnp.asarray(random_like(x, np.float32, rng))) if x.ndim else jnp.zeros(x.shape, x.dtype),
+    lambda x: jax.device_put(
+      np.abs(random_like(x, np.float32, rng)) if x.ndim else np.zeros(x.shape, x.dtype), x.sharding
+    ),
     abstract.opt_state,
   )
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
@@ -97,6 +109,8 @@ def main() -> None:
     {
       "size": args.size,
       "stage": args.stage,
+      "devices": args.devices,
+      "orbax_default_handler": args.orbax_default_handler,
       "trainable_params": trainable_params,
       "frozen_params": count(frozen),
       "stage_checkpoint": {
