@@ -33,6 +33,7 @@ RUNTIME = read_requirements("requirements.txt")
 JAX_RANGE = next(compatible_range(p) for p in RUNTIME if p.startswith("jax=="))[len("jax") :]
 TEST = [
   "pytest==9.2.0",
+  "pytest-xdist==3.8.0",  # .ci/run: two workers, one per CI core
   "torch==2.13.0",
   "transformers==5.24.0",
   "safetensors==0.8.0",

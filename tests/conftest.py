@@ -5,7 +5,10 @@ programs (java) come from .ci/run. Outside CI a test whose reference is missing 
 reason; in CI (`CI=true`) it fails instead.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # LLVM optimisation level 0: the tiny test programs compile ~20% faster on 2 cores, and every test
 # compares numbers within tolerances (or bitwise between runs that share these flags).
@@ -15,20 +18,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # One compilation cache for the whole test session, shared with the subprocesses tests start: the
 # same tiny programs are compiled by many tests (2 CPU cores make each compile cost seconds).
+# The process that makes it (the pytest-xdist controller, or pytest alone) removes it at exit; the
+# xdist workers inherit it, so they share compiled programs too.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  import tempfile
-
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="lion-jax-test-xla-cache-")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 import importlib  # noqa: E402
-import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 flags.FLAGS.mark_as_parsed()
+
+
+def pytest_collection_modifyitems(items):
+  """Under pytest-xdist (`-n 2 --dist loadgroup`, as .ci/run), every test that reads the trained
+  `three_stages` run goes to one worker, so the session fixture is trained once, not per worker."""
+  for item in items:
+    if "three_stages" in getattr(item, "fixturenames", ()):
+      item.add_marker(pytest.mark.xdist_group("three_stages"))
 
 
 def _unavailable(what: str):
