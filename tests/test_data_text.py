@@ -268,3 +268,36 @@ def test_tags_cli_merges_a_tags_file_into_records_and_names_bad_lines(tmp_path, 
   )
   assert tags.main(["--records", argv[1], "--tags", str(tmp_path / "twice.jsonl"), "--out", str(tmp_path / "x")]) == 1
   assert "twice.jsonl:3: image 'a.jpg' is listed twice" in capsys.readouterr().err
+
+
+def test_a_benchmark_prompt_replaces_the_task_templates_and_names_a_field_the_task_lacks():
+  vqa = Record(task_type="image_level", task="vqa", image="x.jpg", question=" Why? ", answers=["because"])
+  asked = templates.build_text(vqa, None, 1, 1, prompt="Question: {question} Short answer:")
+  assert (asked.instruction, asked.target) == ("Question: Why? Short answer:", "because")
+  rec = Record(task_type="region_level", task="rec", image="x.jpg", expression="the dog", boxes=[[0, 0, 5, 5]])
+  assert templates.build_text(rec, None, 10, 10, prompt="Find {expr}.").instruction == "Find the dog."
+  caption = Record(task_type="image_level", task="caption", image="x.jpg", answers=["a cat"])
+  assert (
+    templates.build_text(caption, None, 1, 1, prompt="A short image caption.").instruction == "A short image caption."
+  )
+  with pytest.raises(records.UserError, match=r"prompt 'Describe \{question\}': caption records fill no fields"):
+    templates.build_text(caption, None, 1, 1, prompt="Describe {question}")
+  with pytest.raises(records.UserError, match=r"vqa records fill \{question\}, not \['q'\]"):
+    templates.build_text(vqa, None, 1, 1, prompt="{q}")
+
+
+def test_every_benchmark_is_asked_with_its_sources_prompt_and_generation_lengths():
+  from lion_jax.evaluation import benchmarks
+
+  okvqa = benchmarks.eval_config("okvqa")
+  assert okvqa.prompt == "Question: {question} Short Answer:"  # LAVIS instructblip/qa_okvqa_flant5xl_eval.yaml
+  assert (okvqa.max_new_tokens, okvqa.min_length, okvqa.length_penalty, okvqa.num_beams) == (10, 1, -1.0, 5)
+  coco = benchmarks.eval_config("coco_caption")
+  assert (coco.prompt, coco.max_new_tokens, coco.min_length) == ("A short image caption.", 80, 10)
+  assert benchmarks.eval_config("refcoco_val").prompt == templates.REC_TEMPLATES[0]  # LION's notebook
+  assert benchmarks.eval_config("gqa", prompt="{question}").prompt == "{question}"
+  task_of_kind = {"caption": "caption", "vqa": "vqa", "exact_match": "vqa", "pope": "vqa", "rec": "rec"}
+  for name, benchmark in benchmarks.BENCHMARKS.items():
+    assert benchmark.prompt.source, name
+    if benchmark.prompt.text:  # each prompt fills only what its records have
+      templates._fill(benchmark.prompt.text, task_of_kind[benchmark.kind])

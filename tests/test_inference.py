@@ -203,6 +203,17 @@ def test_evaluate_cli_writes_predictions_and_results(checkpoint, tmp_path):
   assert len((tmp_path / "out" / "pope_random_predictions.jsonl").read_text().splitlines()) == len(yes_no)
 
 
+def test_run_benchmark_asks_with_the_configs_prompt(checkpoint, tmp_path):
+  from lion_jax.evaluation.benchmarks import eval_config
+
+  config = eval_config(
+    "gqa", records=str(checkpoint / "data" / "val.jsonl"), image_root=str(checkpoint / "data"), tasks=["vqa"], limit=2
+  )
+  config.update(num_beams=1, max_new_tokens=2, prompt="{question} in {place}?")
+  with pytest.raises(ValueError, match=r"prompt '\{question\} in \{place\}\?': vqa records fill \{question\}"):
+    runner.run_benchmark(config, checkpoint / "ckpt", tmp_path)
+
+
 def test_notebook_runs_end_to_end(checkpoint):
   nbformat, nbclient = require("nbformat"), require("nbclient")
   notebook = nbformat.read(REPO / "notebooks" / "inference.ipynb", as_version=4)

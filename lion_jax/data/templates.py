@@ -12,12 +12,14 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
+import string
 from collections.abc import Sequence
 
 import numpy as np
 
 from lion_jax.data.boxes import REC_ANSWER_PREFIX, format_boxes
 from lion_jax.data.records import BOXES_PLACEHOLDER, BadRecord, Record
+from lion_jax.errors import UserError
 
 # LION's tag prompt (lion_t5.py): the soft-prompt sentinel, the tags inside brackets, a trailing
 # space, then the instruction.
@@ -128,6 +130,21 @@ def _pick(rng: np.random.Generator | None, options: Sequence[str]) -> str:
   return options[0] if rng is None else options[int(rng.integers(len(options)))]
 
 
+# The record field each task's template may name.
+PROMPT_FIELDS = {"caption": (), "vqa": ("question",), "rec": ("expr",), "reg": ("boxes",), "grounded_caption": ()}
+
+
+def _fill(prompt: str, task: str) -> str:
+  """A user's prompt as a template for `task`: a field the task does not fill is a UserError."""
+  allowed = PROMPT_FIELDS.get(task, ())
+  named = {field for _, field, _, _ in string.Formatter().parse(prompt) if field is not None}
+  unknown = sorted(named - set(allowed))
+  if unknown:
+    shown = ", ".join("{" + f + "}" for f in allowed) or "no fields"
+    raise UserError(f"prompt {prompt!r}: {task} records fill {shown}, not {unknown}")
+  return prompt
+
+
 def build_text(
   record: Record,
   rng: np.random.Generator | None,
@@ -136,23 +153,27 @@ def build_text(
   *,
   soft_prompt: bool = False,
   use_tags: bool = True,
+  prompt: str = "",
 ) -> ExampleText:
   """(instruction, T5 input, target) for one record; `width`/`height` normalise its boxes;
-  `soft_prompt` (the model has one) and `use_tags` shape the tag prompt (`t5_input_text`)."""
+  `soft_prompt` (the model has one) and `use_tags` shape the tag prompt (`t5_input_text`).
+  `prompt` replaces the task's templates (a benchmark's evaluation prompt; `{question}`, `{expr}`
+  or `{boxes}` are filled as in the templates)."""
   task = record.task
+  pick = lambda options: _fill(prompt, record.task) if prompt else _pick(rng, options)
   if task == "caption":
-    instruction, target = _pick(rng, CAPTION_TEMPLATES), _pick(rng, record.answers)
+    instruction, target = pick(CAPTION_TEMPLATES).format(), _pick(rng, record.answers)
   elif task == "vqa":
-    instruction = _pick(rng, VQA_TEMPLATES).format(question=record.question.strip())
+    instruction = pick(VQA_TEMPLATES).format(question=record.question.strip())
     target = most_common(record.answers)
   elif task == "rec":
-    instruction = _pick(rng, REC_TEMPLATES).format(expr=record.expression.strip())
+    instruction = pick(REC_TEMPLATES).format(expr=record.expression.strip())
     target = REC_ANSWER_PREFIX + format_boxes(record.boxes, width, height)
   elif task == "reg":
-    instruction = _pick(rng, REG_TEMPLATES).format(boxes=format_boxes(record.boxes, width, height))
+    instruction = pick(REG_TEMPLATES).format(boxes=format_boxes(record.boxes, width, height))
     target = record.expression.strip()
   elif task == "grounded_caption":
-    instruction = _pick(rng, GROUNDED_CAPTION_TEMPLATES)
+    instruction = pick(GROUNDED_CAPTION_TEMPLATES).format()
     target = _pick(rng, record.answers)
     for box in record.boxes:
       target = target.replace(BOXES_PLACEHOLDER, format_boxes([box], width, height), 1)

@@ -1,58 +1,106 @@
-"""The paper's benchmarks: which metric each uses and LION's published numbers (paper Tables 1, 2, 4).
+"""The paper's benchmarks: which metric each uses, how each is asked, and LION's published numbers
+(paper Tables 1, 2, 4).
 
-Records come from `lion_jax.data.adapters` (our JSONL); `kind` picks the metric:
-caption -> CIDEr (x100, as papers print it), vqa -> VQAv2 soft accuracy (x100), exact_match -> accuracy
-(x100), rec -> accuracy at IoU >= 0.5 (x100), pope -> F1 and accuracy (x100).
+Records come from `lion_jax.data.adapters` (our JSONL); `kind` picks the metric and its answer
+processing: caption -> CIDEr (x100, as papers print it) on the raw text, vqa -> VQAv2 soft accuracy
+(x100) after VQAv2 answer normalisation, exact_match -> accuracy (x100) after the same
+normalisation, rec -> accuracy at IoU >= 0.5 (x100) of the first box in the text, pope -> F1 and
+accuracy (x100) of the yes/no read from the text.
+
+The prompt is part of the benchmark: scores move by points with it. LION publishes no evaluation
+prompts, so each benchmark is asked as InstructBLIP's evaluation configs ask it (LAVIS,
+`lavis/projects/instructblip/*_flant5xl_eval*.yaml`; BLIP-2's zero-shot configs where InstructBLIP
+has none), with their generation lengths, and REC with LION's own notebook prompt. docs/inference.md
+lists them; `--config.prompt` overrides one (`{question}` / `{expr}` are filled from the record).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import ml_collections
 
+from lion_jax.data import templates
 from lion_jax.errors import UserError
 
-# name: (kind, {"LION-4B": number, "LION-12B": number}); REC numbers are the fine-tuning setting.
+
+class Prompt(NamedTuple):
+  text: str  # `{question}` / `{expr}` are filled from the record
+  source: str
+  generation: dict  # settings the source evaluates with (max_new_tokens, min_length, length_penalty)
+
+
+CAPTION = Prompt(
+  "A short image caption.",
+  "LAVIS instructblip/caption_coco_flant5xl_eval_test.yaml (NoCaps the same)",
+  dict(max_new_tokens=80, min_length=10, length_penalty=1.0),
+)
+OKVQA = Prompt(
+  "Question: {question} Short Answer:",
+  "LAVIS instructblip/qa_okvqa_flant5xl_eval.yaml",
+  dict(max_new_tokens=10, min_length=1, length_penalty=-1.0),
+)
+SHORT_ANSWER = Prompt(
+  "Question: {question} Short answer:",
+  "LAVIS blip2/eval/gqa_zeroshot_flant5xl_eval.yaml (InstructBLIP has no GQA, IconQA, VSR or POPE config)",
+  dict(max_new_tokens=10, min_length=1, length_penalty=-1.0),
+)
+REC = Prompt(templates.REC_TEMPLATES[0], "LION's notebook (playground.ipynb)", {})
+TRAINING_TEMPLATE = Prompt("", "the task's first training template (lion_jax.data.templates)", {})
+
+
+class Benchmark(NamedTuple):
+  kind: str
+  paper: dict  # {"LION-4B": number, "LION-12B": number}; REC numbers are the fine-tuning setting
+  prompt: Prompt
+
+
 BENCHMARKS = {
-  "coco_caption": ("caption", {"LION-4B": 138.20, "LION-12B": 139.25}),
-  "flickr30k": ("caption", {"LION-4B": 85.57, "LION-12B": 87.12}),
-  "textcaps": ("caption", {"LION-4B": 104.87, "LION-12B": 108.76}),
-  "okvqa": ("vqa", {"LION-4B": 51.08, "LION-12B": 57.33}),
-  "aokvqa": ("vqa", {"LION-4B": 59.98, "LION-12B": 60.87}),
-  "gqa": ("exact_match", {"LION-4B": 49.50, "LION-12B": 51.56}),
-  "iconqa": ("exact_match", {"LION-4B": 54.91, "LION-12B": 54.89}),
-  "vsr": ("exact_match", {"LION-4B": 72.96, "LION-12B": 73.77}),
-  "refcoco_val": ("rec", {"LION-4B": 89.73, "LION-12B": 89.80}),
-  "refcoco_testA": ("rec", {"LION-4B": 92.29, "LION-12B": 93.02}),
-  "refcoco_testB": ("rec", {"LION-4B": 84.82, "LION-12B": 85.57}),
-  "refcoco_plus_val": ("rec", {"LION-4B": 83.60, "LION-12B": 83.95}),
-  "refcoco_plus_testA": ("rec", {"LION-4B": 88.72, "LION-12B": 89.22}),
-  "refcoco_plus_testB": ("rec", {"LION-4B": 77.34, "LION-12B": 78.06}),
-  "refcocog_val": ("rec", {"LION-4B": 85.69, "LION-12B": 85.52}),
-  "refcocog_test": ("rec", {"LION-4B": 85.63, "LION-12B": 85.74}),
-  "pope_random": ("pope", {"LION": 88.33}),  # F1; the paper does not say which LION size
-  "pope_popular": ("pope", {"LION": 85.94}),
-  "pope_adversarial": ("pope", {"LION": 84.71}),
-  # The embedded synthetic data (lion_jax.data.synthetic): no paper numbers.
-  "synthetic_caption": ("caption", {}),
-  "synthetic_vqa": ("exact_match", {}),
-  "synthetic_rec": ("rec", {}),
+  "coco_caption": Benchmark("caption", {"LION-4B": 138.20, "LION-12B": 139.25}, CAPTION),
+  "flickr30k": Benchmark("caption", {"LION-4B": 85.57, "LION-12B": 87.12}, CAPTION),
+  "textcaps": Benchmark("caption", {"LION-4B": 104.87, "LION-12B": 108.76}, CAPTION),
+  "okvqa": Benchmark("vqa", {"LION-4B": 51.08, "LION-12B": 57.33}, OKVQA),
+  "aokvqa": Benchmark("vqa", {"LION-4B": 59.98, "LION-12B": 60.87}, OKVQA),
+  "gqa": Benchmark("exact_match", {"LION-4B": 49.50, "LION-12B": 51.56}, SHORT_ANSWER),
+  "iconqa": Benchmark("exact_match", {"LION-4B": 54.91, "LION-12B": 54.89}, SHORT_ANSWER),
+  "vsr": Benchmark("exact_match", {"LION-4B": 72.96, "LION-12B": 73.77}, SHORT_ANSWER),
+  "refcoco_val": Benchmark("rec", {"LION-4B": 89.73, "LION-12B": 89.80}, REC),
+  "refcoco_testA": Benchmark("rec", {"LION-4B": 92.29, "LION-12B": 93.02}, REC),
+  "refcoco_testB": Benchmark("rec", {"LION-4B": 84.82, "LION-12B": 85.57}, REC),
+  "refcoco_plus_val": Benchmark("rec", {"LION-4B": 83.60, "LION-12B": 83.95}, REC),
+  "refcoco_plus_testA": Benchmark("rec", {"LION-4B": 88.72, "LION-12B": 89.22}, REC),
+  "refcoco_plus_testB": Benchmark("rec", {"LION-4B": 77.34, "LION-12B": 78.06}, REC),
+  "refcocog_val": Benchmark("rec", {"LION-4B": 85.69, "LION-12B": 85.52}, REC),
+  "refcocog_test": Benchmark("rec", {"LION-4B": 85.63, "LION-12B": 85.74}, REC),
+  "pope_random": Benchmark("pope", {"LION": 88.33}, SHORT_ANSWER),  # F1; the paper does not say which LION size
+  "pope_popular": Benchmark("pope", {"LION": 85.94}, SHORT_ANSWER),
+  "pope_adversarial": Benchmark("pope", {"LION": 84.71}, SHORT_ANSWER),
+  # The embedded synthetic data (lion_jax.data.synthetic): no paper numbers, asked as trained.
+  "synthetic_caption": Benchmark("caption", {}, TRAINING_TEMPLATE),
+  "synthetic_vqa": Benchmark("exact_match", {}, TRAINING_TEMPLATE),
+  "synthetic_rec": Benchmark("rec", {}, TRAINING_TEMPLATE),
 }
 
 
 def eval_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """Config for one benchmark: set `records` (JSONL) and `image_root` on the command line. `tasks`
-  keeps only the records of those tasks (a file holding several, as the synthetic splits do)."""
+  keeps only the records of those tasks (a file holding several, as the synthetic splits do).
+  `prompt` ('' = the task's first training template) and the generation lengths default to the
+  benchmark's source (module docstring)."""
   if name not in BENCHMARKS:
     raise UserError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+  benchmark = BENCHMARKS[name]
   config = dict(
     name=name,
-    kind=BENCHMARKS[name][0],
+    kind=benchmark.kind,
     records="",
     image_root="",
     tasks=[],
+    prompt=benchmark.prompt.text,
     batch_size=16,
     num_beams=5,
     max_new_tokens=256,
+    min_length=1,
     repetition_penalty=1.5,
     length_penalty=1.0,
     max_input_len=128,
@@ -61,6 +109,7 @@ def eval_config(name: str, **overrides) -> ml_collections.ConfigDict:
     use_tags=True,
     mesh=dict(data=-1, fsdp=1, tensor=1),
   )
+  config.update(benchmark.prompt.generation)
   unknown = sorted(set(overrides) - set(config))
   if unknown:
     raise UserError(f"eval_config({name!r}): unknown fields {unknown}")

@@ -1,6 +1,7 @@
 """Batched evaluation: records -> generated answers -> the benchmark's metric.
 
-Every record is prompted with the first (fixed) template of its task, images are preprocessed
+Every record is prompted with the benchmark's prompt (`config.prompt`, evaluation/benchmarks.py) or
+else the first (fixed) template of its task, images are preprocessed
 without augmentation, and generation uses the given beam settings. The T5 prompt is never cut (the
 official `generate` does not truncate it); the Q-Former text is, as there. Predictions are written
 next to the scores, so a number can always be traced back to the answers that made it.
@@ -29,11 +30,11 @@ from lion_jax.inference.generate import generate
 log = logging.getLogger(__name__)
 
 
-def _prepare(record: Record, image_root: Path, image_size: int, soft_prompt: bool, use_tags: bool, tagger):
+def _prepare(record: Record, image_root: Path, image_size: int, text_settings: dict, tagger):
   image = images.decode_image(record.image_source(image_root))
   if tagger is not None and not record.tags:
     record = dataclasses.replace(record, tags=list(tagger(image)))
-  text = templates.build_text(record, None, image.width, image.height, soft_prompt=soft_prompt, use_tags=use_tags)
+  text = templates.build_text(record, None, image.width, image.height, **text_settings)
   return images.to_model_input(image, image_size), text, image.size
 
 
@@ -50,6 +51,7 @@ def predict_records(
   max_qformer_len: int = 128,
   use_tags: bool = True,
   tagger: Tagger | None = None,
+  prompt: str = "",
   progress: bool = True,
   **generate_settings,
 ) -> list[str | None]:
@@ -57,12 +59,14 @@ def predict_records(
 
   T5 prompts are padded to `max_input_len` (the training limit, one compiled shape), a batch holding a
   longer one to its bucketed length: whole, never truncated. A model with a soft prompt always gets
-  the tag prompt; `tagger` (image -> tags) fills it for records without tags."""
+  the tag prompt; `tagger` (image -> tags) fills it for records without tags. `prompt` replaces the
+  tasks' first templates (templates.build_text)."""
   image_root = Path(image_root)
   soft_prompt = bool(config.use_soft_prompt)
   without_tags = sum(not r.tags for r in records)
   if soft_prompt and use_tags and tagger is None and without_tags:
     log.warning(missing_tags_warning(without_tags, len(records)))
+  text_settings = dict(soft_prompt=soft_prompt, use_tags=use_tags, prompt=prompt)
   max_qformer_len = min(max_qformer_len, config.qformer.max_positions)  # the model's position table
   outputs: list[str | None] = [None] * len(records)
   iterator = range(0, len(records), batch_size)
@@ -75,7 +79,7 @@ def predict_records(
     prepared, kept = [], []
     for i in chunk:
       try:
-        prepared.append(_prepare(records[i], image_root, config.vit.image_size, soft_prompt, use_tags, tagger))
+        prepared.append(_prepare(records[i], image_root, config.vit.image_size, text_settings, tagger))
         kept.append(i)
       except BadRecord as e:
         log.warning("skipping record %d (%s): %s", i, records[i].image, e)
@@ -172,13 +176,15 @@ def run_benchmark(
     max_qformer_len=config.max_qformer_len,
     use_tags=config.use_tags,
     tagger=tagger,
+    prompt=config.prompt,
     num_beams=config.num_beams,
     max_new_tokens=config.max_new_tokens,
+    min_length=config.min_length,
     repetition_penalty=config.repetition_penalty,
     length_penalty=config.length_penalty,
   )
   scores = score(config.kind, records, predictions)
   write_results(output or checkpoint, config.name, records, predictions, scores)
-  paper = {config.name: benchmarks.BENCHMARKS[config.name][1]}
+  paper = {config.name: benchmarks.BENCHMARKS[config.name].paper}
   print(format_table({config.name: scores}, paper))
   return scores
