@@ -296,8 +296,13 @@ def test_every_benchmark_is_asked_with_its_sources_prompt_and_generation_lengths
   assert (coco.prompt, coco.max_new_tokens, coco.min_length) == ("A short image caption.", 80, 10)
   assert benchmarks.eval_config("refcoco_val").prompt == templates.REC_TEMPLATES[0]  # LION's notebook
   assert benchmarks.eval_config("gqa", prompt="{question}").prompt == "{question}"
+  from lion_jax.evaluation import mmbench, visdial
+
   task_of_kind = {"caption": "caption", "vqa": "vqa", "exact_match": "vqa", "pope": "vqa", "rec": "rec"}
+  own_checks = {"mmbench": mmbench.check_prompt, "visdial": visdial.check_prompt}
   for name, benchmark in benchmarks.BENCHMARKS.items():
     assert benchmark.prompt.source, name
-    if benchmark.prompt.text:  # each prompt fills only what its records have
+    if benchmark.kind in own_checks:
+      own_checks[benchmark.kind](benchmark.prompt.text)
+    elif benchmark.prompt.text:  # each prompt fills only what its records have
       templates._fill(benchmark.prompt.text, task_of_kind[benchmark.kind])

@@ -214,6 +214,75 @@ def test_run_benchmark_asks_with_the_configs_prompt(checkpoint, tmp_path):
     runner.run_benchmark(config, checkpoint / "ckpt", tmp_path)
 
 
+def test_mmbench_runs_from_its_tsv_with_scores_or_the_leaderboard_file(checkpoint, tmp_path):
+  from lion_jax.evaluation import mmbench
+  from lion_jax.evaluation.benchmarks import eval_config
+  from tests.test_mmbench import QUESTIONS, read_xlsx, write_tsv
+
+  dev = write_tsv(tmp_path / "dev.tsv", QUESTIONS)
+  config = eval_config("mmbench", records=str(dev), batch_size=4)
+  scores = runner.run_benchmark(config, checkpoint / "ckpt", tmp_path / "out")
+  assert set(scores) == {
+    "accuracy",
+    "vanilla_accuracy",
+    "category/color",
+    "category/count",
+    "l2_category/attribute_reasoning",
+    "l2_category/finegrained_perception (instance-level)",
+  }
+  predictions = [json.loads(line) for line in (tmp_path / "out" / "mmbench_predictions.jsonl").read_text().splitlines()]
+  assert [p["index"] for p in predictions] == [7, 1_000_007, 2_000_007, 3_000_007, 12, 1_000_012, 2_000_012]
+  variants = mmbench.circular_variants(mmbench.read_tsv(dev))
+  chosen = ["ABCD".index(p["prediction"]) for p in predictions]
+  assert all(c < len(q.options) for c, q in zip(chosen, variants))  # always one of the question's options
+  assert scores == mmbench.scores(variants, chosen)
+  test_split = write_tsv(tmp_path / "test.tsv", [{k: v for k, v in q.items() if k != "answer"} for q in QUESTIONS])
+  assert (
+    runner.run_benchmark(eval_config("mmbench", records=str(test_split), batch_size=4), checkpoint / "ckpt", tmp_path)
+    == {}
+  )
+  rows = read_xlsx(tmp_path / "mmbench_submission.xlsx")
+  assert [row[-1] for row in rows[1:]] == [p["prediction"] for p in predictions]  # the same model, same choices
+
+
+def test_visdial_ranks_every_option_of_every_round_from_the_published_files(checkpoint, tmp_path):
+  import shutil
+
+  from lion_jax.evaluation import visdial
+  from lion_jax.evaluation.benchmarks import eval_config
+  from tests.test_visdial import dialog, val_file, visdial_file
+
+  image_root = tmp_path / "VisualDialog_val2018"
+  image_root.mkdir()
+  for image_id, name in ((42, "000000.png"), (7, "000001.png")):  # PNG bytes under VisDial's names decode the same
+    shutil.copy(checkpoint / "data" / "images" / name, visdial.image_path(image_root, "val2018", image_id))
+  records = val_file(tmp_path / "visdial_1.0_val.json")
+  relevance = [1.0] + [0.0] * 99
+  (tmp_path / "dense.json").write_text(json.dumps([{"image_id": 42, "round_id": 2, "gt_relevance": relevance}]))
+  config = eval_config(
+    "visdial", records=str(records), image_root=str(image_root), dense_annotations=str(tmp_path / "dense.json")
+  )
+  scores = runner.run_benchmark(config, checkpoint / "ckpt", tmp_path / "out")
+  assert set(scores) == {"R@1", "R@5", "R@10", "MRR", "mean_rank", "NDCG"}
+  lines = (tmp_path / "out" / "visdial_predictions.jsonl").read_text().splitlines()
+  ranks = [json.loads(line)["gt_rank"] for line in lines]
+  assert len(ranks) == 3 and scores["mean_rank"] == pytest.approx(np.mean(ranks))
+  assert scores["MRR"] == pytest.approx(100 * np.mean([1 / r for r in ranks]))
+  for name, image_id in (("000002.png", 5),):
+    shutil.copy(checkpoint / "data" / "images" / name, tmp_path / f"VisualDialog_test2018_{image_id:012d}.jpg")
+  test = visdial_file(
+    tmp_path / "test.json", "test2018", [dialog(5, "two cats", [(0, 100, None, False), (3, None, None, True)])]
+  )
+  assert (
+    runner.run_benchmark(
+      eval_config("visdial", records=str(test), image_root=str(tmp_path)), checkpoint / "ckpt", tmp_path
+    )
+    == {}
+  )
+  (entry,) = json.loads((tmp_path / "visdial_submission.json").read_text())
+  assert (entry["image_id"], entry["round_id"]) == (5, 2) and sorted(entry["ranks"]) == list(range(1, 101))
+
+
 def test_notebook_runs_end_to_end(checkpoint):
   nbformat, nbclient = require("nbformat"), require("nbclient")
   notebook = nbformat.read(REPO / "notebooks" / "inference.ipynb", as_version=4)

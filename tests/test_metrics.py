@@ -216,6 +216,23 @@ def test_mean_reciprocal_rank():
     mean_reciprocal_rank(scores, [0, 0, 3])
 
 
+def test_visdial_recall_mean_rank_and_ndcg_by_hand():
+  from lion_jax.evaluation.metrics import mean_rank, ndcg, recall_at_k
+
+  scores = [[0.1, 0.9, 0.5, 0.3], [3.0, 2.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
+  gt = [2, 0, 1]  # ranks 2, 1, 4 (the four-way tie counts against the ground truth)
+  assert [recall_at_k(scores, gt, k) for k in (1, 2, 4)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+  assert mean_rank(scores, gt) == pytest.approx(7 / 3)
+  # Round 1 ranks the options 1, 2, 3, 0; two are relevant (k = 2): option 1 (1.0) and option 3 (0.5).
+  # DCG@2 = 1.0 / log2(2) + 0 / log2(3); ideal = 1.0 / log2(2) + 0.5 / log2(3).
+  first = 1.0 / (1.0 + 0.5 / np.log2(3))
+  # Round 2 ranks them 0, 1, 2, 3; the one relevant option (2) comes third, outside the top k = 1.
+  assert ndcg(scores[:2], [[0, 1.0, 0, 0.5], [0, 0, 1.0, 0]]) == pytest.approx((first + 0.0) / 2)
+  assert ndcg([scores[2]], [[0, 0, 0, 1.0]]) == 0.0  # equal scores keep option order: option 3 is last
+  with pytest.raises(ValueError, match="without any relevant option"):
+    ndcg([scores[0]], [[0, 0, 0, 0]])
+
+
 def test_mmbench_circular_accuracy():
   question_ids = [10, 11, 12, 13, 20, 21, 30]
   groups = ["a", "a", "a", "a", "b", "b", "c"]

@@ -5,7 +5,9 @@ Records come from `lion_jax.data.adapters` (our JSONL); `kind` picks the metric 
 processing: caption -> CIDEr (x100, as papers print it) on the raw text, vqa -> VQAv2 soft accuracy
 (x100) after VQAv2 answer normalisation, exact_match -> accuracy (x100) after the same
 normalisation, rec -> accuracy at IoU >= 0.5 (x100) of the first box in the text, pope -> F1 and
-accuracy (x100) of the yes/no read from the text.
+accuracy (x100) of the yes/no read from the text, mmbench -> CircularEval accuracy (x100) of the
+option scored highest (evaluation/mmbench.py), visdial -> R@k, MRR, NDCG (x100) of the 100 options
+ranked by likelihood (evaluation/visdial.py).
 
 The prompt is part of the benchmark: scores move by points with it. LION publishes no evaluation
 prompts, so each benchmark is asked as InstructBLIP's evaluation configs ask it (LAVIS,
@@ -22,6 +24,7 @@ import ml_collections
 
 from lion_jax.data import templates
 from lion_jax.errors import UserError
+from lion_jax.evaluation import mmbench, visdial
 
 
 class Prompt(NamedTuple):
@@ -47,12 +50,17 @@ SHORT_ANSWER = Prompt(
 )
 REC = Prompt(templates.REC_TEMPLATES[0], "LION's notebook (playground.ipynb)", {})
 TRAINING_TEMPLATE = Prompt("", "the task's first training template (lion_jax.data.templates)", {})
+MMBENCH = Prompt(mmbench.PROMPT, "the common MMBench prompt (VLMEvalKit, LLaVA); evaluation/mmbench.py", {})
+VISDIAL = Prompt(
+  visdial.PROMPT, "the caption, then the rounds as LAVIS datasets/visdial_dialogue_datasets.py writes them", {}
+)
 
 
 class Benchmark(NamedTuple):
   kind: str
   paper: dict  # {"LION-4B": number, "LION-12B": number}; REC numbers are the fine-tuning setting
   prompt: Prompt
+  fields: dict = {}  # the benchmark's own config fields and defaults
 
 
 BENCHMARKS = {
@@ -75,6 +83,16 @@ BENCHMARKS = {
   "pope_random": Benchmark("pope", {"LION": 88.33}, SHORT_ANSWER),  # F1; the paper does not say which LION size
   "pope_popular": Benchmark("pope", {"LION": 85.94}, SHORT_ANSWER),
   "pope_adversarial": Benchmark("pope", {"LION": 84.71}, SHORT_ANSWER),
+  # Table 3, MMBench test, LION-12B: overall and the l2-categories (mmbench.PAPER_L2_NAMES).
+  "mmbench": Benchmark(
+    "mmbench",
+    {"LION-12B": 73.4, "LR": 51.7, "AR": 84.1, "RR": 78.4, "FP-S": 74.0, "FP-C": 60.8, "CP": 78.9},
+    MMBENCH,
+  ),
+  # Table 1, VisDial MRR (x100). The 100 options x batch_size rounds go through the decoder at once.
+  "visdial": Benchmark(
+    "visdial", {"LION-4B": 50.02, "LION-12B": 50.42}, VISDIAL, dict(dense_annotations="", batch_size=2)
+  ),
   # The embedded synthetic data (lion_jax.data.synthetic): no paper numbers, asked as trained.
   "synthetic_caption": Benchmark("caption", {}, TRAINING_TEMPLATE),
   "synthetic_vqa": Benchmark("exact_match", {}, TRAINING_TEMPLATE),
@@ -110,6 +128,7 @@ def eval_config(name: str, **overrides) -> ml_collections.ConfigDict:
     mesh=dict(data=-1, fsdp=1, tensor=1),
   )
   config.update(benchmark.prompt.generation)
+  config.update(benchmark.fields)
   unknown = sorted(set(overrides) - set(config))
   if unknown:
     raise UserError(f"eval_config({name!r}): unknown fields {unknown}")

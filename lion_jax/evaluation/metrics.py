@@ -423,22 +423,48 @@ def pope_scores(predictions: list[str], labels: list[str]) -> dict:
   }
 
 
-def mean_reciprocal_rank(scores: np.ndarray | list[list[float]], gt_index: list[int]) -> float:
-  """VisDial MRR: mean of 1 / rank of the ground-truth option among each row's candidate scores
-  (higher is better, rank 1 is best).
-
-  Ties count against the ground truth (rank = 1 + #other options scoring >= it): VisDial's
-  `scores_to_ranks` leaves their order to torch.sort, and a constant scorer must not score 1.
-  """
+def ground_truth_ranks(scores: np.ndarray | list[list[float]], gt_index: list[int]) -> np.ndarray:
+  """VisDial's rank of each row's ground-truth option among its candidate scores (higher is better,
+  rank 1 is best). Ties count against the ground truth (rank = #options scoring >= it): VisDial's
+  `scores_to_ranks` leaves their order to torch.sort, and a constant scorer must not score 1."""
   _check_lengths(scores, gt_index, "ground-truth indices")
-  reciprocal_ranks = []
+  result = []
   for row, (option_scores, gt) in enumerate(zip(scores, gt_index)):
     option_scores = np.asarray(option_scores, dtype=np.float64)
-    if not 0 <= gt < len(option_scores):
+    if gt is None or not 0 <= gt < len(option_scores):
       raise UserError(f"row {row}: ground-truth index {gt} outside its {len(option_scores)} options")
-    rank = int(np.sum(option_scores >= option_scores[gt]))  # counts the ground truth itself
-    reciprocal_ranks.append(1.0 / rank)
-  return float(np.mean(reciprocal_ranks))
+    result.append(int(np.sum(option_scores >= option_scores[gt])))  # counts the ground truth itself
+  return np.asarray(result)
+
+
+def mean_reciprocal_rank(scores: np.ndarray | list[list[float]], gt_index: list[int]) -> float:
+  """VisDial MRR: the mean of 1 / rank of the ground truth (`ground_truth_ranks`)."""
+  return float(np.mean(1.0 / ground_truth_ranks(scores, gt_index)))
+
+
+def recall_at_k(scores: np.ndarray | list[list[float]], gt_index: list[int], k: int) -> float:
+  """VisDial R@k: the share of rows whose ground truth ranks k or better."""
+  return float(np.mean(ground_truth_ranks(scores, gt_index) <= k))
+
+
+def mean_rank(scores: np.ndarray | list[list[float]], gt_index: list[int]) -> float:
+  return float(np.mean(ground_truth_ranks(scores, gt_index)))
+
+
+def ndcg(scores: Sequence[Sequence[float]], relevance: Sequence[Sequence[float]]) -> float:
+  """VisDial NDCG: per round, the options ranked by score (equal scores in option order), DCG of their
+  relevance over the top k = #relevant options, over the ideal DCG; the mean over rounds."""
+  _check_lengths(scores, relevance, "relevance rows")
+  values = []
+  for row_scores, row_relevance in zip(scores, relevance):
+    row_relevance = np.asarray(row_relevance, np.float64)
+    k = int(np.sum(row_relevance > 0))
+    if k == 0:
+      raise UserError("a dense annotation without any relevant option has no NDCG")
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    ranked = row_relevance[np.argsort(-np.asarray(row_scores, np.float64), kind="stable")][:k]
+    values.append(float(ranked @ discount / (np.sort(row_relevance)[::-1][:k] @ discount)))
+  return float(np.mean(values))
 
 
 def mmbench_circular_accuracy(question_ids: list, circular_group_ids: list, correct: list[bool]) -> float:

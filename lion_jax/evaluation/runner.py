@@ -24,7 +24,7 @@ from lion_jax.data.records import BadRecord, Record, load_records
 from lion_jax.data.tags import Tagger, missing_tags_warning
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
 from lion_jax.errors import MissingFile, UserError
-from lion_jax.evaluation import benchmarks, metrics
+from lion_jax.evaluation import benchmarks, metrics, mmbench, visdial
 from lion_jax.inference.generate import generate
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,37 @@ def _prepare(record: Record, image_root: Path, image_size: int, text_settings: d
     record = dataclasses.replace(record, tags=list(tagger(image)))
   text = templates.build_text(record, None, image.width, image.height, **text_settings)
   return images.to_model_input(image, image_size), text, image.size
+
+
+def model_inputs(
+  t5: T5Tokenizer,
+  bert: BertTokenizer,
+  pixels: Sequence[np.ndarray],
+  t5_inputs: Sequence[str],
+  qformer_texts: Sequence[str],
+  task_ids: Sequence[int],
+  *,
+  batch_size: int,
+  max_input_len: int,
+  max_qformer_len: int,
+) -> dict[str, np.ndarray]:
+  """One evaluation batch of the model's inputs, padded to `batch_size` rows by repeating the first
+  (the last batch keeps the compiled shape; callers drop the extra rows). T5 inputs are padded to
+  `max_input_len`, a longer one to its bucketed length, never cut; the Q-Former text is cut from the
+  left at `max_qformer_len`, as in training."""
+  pad = batch_size - len(pixels)
+  repeat = lambda rows: list(rows) + [rows[0]] * pad
+  rows = [t5.encode(text) for text in repeat(t5_inputs)]
+  input_ids, input_mask = pad_batch(rows, bucketed_length(max(map(len, rows)), max_input_len), t5.pad_id)
+  q_ids, q_mask = bert.encode_batch(repeat(qformer_texts), max_length=max_qformer_len, truncation_side="left")
+  return dict(
+    image=np.stack(repeat(pixels)),
+    qformer_ids=q_ids,
+    qformer_mask=q_mask,
+    input_ids=input_ids,
+    input_mask=input_mask,
+    task=np.array(repeat(task_ids), np.int32),
+  )
 
 
 def predict_records(
@@ -86,16 +117,16 @@ def predict_records(
     if not kept:
       continue
     n = len(kept)
-    pad = batch_size - n  # the last batch is padded to the same shape, then trimmed
-    pixels = np.stack([p[0] for p in prepared] + [prepared[0][0]] * pad)
-    t5_inputs = [p[1].t5_input for p in prepared] + [prepared[0][1].t5_input] * pad
-    questions = [p[1].instruction for p in prepared] + [prepared[0][1].instruction] * pad
-    rows = [t5.encode(text) for text in t5_inputs]
-    input_ids, input_mask = pad_batch(rows, bucketed_length(max(map(len, rows)), max_input_len), t5.pad_id)
-    q_ids, q_mask = bert.encode_batch(questions, max_length=max_qformer_len, truncation_side="left")
-    task = np.array([records[i].task_id for i in kept] + [records[kept[0]].task_id] * pad, np.int32)
-    batch = dict(
-      image=pixels, qformer_ids=q_ids, qformer_mask=q_mask, input_ids=input_ids, input_mask=input_mask, task=task
+    batch = model_inputs(
+      t5,
+      bert,
+      [p[0] for p in prepared],
+      [p[1].t5_input for p in prepared],
+      [p[1].instruction for p in prepared],
+      [records[i].task_id for i in kept],
+      batch_size=batch_size,
+      max_input_len=max_input_len,
+      max_qformer_len=max_qformer_len,
     )
     ids = np.asarray(jax.device_get(generate(config, params, batch, **generate_settings)))
     for row, i in zip(ids[:n], kept):
@@ -152,13 +183,15 @@ def run_benchmark(
 ) -> dict[str, float]:
   """One benchmark config (lion_jax.evaluation.benchmarks.eval_config) on a checkpoint directory:
   predictions and scores written to `output` (default: the checkpoint), a table printed. `tagger`
-  tags the images of records without tags."""
+  tags the images of records without tags. MMBench and VisDial read their original files
+  (`evaluation.mmbench`, `evaluation.visdial`)."""
+  if config.kind == "mmbench":
+    return run_mmbench(config, checkpoint, output)
+  if config.kind == "visdial":
+    return run_visdial(config, checkpoint, output)
   if not config.records or not config.image_root:
     raise UserError(f"set --config.records and --config.image_root for {config.name}")
-  model_config, params = load_converted(checkpoint)
-  files = tokenizer_files(checkpoint)
-  if set(files) != {"t5", "bert"}:
-    raise MissingFile(f"{checkpoint}/tokenizer must hold spiece.model and bert_vocab.txt")
+  model_config, params, t5, bert = load_for_evaluation(checkpoint)
   records, _ = load_records(config.records)
   if config.get("tasks"):
     records = [r for r in records if r.task in config.tasks]
@@ -167,8 +200,8 @@ def run_benchmark(
   predictions = predict_records(
     model_config,
     params,
-    T5Tokenizer(files["t5"]),
-    BertTokenizer(files["bert"]),
+    t5,
+    bert,
     records,
     config.image_root,
     batch_size=config.batch_size,
@@ -187,4 +220,88 @@ def run_benchmark(
   write_results(output or checkpoint, config.name, records, predictions, scores)
   paper = {config.name: benchmarks.BENCHMARKS[config.name].paper}
   print(format_table({config.name: scores}, paper))
+  return scores
+
+
+def load_for_evaluation(checkpoint: str | Path) -> tuple:
+  """(model config, params, T5 tokenizer, BERT tokenizer) of a converted checkpoint directory."""
+  model_config, params = load_converted(checkpoint)
+  files = tokenizer_files(checkpoint)
+  if set(files) != {"t5", "bert"}:
+    raise MissingFile(f"{checkpoint}/tokenizer must hold spiece.model and bert_vocab.txt")
+  return model_config, params, T5Tokenizer(files["t5"]), BertTokenizer(files["bert"])
+
+
+def run_mmbench(config, checkpoint: str | Path, output: str | Path | None = None) -> dict[str, float]:
+  """MMBench from its TSV (`config.records`): circular scores, or the leaderboard file for a split
+  without answers (then the scores are empty)."""
+  if not config.records:
+    raise UserError("set --config.records to the MMBench TSV (e.g. mmbench_dev_en.tsv)")
+  questions = mmbench.circular_variants(mmbench.read_tsv(config.records))
+  if config.limit:
+    groups = sorted({q.group for q in questions})[: config.limit]
+    questions = [q for q in questions if q.group in set(groups)]
+  model_config, params, t5, bert = load_for_evaluation(checkpoint)
+  chosen = mmbench.choose(
+    model_config,
+    params,
+    t5,
+    bert,
+    questions,
+    batch_size=config.batch_size,
+    max_input_len=config.max_input_len,
+    max_qformer_len=config.max_qformer_len,
+    template=config.prompt,
+  )
+  directory = Path(output or checkpoint)
+  if any(q.answer is None for q in questions):
+    path = mmbench.write_submission(directory / f"{config.name}_submission.xlsx", questions, chosen)
+    print(f"{config.name}: no answers in {config.records}; wrote the leaderboard file {path}")
+    return {}
+  scores = mmbench.scores(questions, chosen)
+  directory.mkdir(parents=True, exist_ok=True)
+  with open(directory / f"{config.name}_predictions.jsonl", "w", encoding="utf-8") as f:
+    for q, c in zip(questions, chosen):
+      f.write(json.dumps({"index": q.index, "prediction": mmbench.LETTERS[c], "answer": q.answer}) + "\n")
+  (directory / f"{config.name}_results.json").write_text(json.dumps(scores, indent=2))
+  print(format_table({config.name: scores}, {config.name: benchmarks.BENCHMARKS[config.name].paper}))
+  return scores
+
+
+def run_visdial(config, checkpoint: str | Path, output: str | Path | None = None) -> dict[str, float]:
+  """VisDial v1.0 from its JSON (`config.records`) and image folder: scores, or the submission file
+  for a split without ground truth (then the scores are empty)."""
+  if not config.records or not config.image_root:
+    raise UserError("set --config.records (visdial_1.0_val.json) and --config.image_root (its image folder)")
+  split, rounds = visdial.read_dialogs(config.records)
+  dense = visdial.read_dense_annotations(config.dense_annotations) if config.dense_annotations else None
+  if config.limit:
+    rounds = rounds[: config.limit]
+  model_config, params, t5, bert = load_for_evaluation(checkpoint)
+  option_scores = visdial.option_scores(
+    model_config,
+    params,
+    t5,
+    bert,
+    rounds,
+    config.image_root,
+    split,
+    batch_size=config.batch_size,
+    max_input_len=config.max_input_len,
+    max_qformer_len=config.max_qformer_len,
+    template=config.prompt,
+  )
+  directory = Path(output or checkpoint)
+  if any(r.gt_index is None for r in rounds):
+    path = visdial.write_submission(directory / f"{config.name}_submission.json", rounds, option_scores)
+    print(f"{config.name}: no gt_index in {config.records}; wrote the submission file {path}")
+    return {}
+  scores = visdial.scores(rounds, option_scores, dense)
+  directory.mkdir(parents=True, exist_ok=True)
+  with open(directory / f"{config.name}_predictions.jsonl", "w", encoding="utf-8") as f:
+    gt_ranks = metrics.ground_truth_ranks(option_scores, [r.gt_index for r in rounds])
+    for r, rank in zip(rounds, gt_ranks):
+      f.write(json.dumps({"image_id": r.image_id, "round_id": r.round_id, "gt_rank": int(rank)}) + "\n")
+  (directory / f"{config.name}_results.json").write_text(json.dumps(scores, indent=2))
+  print(format_table({config.name: scores}, {config.name: benchmarks.BENCHMARKS[config.name].paper}))
   return scores

@@ -24,6 +24,7 @@ import json
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from lion_jax.models import Lion
 
@@ -300,6 +301,30 @@ def score_candidates(
     jnp.asarray(candidate_ids, jnp.int32),
     jnp.asarray(candidate_mask, jnp.int32),
   )
+
+
+def mean_candidate_log_likelihood(
+  config: ml_collections.ConfigDict,
+  params,
+  batch: dict,
+  candidates: list[list[list[int]]],
+  *,
+  num_candidates: int,
+  max_len: int,
+  pad_id: int = 0,
+) -> np.ndarray:
+  """Mean log-likelihood per token [B, num_candidates] of each row's candidate answers (token id
+  lists with `</s>`, cut at `max_len`); a row's missing candidates score -inf. The mean keeps a short
+  answer from winning merely by being short (multiple choice, answer ranking)."""
+  width = num_candidates
+  ids = np.full((len(candidates), width, max_len), pad_id, np.int32)
+  mask = np.zeros_like(ids)
+  for b, rows in enumerate(candidates):
+    for c, row in enumerate(rows):
+      row = row[:max_len]
+      ids[b, c, : len(row)], mask[b, c, : len(row)] = row, 1
+  total, count = jax.device_get(score_candidates(config, params, batch, ids, mask))
+  return np.where(count > 0, total / np.maximum(count, 1), -np.inf)
 
 
 @functools.lru_cache(maxsize=8)
