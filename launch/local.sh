@@ -8,7 +8,7 @@ usage() {
 Usage: launch/local.sh N [lion_jax.main args...]
 
 Starts N local CPU processes as a simulated multi-host run of
-  ${PYTHON:-python} -m lion_jax.main [args...] --config.distributed=True
+  ${PYTHON:-python} -m ${LION_MODULE:-lion_jax.main} [args...] --config.distributed=True
 with LION_COORDINATOR=127.0.0.1:PORT, LION_NUM_PROCESSES=N, LION_PROCESS_ID=i (0..N-1) and
 XLA_FLAGS=--xla_force_host_platform_device_count=D. Run it from the repository root.
 
@@ -17,6 +17,8 @@ when one fails the others are stopped; the exit status is the first failure's (0
 
 Environment:
   PYTHON                    interpreter (default: python)
+  LION_MODULE               the command to run (default: lion_jax.main; lion_jax.evaluate for a
+                            multi-host evaluation, with its own flags)
   LION_PORT                 coordinator port (default: a free port picked at start, else 12355)
   LION_DEVICES_PER_PROCESS  fake CPU devices per process, D above (default: 2)
   LION_LOG_DIR              if set, each process's output (unprefixed) is also written to
@@ -82,7 +84,7 @@ run_process() {
   shift
   LION_COORDINATOR="127.0.0.1:$port" LION_NUM_PROCESSES="$num_processes" LION_PROCESS_ID="$i" \
     XLA_FLAGS="$xla_flags" JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}" PYTHONUNBUFFERED=1 \
-    "$python_bin" -m lion_jax.main "$@" --config.distributed=True 2>&1 | prefix_output "$i"
+    "$python_bin" -m "${LION_MODULE:-lion_jax.main}" "$@" --config.distributed=True 2>&1 | prefix_output "$i"
 }
 
 pids=()

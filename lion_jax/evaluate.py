@@ -5,7 +5,10 @@ r"""Evaluate a checkpoint on one of the paper's benchmarks.
 
 Records are our JSONL (see lion_jax.data.adapters for the converters of the original files). Writes
 `<name>_predictions.jsonl` and `<name>_results.json` to --output (default: the checkpoint directory)
-and prints the score next to the paper's LION numbers.
+and prints the score next to the paper's LION numbers. Runs sharded on `--config.mesh.{data,fsdp,
+tensor}` (default: all devices data-parallel), also on several hosts (`--config.distributed=True`,
+e.g. `LION_MODULE=lion_jax.evaluate launch/local.sh 2 --config=... --checkpoint=...`); an interrupted
+evaluation resumes where it stopped (runner.run_benchmark).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from lion_jax import cli, errors, paths
+from lion_jax.distributed import start_distributed
 from lion_jax.evaluation import runner
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -34,9 +38,12 @@ def main(argv) -> int:
 
 
 def evaluate_checkpoint(config, checkpoint: str, output: str | None) -> None:
-  """Checks the checkpoint flag before the benchmark loads it, then runs the benchmark."""
+  """Checks the checkpoint flag before the benchmark loads it, then runs the benchmark (on every
+  process of a multi-host job with `--config.distributed`; process 0 writes)."""
   if not paths.as_path(checkpoint).is_dir():
     raise errors.MissingFile(f"--checkpoint: no such folder: {checkpoint}")
+  if config.distributed:
+    start_distributed()
   runner.run_benchmark(config, checkpoint, output)
 
 

@@ -9,16 +9,15 @@ resumes from the newest checkpoints.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from lion_jax import cli, errors, paths, train
 from lion_jax.demo import evaluate_export, prepare_synthetic_data
+from lion_jax.distributed import start_distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Run config file, e.g. configs/stage1.py[:size=xxl].", lock_config=True
@@ -29,17 +28,6 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 log = logging.getLogger("lion_jax")
-
-
-def start_distributed() -> None:
-  """`jax.distributed.initialize()`: arguments from LION_COORDINATOR / LION_NUM_PROCESSES /
-  LION_PROCESS_ID when set (local multi-process runs), else auto-detected (TPU VMs, SLURM, ...)."""
-  if "LION_COORDINATOR" in os.environ:
-    jax.distributed.initialize(
-      os.environ["LION_COORDINATOR"], int(os.environ["LION_NUM_PROCESSES"]), int(os.environ["LION_PROCESS_ID"])
-    )
-  else:
-    jax.distributed.initialize()
 
 
 def main(argv) -> int:

@@ -102,6 +102,13 @@ def describe_fallbacks(boxed_tree: Any, mesh: Mesh, rules=DEFAULT_RULES) -> list
   return notes
 
 
+def param_shardings(model: nn.Module, example_batch: dict, mesh: Mesh, rules=DEFAULT_RULES) -> Any:
+  """The NamedSharding of every parameter of `model` under the rules (nothing is allocated)."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example_batch)["params"])
+    return logical_shardings(boxed, mesh, rules)
+
+
 def init_sharded(
   model: nn.Module, rng: jax.Array, example_batch: dict, mesh: Mesh, rules=DEFAULT_RULES
 ) -> tuple[Any, Any]:
@@ -109,12 +116,25 @@ def init_sharded(
 
   Returns (params, shardings) with the logical boxes removed.
   """
-  init = lambda r, b: model.init(r, b)["params"]
+  shardings = param_shardings(model, example_batch, mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed = jax.eval_shape(init, rng, example_batch)
-    shardings = logical_shardings(boxed, mesh, rules)
-    params = jax.jit(lambda r, b: nn.unbox(init(r, b)), out_shardings=shardings)(rng, example_batch)
+    params = jax.jit(lambda r, b: nn.unbox(model.init(r, b)["params"]), out_shardings=shardings)(rng, example_batch)
   return params, shardings
+
+
+def put_global_batch(batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict[str, jax.Array]:
+  """A batch every process holds whole, as global arrays split over the batch axes: each process
+  copies only the rows its own devices hold (one process or many)."""
+  return {
+    k: jax.make_array_from_callback(v.shape, batch_sharding, lambda index, v=v: v[index]) for k, v in batch.items()
+  }
+
+
+def batch_axes_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+  """How many ways a batch is split: the product of the mesh axes the `batch` axis maps to."""
+  spec = batch_sharding(mesh, rules).spec[0]
+  names = () if spec is None else (spec if isinstance(spec, tuple) else (spec,))
+  return int(np.prod([mesh.shape[name] for name in names]))
 
 
 def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:

@@ -34,6 +34,7 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(items):
   """Under pytest-xdist (`-n 2 --dist loadgroup`, as .ci/run), every test that reads the trained
   `three_stages` run goes to one worker, so the session fixture is trained once, not per worker."""

@@ -294,7 +294,9 @@ def test_every_benchmark_is_asked_with_its_sources_prompt_and_generation_lengths
   assert (okvqa.max_new_tokens, okvqa.min_length, okvqa.length_penalty, okvqa.num_beams) == (10, 1, -1.0, 5)
   coco = benchmarks.eval_config("coco_caption")
   assert (coco.prompt, coco.max_new_tokens, coco.min_length) == ("A short image caption.", 80, 10)
-  assert benchmarks.eval_config("refcoco_val").prompt == templates.REC_TEMPLATES[0]  # LION's notebook
+  refcoco = benchmarks.eval_config("refcoco_val")
+  assert refcoco.prompt == templates.REC_TEMPLATES[0]  # LION's notebook
+  assert refcoco.tasks == ["rec"]  # the RefCOCO adapters write REG records next to the REC ones
   assert benchmarks.eval_config("gqa", prompt="{question}").prompt == "{question}"
   from lion_jax.evaluation import mmbench, visdial
 

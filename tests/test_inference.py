@@ -61,7 +61,7 @@ def test_predictor_answers_with_text_and_pixel_boxes(checkpoint):
 def test_a_soft_prompt_checkpoint_always_gets_the_tag_prompt_and_says_when_tags_are_missing(checkpoint, caplog):
   predictor = Predictor.load(checkpoint / "ckpt", num_beams=1, max_new_tokens=4)
   assert predictor.config.use_soft_prompt
-  batch = predictor._batch(np.zeros((28, 28, 3), np.float32), "What is it?", None, "image_level")
+  batch = predictor.inputs([np.zeros((28, 28, 3), np.float32)], ["What is it?"], [[]], "image_level")
   expected = predictor.t5.encode(templates.TAG_PROMPT.format("") + "What is it?")
   assert batch["input_ids"][0][: len(expected)].tolist() == expected  # `[]`, as the official template renders
   image = checkpoint / "data" / "images" / "000000.png"
@@ -281,6 +281,71 @@ def test_visdial_ranks_every_option_of_every_round_from_the_published_files(chec
   )
   (entry,) = json.loads((tmp_path / "visdial_submission.json").read_text())
   assert (entry["image_id"], entry["round_id"]) == (5, 2) and sorted(entry["ranks"]) == list(range(1, 101))
+
+
+def test_evaluation_on_a_2x2x2_mesh_equals_one_device_and_resumes_after_an_interruption(checkpoint, tmp_path):
+  from lion_jax import sharding
+  from lion_jax.evaluation.benchmarks import eval_config
+  from lion_jax.inference.batch import load_for_evaluation
+
+  ckpt = checkpoint / "ckpt"
+  config = eval_config(
+    "gqa",
+    records=str(checkpoint / "data" / "val.jsonl"),
+    image_root=str(checkpoint / "data"),
+    tasks=["vqa"],
+    limit=8,
+    batch_size=4,
+    num_beams=2,
+    max_new_tokens=4,
+    mesh=dict(data=2, fsdp=2, tensor=2),
+  )
+  records = [r for r in load_records(config.records)[0] if r.task == "vqa"][:8]
+  model_config, params, t5, bert = load_for_evaluation(ckpt)  # one device
+  settings = dict(num_beams=2, max_new_tokens=4, min_length=config.min_length, length_penalty=config.length_penalty)
+  one_device = runner.predict_records(
+    model_config, params, t5, bert, records, config.image_root, batch_size=4, prompt=config.prompt, progress=False,
+    **settings,
+  )  # fmt: skip
+  mesh = sharding.make_mesh(2, 2, 2)
+  _, sharded, _, _ = load_for_evaluation(ckpt, mesh)
+  assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated for x in jax.tree.leaves(sharded))
+  runner.run_benchmark(config, ckpt, tmp_path / "fresh")
+  read = lambda path: [json.loads(line)["prediction"] for line in path.read_text().splitlines()]
+  assert read(tmp_path / "fresh" / "gqa_predictions.jsonl") == one_device
+  assert not (tmp_path / "fresh" / "gqa_predictions.partial.jsonl").exists()
+
+  # Interrupted after the first batch: the partial file holds it; the same command predicts only the rest.
+  out = tmp_path / "resumed"
+  out.mkdir()
+  (out / "gqa_predictions.partial.json").write_text(json.dumps(runner.fingerprint(config, ckpt)))
+  marked = [
+    {"id": r.id, "image": r.image, "prediction": "from the first run", "answers": r.answers} for r in records[:4]
+  ]
+  (out / "gqa_predictions.partial.jsonl").write_text("".join(json.dumps(m) + "\n" for m in marked))
+  runner.run_benchmark(config, ckpt, out)
+  assert read(out / "gqa_predictions.jsonl") == ["from the first run"] * 4 + one_device[4:]
+  (out / "gqa_predictions.partial.json").write_text(json.dumps(runner.fingerprint(config, tmp_path)))
+  (out / "gqa_predictions.partial.jsonl").write_text("".join(json.dumps(m) + "\n" for m in marked))
+  with pytest.raises(ValueError, match=r"gqa_predictions\.partial\.jsonl is an interrupted evaluation of another"):
+    runner.run_benchmark(config, ckpt, out)
+  config.batch_size = 3  # padded to 4 rows, which the mesh's 2 x 2 batch devices split
+  runner.run_benchmark(config, ckpt, tmp_path / "three")
+  assert read(tmp_path / "three" / "gqa_predictions.jsonl") == one_device
+
+
+def test_predict_batch_equals_single_calls_and_runs_on_a_mesh(checkpoint):
+  from lion_jax import sharding
+
+  images = [checkpoint / "data" / "images" / f"00000{i}.png" for i in range(3)]
+  questions = ["What color is the circle?", "Is there a square?", "How many shapes?"]
+  predictor = Predictor.load(checkpoint / "ckpt", num_beams=2, max_new_tokens=6)
+  singles = [predictor(image, q, tags="red") for image, q in zip(images, questions)]
+  assert predictor.predict_batch(images, questions, tags=["red"] * 3) == singles
+  on_mesh = Predictor.load(checkpoint / "ckpt", mesh=sharding.make_mesh(2, 2, 2), num_beams=2, max_new_tokens=6)
+  assert on_mesh.predict_batch(images, questions, tags=["red"] * 3) == singles  # 3 rows padded to 4
+  with pytest.raises(ValueError, match="3 images, 2 questions"):
+    predictor.predict_batch(images, questions[:2])
 
 
 def test_notebook_runs_end_to_end(checkpoint):

@@ -11,12 +11,13 @@ from PIL import Image
 
 from lion_jax.convert import CheckpointMismatchError, load_hf_instructblip, load_lion_release
 from lion_jax.convert.sources import TorchSource
-from lion_jax.data import inspect, synthetic
+from lion_jax.data import inspect, synthetic, templates
 from lion_jax.data.records import BadRecord, Record, load_records
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length
 from lion_jax.errors import UserError
 from lion_jax.evaluation import runner
 from lion_jax.inference import Predictor
+from lion_jax.inference import batch as inference_batch
 from lion_jax.models import presets
 from tests.conftest import require
 from tests.reference import randomize_, save_safetensors_sharded, state_dict_numpy
@@ -206,13 +207,14 @@ def test_evaluation_keeps_a_prompt_longer_than_the_training_limit(tokenizers, mo
     batches.append(batch)
     return np.ones((batch["input_ids"].shape[0], 1), np.int32)  # EOS: the prompt, not the answer, is under test
 
-  monkeypatch.setattr(runner, "generate", fake_generate)
+  monkeypatch.setattr(inference_batch, "generate", fake_generate)
   max_input_len = 32
   for record in records:
     runner.predict_records(
       config, None, t5, bert, [record], root, batch_size=2, max_input_len=max_input_len, progress=False
     )
-  long_ids, short_ids = t5.encode(long_question), t5.encode(records[1].question)
+  t5_input = lambda question: templates.t5_input_text(question, [], soft_prompt=True)  # the tiny preset's soft prompt
+  long_ids, short_ids = t5.encode(t5_input(long_question)), t5.encode(t5_input(records[1].question))
   assert len(long_ids) > max_input_len > len(short_ids)
   long_batch, short_batch = batches
   n = len(long_ids)
@@ -221,7 +223,7 @@ def test_evaluation_keeps_a_prompt_longer_than_the_training_limit(tokenizers, mo
   # The same input as the Predictor, which never truncated the T5 prompt.
   predictor = Predictor(config, None, t5, bert)
   pixels = long_batch["image"][0]
-  alone = predictor._batch(pixels, long_question, None, "image_level")
+  alone = predictor.inputs([pixels], [long_question], [[]], "image_level")
   np.testing.assert_array_equal(long_batch["input_ids"][:1], alone["input_ids"])
   np.testing.assert_array_equal(long_batch["input_mask"][:1], alone["input_mask"])
   # Prompts within the limit keep the one compiled shape of the training limit.

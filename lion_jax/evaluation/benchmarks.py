@@ -63,6 +63,11 @@ class Benchmark(NamedTuple):
   fields: dict = {}  # the benchmark's own config fields and defaults
 
 
+def _rec(paper: dict) -> Benchmark:
+  """A REC split: only its `rec` records are asked (the RefCOCO adapters also write REG records)."""
+  return Benchmark("rec", paper, REC, dict(tasks=["rec"]))
+
+
 BENCHMARKS = {
   "coco_caption": Benchmark("caption", {"LION-4B": 138.20, "LION-12B": 139.25}, CAPTION),
   "flickr30k": Benchmark("caption", {"LION-4B": 85.57, "LION-12B": 87.12}, CAPTION),
@@ -72,14 +77,14 @@ BENCHMARKS = {
   "gqa": Benchmark("exact_match", {"LION-4B": 49.50, "LION-12B": 51.56}, SHORT_ANSWER),
   "iconqa": Benchmark("exact_match", {"LION-4B": 54.91, "LION-12B": 54.89}, SHORT_ANSWER),
   "vsr": Benchmark("exact_match", {"LION-4B": 72.96, "LION-12B": 73.77}, SHORT_ANSWER),
-  "refcoco_val": Benchmark("rec", {"LION-4B": 89.73, "LION-12B": 89.80}, REC),
-  "refcoco_testA": Benchmark("rec", {"LION-4B": 92.29, "LION-12B": 93.02}, REC),
-  "refcoco_testB": Benchmark("rec", {"LION-4B": 84.82, "LION-12B": 85.57}, REC),
-  "refcoco_plus_val": Benchmark("rec", {"LION-4B": 83.60, "LION-12B": 83.95}, REC),
-  "refcoco_plus_testA": Benchmark("rec", {"LION-4B": 88.72, "LION-12B": 89.22}, REC),
-  "refcoco_plus_testB": Benchmark("rec", {"LION-4B": 77.34, "LION-12B": 78.06}, REC),
-  "refcocog_val": Benchmark("rec", {"LION-4B": 85.69, "LION-12B": 85.52}, REC),
-  "refcocog_test": Benchmark("rec", {"LION-4B": 85.63, "LION-12B": 85.74}, REC),
+  "refcoco_val": _rec({"LION-4B": 89.73, "LION-12B": 89.80}),
+  "refcoco_testA": _rec({"LION-4B": 92.29, "LION-12B": 93.02}),
+  "refcoco_testB": _rec({"LION-4B": 84.82, "LION-12B": 85.57}),
+  "refcoco_plus_val": _rec({"LION-4B": 83.60, "LION-12B": 83.95}),
+  "refcoco_plus_testA": _rec({"LION-4B": 88.72, "LION-12B": 89.22}),
+  "refcoco_plus_testB": _rec({"LION-4B": 77.34, "LION-12B": 78.06}),
+  "refcocog_val": _rec({"LION-4B": 85.69, "LION-12B": 85.52}),
+  "refcocog_test": _rec({"LION-4B": 85.63, "LION-12B": 85.74}),
   "pope_random": Benchmark("pope", {"LION": 88.33}, SHORT_ANSWER),  # F1; the paper does not say which LION size
   "pope_popular": Benchmark("pope", {"LION": 85.94}, SHORT_ANSWER),
   "pope_adversarial": Benchmark("pope", {"LION": 84.71}, SHORT_ANSWER),
@@ -126,6 +131,7 @@ def eval_config(name: str, **overrides) -> ml_collections.ConfigDict:
     limit=0,
     use_tags=True,
     mesh=dict(data=-1, fsdp=1, tensor=1),
+    distributed=False,  # jax.distributed.initialize() first (a multi-host evaluation)
   )
   config.update(benchmark.prompt.generation)
   config.update(benchmark.fields)

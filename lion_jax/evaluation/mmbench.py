@@ -184,7 +184,7 @@ def choose(
   progress: bool = True,
 ) -> list[int]:
   """The option index each question's model scores highest (mean log-likelihood per token)."""
-  from lion_jax.evaluation.runner import model_inputs
+  from lion_jax.inference.batch import model_inputs
 
   check_prompt(template)
   max_qformer_len = min(max_qformer_len, config.qformer.max_positions)

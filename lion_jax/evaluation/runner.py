@@ -12,20 +12,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
-from lion_jax.convert.converted import load_converted, tokenizer_files
+from lion_jax import sharding
 from lion_jax.data import images, templates
 from lion_jax.data.records import BadRecord, Record, load_records
 from lion_jax.data.tags import Tagger, missing_tags_warning
-from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
-from lion_jax.errors import MissingFile, UserError
+from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
+from lion_jax.errors import UserError
 from lion_jax.evaluation import benchmarks, metrics, mmbench, visdial
-from lion_jax.inference.generate import generate
+from lion_jax.inference.batch import generate_ids, load_for_evaluation, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -36,37 +38,6 @@ def _prepare(record: Record, image_root: Path, image_size: int, text_settings: d
     record = dataclasses.replace(record, tags=list(tagger(image)))
   text = templates.build_text(record, None, image.width, image.height, **text_settings)
   return images.to_model_input(image, image_size), text, image.size
-
-
-def model_inputs(
-  t5: T5Tokenizer,
-  bert: BertTokenizer,
-  pixels: Sequence[np.ndarray],
-  t5_inputs: Sequence[str],
-  qformer_texts: Sequence[str],
-  task_ids: Sequence[int],
-  *,
-  batch_size: int,
-  max_input_len: int,
-  max_qformer_len: int,
-) -> dict[str, np.ndarray]:
-  """One evaluation batch of the model's inputs, padded to `batch_size` rows by repeating the first
-  (the last batch keeps the compiled shape; callers drop the extra rows). T5 inputs are padded to
-  `max_input_len`, a longer one to its bucketed length, never cut; the Q-Former text is cut from the
-  left at `max_qformer_len`, as in training."""
-  pad = batch_size - len(pixels)
-  repeat = lambda rows: list(rows) + [rows[0]] * pad
-  rows = [t5.encode(text) for text in repeat(t5_inputs)]
-  input_ids, input_mask = pad_batch(rows, bucketed_length(max(map(len, rows)), max_input_len), t5.pad_id)
-  q_ids, q_mask = bert.encode_batch(repeat(qformer_texts), max_length=max_qformer_len, truncation_side="left")
-  return dict(
-    image=np.stack(repeat(pixels)),
-    qformer_ids=q_ids,
-    qformer_mask=q_mask,
-    input_ids=input_ids,
-    input_mask=input_mask,
-    task=np.array(repeat(task_ids), np.int32),
-  )
 
 
 def predict_records(
@@ -83,6 +54,10 @@ def predict_records(
   use_tags: bool = True,
   tagger: Tagger | None = None,
   prompt: str = "",
+  mesh: Mesh | None = None,
+  rules=sharding.DEFAULT_RULES,
+  start: int = 0,
+  on_batch: Callable[[int, list[str | None]], None] | None = None,
   progress: bool = True,
   **generate_settings,
 ) -> list[str | None]:
@@ -91,22 +66,31 @@ def predict_records(
   T5 prompts are padded to `max_input_len` (the training limit, one compiled shape), a batch holding a
   longer one to its bucketed length: whole, never truncated. A model with a soft prompt always gets
   the tag prompt; `tagger` (image -> tags) fills it for records without tags. `prompt` replaces the
-  tasks' first templates (templates.build_text)."""
+  tasks' first templates (templates.build_text).
+
+  With `mesh` (the params sharded on it: `load_for_evaluation(checkpoint, mesh)`), each batch is
+  split over the mesh's batch axes: every process prepares the whole batch (the same on all), its
+  devices predict their rows, and every process gets all the outputs (a `batch_size` the batch axes
+  do not divide is padded up to a multiple with repeated rows, which are dropped). `start` skips the records
+  before it (a resumed evaluation; their outputs stay None); `on_batch(first, outputs)` is called
+  after each batch, e.g. to write the predictions as they come."""
   image_root = Path(image_root)
   soft_prompt = bool(config.use_soft_prompt)
   without_tags = sum(not r.tags for r in records)
   if soft_prompt and use_tags and tagger is None and without_tags:
     log.warning(missing_tags_warning(without_tags, len(records)))
+  split = 1 if mesh is None else sharding.batch_axes_size(mesh, rules)
+  rows = -(-batch_size // split) * split  # records per batch, padded to split evenly over the mesh
   text_settings = dict(soft_prompt=soft_prompt, use_tags=use_tags, prompt=prompt)
   max_qformer_len = min(max_qformer_len, config.qformer.max_positions)  # the model's position table
   outputs: list[str | None] = [None] * len(records)
-  iterator = range(0, len(records), batch_size)
-  if progress:
+  bar = None
+  if progress and jax.process_index() == 0:
     from tqdm import tqdm
 
-    iterator = tqdm(iterator, desc="evaluating", unit="batch")
-  for start in iterator:
-    chunk = list(range(start, min(start + batch_size, len(records))))
+    bar = tqdm(total=len(records), initial=start, desc="evaluating", unit="example")
+  for first in range(start, len(records), batch_size):
+    chunk = list(range(first, min(first + batch_size, len(records))))
     prepared, kept = [], []
     for i in chunk:
       try:
@@ -114,23 +98,26 @@ def predict_records(
         kept.append(i)
       except BadRecord as e:
         log.warning("skipping record %d (%s): %s", i, records[i].image, e)
-    if not kept:
-      continue
-    n = len(kept)
-    batch = model_inputs(
-      t5,
-      bert,
-      [p[0] for p in prepared],
-      [p[1].t5_input for p in prepared],
-      [p[1].instruction for p in prepared],
-      [records[i].task_id for i in kept],
-      batch_size=batch_size,
-      max_input_len=max_input_len,
-      max_qformer_len=max_qformer_len,
-    )
-    ids = np.asarray(jax.device_get(generate(config, params, batch, **generate_settings)))
-    for row, i in zip(ids[:n], kept):
-      outputs[i] = t5.decode(row.tolist())
+    if kept:
+      batch = model_inputs(
+        t5,
+        bert,
+        [p[0] for p in prepared],
+        [p[1].t5_input for p in prepared],
+        [p[1].instruction for p in prepared],
+        [records[i].task_id for i in kept],
+        batch_size=rows,
+        max_input_len=max_input_len,
+        max_qformer_len=max_qformer_len,
+      )
+      for row, i in zip(generate_ids(config, params, batch, mesh, rules, generate_settings)[: len(kept)], kept):
+        outputs[i] = t5.decode(row.tolist())
+    if on_batch is not None:
+      on_batch(first, outputs[first : first + len(chunk)])
+    if bar is not None:
+      bar.update(len(chunk))
+  if bar is not None:
+    bar.close()
   return outputs
 
 
@@ -162,7 +149,7 @@ def write_results(directory: str | Path, name: str, records: Sequence[Record], p
   directory.mkdir(parents=True, exist_ok=True)
   with open(directory / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
     for r, p in zip(records, predictions):
-      f.write(json.dumps({"id": r.id, "image": r.image, "prediction": p, "answers": r.answers}) + "\n")
+      f.write(json.dumps(_prediction_line(r, p)) + "\n")
   path = directory / f"{name}_results.json"
   path.write_text(json.dumps(scores, indent=2))
   return path
@@ -184,19 +171,28 @@ def run_benchmark(
   """One benchmark config (lion_jax.evaluation.benchmarks.eval_config) on a checkpoint directory:
   predictions and scores written to `output` (default: the checkpoint), a table printed. `tagger`
   tags the images of records without tags. MMBench and VisDial read their original files
-  (`evaluation.mmbench`, `evaluation.visdial`)."""
+  (`evaluation.mmbench`, `evaluation.visdial`).
+
+  Runs on `config.mesh` (all devices of all processes by default): the parameters are restored onto
+  their shardings, the batches split over the batch axes. The predictions are written as they come
+  (`<name>_predictions.partial.jsonl`, by process 0); the same command after an interruption resumes
+  after the last written batch, and the file becomes `<name>_predictions.jsonl` at the end."""
   if config.kind == "mmbench":
     return run_mmbench(config, checkpoint, output)
   if config.kind == "visdial":
     return run_visdial(config, checkpoint, output)
   if not config.records or not config.image_root:
     raise UserError(f"set --config.records and --config.image_root for {config.name}")
-  model_config, params, t5, bert = load_for_evaluation(checkpoint)
+  mesh = sharding.make_mesh(**config.mesh)
+  model_config, params, t5, bert = load_for_evaluation(checkpoint, mesh)
   records, _ = load_records(config.records)
   if config.get("tasks"):
     records = [r for r in records if r.task in config.tasks]
   if config.limit:
     records = records[: config.limit]
+  directory = Path(output or checkpoint)
+  partial = PartialPredictions(directory, config.name, fingerprint(config, checkpoint), records)
+  done = partial.resume()
   predictions = predict_records(
     model_config,
     params,
@@ -210,26 +206,80 @@ def run_benchmark(
     use_tags=config.use_tags,
     tagger=tagger,
     prompt=config.prompt,
+    mesh=mesh,
+    start=len(done),
+    on_batch=partial.append,
     num_beams=config.num_beams,
     max_new_tokens=config.max_new_tokens,
     min_length=config.min_length,
     repetition_penalty=config.repetition_penalty,
     length_penalty=config.length_penalty,
   )
+  predictions[: len(done)] = done
   scores = score(config.kind, records, predictions)
-  write_results(output or checkpoint, config.name, records, predictions, scores)
-  paper = {config.name: benchmarks.BENCHMARKS[config.name].paper}
-  print(format_table({config.name: scores}, paper))
+  if jax.process_index() == 0:
+    write_results(directory, config.name, records, predictions, scores)
+    partial.finish()
+    paper = {config.name: benchmarks.BENCHMARKS[config.name].paper}
+    print(format_table({config.name: scores}, paper))
   return scores
 
 
-def load_for_evaluation(checkpoint: str | Path) -> tuple:
-  """(model config, params, T5 tokenizer, BERT tokenizer) of a converted checkpoint directory."""
-  model_config, params = load_converted(checkpoint)
-  files = tokenizer_files(checkpoint)
-  if set(files) != {"t5", "bert"}:
-    raise MissingFile(f"{checkpoint}/tokenizer must hold spiece.model and bert_vocab.txt")
-  return model_config, params, T5Tokenizer(files["t5"]), BertTokenizer(files["bert"])
+def fingerprint(config, checkpoint) -> dict:
+  """What an interrupted evaluation must share with the run that resumes it."""
+  settings = {k: v for k, v in config.to_dict().items() if k not in ("mesh", "distributed", "batch_size")}
+  return {"checkpoint": str(Path(checkpoint).resolve()), "config": settings}
+
+
+class PartialPredictions:
+  """`<name>_predictions.partial.jsonl` (one line per record, in record order, whole batches) and its
+  `.json` sidecar (the fingerprint): written by process 0 as the evaluation goes, read to resume."""
+
+  def __init__(self, directory: Path, name: str, fingerprint: dict, records: Sequence[Record]):
+    self.path = directory / f"{name}_predictions.partial.jsonl"
+    self.meta = directory / f"{name}_predictions.partial.json"
+    self.fingerprint, self.records = fingerprint, records
+    self.writer = jax.process_index() == 0
+
+  def resume(self) -> list[str | None]:
+    """The predictions already written (empty for a fresh start), the same on every process."""
+    done: list[str | None] = []
+    if self.writer and self.path.exists():
+      saved = json.loads(self.meta.read_text()) if self.meta.exists() else None
+      if saved != json.loads(json.dumps(self.fingerprint)):
+        raise UserError(
+          f"{self.path} is an interrupted evaluation of another checkpoint or config ({self.meta}); "
+          "delete both files to start over, or resume with the same settings"
+        )
+      for i, line in enumerate(self.path.read_text(encoding="utf-8").splitlines()):
+        entry = json.loads(line)
+        if i >= len(self.records) or (entry["id"], entry["image"]) != (self.records[i].id, self.records[i].image):
+          raise UserError(f"{self.path}:{i + 1} is not record {i} of the records file: delete it to start over")
+        done.append(entry["prediction"])
+      log.info("resuming %s after %d of %d records", self.path, len(done), len(self.records))
+    if jax.process_count() > 1:  # process 0 read the file; the others learn how far it got
+      count = int(multihost_utils.broadcast_one_to_all(np.int32(len(done))))
+      done = done if self.writer else [None] * count
+    return done
+
+  def append(self, first: int, outputs: list[str | None]) -> None:
+    if not self.writer:
+      return
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    if first == 0 or not self.path.exists():
+      self.meta.write_text(json.dumps(self.fingerprint))
+      self.path.write_text("")
+    with open(self.path, "a", encoding="utf-8") as f:
+      for record, prediction in zip(self.records[first : first + len(outputs)], outputs):
+        f.write(json.dumps(_prediction_line(record, prediction)) + "\n")
+
+  def finish(self) -> None:
+    self.path.unlink(missing_ok=True)
+    self.meta.unlink(missing_ok=True)
+
+
+def _prediction_line(record: Record, prediction: str | None) -> dict:
+  return {"id": record.id, "image": record.image, "prediction": prediction, "answers": record.answers}
 
 
 def run_mmbench(config, checkpoint: str | Path, output: str | Path | None = None) -> dict[str, float]:

@@ -142,7 +142,7 @@ def option_scores(
   progress: bool = True,
 ) -> np.ndarray:
   """[rounds, 100] mean log-likelihood per token of every option."""
-  from lion_jax.evaluation.runner import model_inputs
+  from lion_jax.inference.batch import model_inputs
 
   check_prompt(template)
   max_qformer_len = min(max_qformer_len, config.qformer.max_positions)

@@ -1,8 +1,9 @@
 """Ask a converted or trained LION checkpoint about an image.
 
-    predictor = Predictor.load("ckpt/lion-xl")
+    predictor = Predictor.load("ckpt/lion-xl")          # or Predictor.load(dir, mesh=sharding.make_mesh())
     result = predictor("photo.jpg", "Where is the dog?", task="region_level")
     result.text, result.boxes   # boxes in pixels of the original image
+    results = predictor.predict_batch(["a.jpg", "b.jpg"], ["What is this?", "Any dogs?"])
 
 Tags (RAM tags) go behind the soft prompt. A checkpoint with LION's soft prompt always gets the tag
 prompt, as the released model was trained: without tags (and without a `tagger`) the list is empty
@@ -16,19 +17,19 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
+from jax.sharding import Mesh
 from PIL import Image
 
-from lion_jax.convert.converted import load_converted, tokenizer_files
+from lion_jax import sharding
 from lion_jax.data import boxes as box_text
 from lion_jax.data import images, templates
 from lion_jax.data.records import TASK_TYPES
 from lion_jax.data.tags import Tagger, missing_tags_warning
-from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
-from lion_jax.errors import MissingFile, UserError
-from lion_jax.inference.generate import generate
+from lion_jax.data.tokenizers import LENGTH_BUCKET, BertTokenizer, T5Tokenizer
+from lion_jax.errors import UserError
+from lion_jax.inference.batch import generate_ids, load_for_evaluation, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class Prediction:
 
 
 class Predictor:
+  """Generation for single requests or batches, on one device or sharded over a device mesh."""
+
   def __init__(
     self,
     config,
@@ -54,9 +57,11 @@ class Predictor:
     min_length: int = 1,
     max_qformer_len: int = 128,
     tagger: Tagger | None = None,
+    mesh: Mesh | None = None,
+    rules=sharding.DEFAULT_RULES,
   ):
     self.config, self.params, self.t5, self.bert = config, params, t5, bert
-    self.tagger = tagger
+    self.tagger, self.mesh, self.rules = tagger, mesh, rules
     self._warned_no_tags = False
     self.settings = dict(
       num_beams=num_beams,
@@ -68,33 +73,57 @@ class Predictor:
     self.max_qformer_len = max_qformer_len
 
   @classmethod
-  def load(cls, checkpoint_dir: str | os.PathLike, **settings) -> Predictor:
-    """A converted-checkpoint directory (python -m lion_jax.convert, or a trainer export)."""
-    config, params = load_converted(checkpoint_dir)
-    files = tokenizer_files(checkpoint_dir)
-    missing = [name for name in ("t5", "bert") if name not in files]
-    if missing:
-      raise MissingFile(
-        f"{Path(checkpoint_dir) / 'tokenizer'} lacks the {' and '.join(missing)} tokenizer "
-        "file(s); convert again with --t5_vocab / --bert_vocab"
-      )
-    return cls(config, params, T5Tokenizer(files["t5"]), BertTokenizer(files["bert"]), **settings)
+  def load(
+    cls, checkpoint_dir: str | os.PathLike, mesh: Mesh | None = None, rules=sharding.DEFAULT_RULES, **settings
+  ) -> Predictor:
+    """A converted-checkpoint directory (python -m lion_jax.convert, or a trainer export). With
+    `mesh`, the parameters are restored straight onto their shardings and batches split over it."""
+    config, params, t5, bert = load_for_evaluation(checkpoint_dir, mesh, rules)
+    return cls(config, params, t5, bert, mesh=mesh, rules=rules, **settings)
 
-  def _batch(self, pixels: np.ndarray, question: str, tags: Sequence[str] | None, task: str) -> dict:
-    prompt = templates.t5_input_text(question, tags or [], soft_prompt=self.config.use_soft_prompt)
-    t5_ids = self.t5.encode(prompt)
-    input_ids, input_mask = pad_batch([t5_ids], bucketed_length(len(t5_ids)), self.t5.pad_id)
-    limit = min(self.max_qformer_len, self.config.qformer.max_positions)
-    q_ids = self.bert.encode(question, max_length=limit, truncation_side="left")
-    qformer_ids, qformer_mask = pad_batch([q_ids], min(bucketed_length(len(q_ids)), limit), self.bert.pad_id)
-    return dict(
-      image=pixels[None],
-      qformer_ids=qformer_ids,
-      qformer_mask=qformer_mask,
-      input_ids=input_ids,
-      input_mask=input_mask,
-      task=np.array([TASK_TYPES.index(task)], np.int32),
+  def inputs(
+    self, pixels: Sequence[np.ndarray], questions: Sequence[str], tags: Sequence[list[str]], task: str
+  ) -> dict:
+    """The model's inputs for a batch of requests, padded to a multiple of the mesh's batch split;
+    prompt lengths bucketed (multiples of 32), so a few compiled shapes serve every request."""
+    split = 1 if self.mesh is None else sharding.batch_axes_size(self.mesh, self.rules)
+    soft_prompt = bool(self.config.use_soft_prompt)
+    return model_inputs(
+      self.t5,
+      self.bert,
+      pixels,
+      [templates.t5_input_text(q, t, soft_prompt=soft_prompt) for q, t in zip(questions, tags)],
+      questions,
+      [TASK_TYPES.index(task)] * len(pixels),
+      batch_size=-(-len(pixels) // split) * split,
+      max_input_len=LENGTH_BUCKET,
+      max_qformer_len=min(self.max_qformer_len, self.config.qformer.max_positions),
     )
+
+  def predict_batch(
+    self,
+    images_: Sequence[str | os.PathLike | Image.Image | np.ndarray],
+    questions: Sequence[str],
+    tags: Sequence[Sequence[str] | str | None] | None = None,
+    task: str = "image_level",
+  ) -> list[Prediction]:
+    """One prediction per (image, question, tags), generated together in one batch."""
+    if task not in TASK_TYPES:
+      raise UserError(f"task={task!r}; expected one of {TASK_TYPES}")
+    if len(questions) != len(images_) or (tags is not None and len(tags) != len(images_)):
+      raise UserError(f"{len(images_)} images, {len(questions)} questions and tags for {len(tags or images_)}")
+    decoded = [_as_image(image) for image in images_]
+    tag_lists = [self._tags(image, t) for image, t in zip(decoded, tags or [None] * len(decoded))]
+    pixels = [images.to_model_input(image, self.config.vit.image_size) for image in decoded]
+    batch = self.inputs(pixels, questions, tag_lists, task)
+    ids = generate_ids(self.config, self.params, batch, self.mesh, self.rules, self.settings)
+    predictions = []
+    for image, row in zip(decoded, ids):
+      text = self.t5.decode(row.tolist())
+      width, height = image.size
+      boxes = [(x1 * width, y1 * height, x2 * width, y2 * height) for x1, y1, x2, y2 in box_text.parse_boxes(text)]
+      predictions.append(Prediction(text, boxes))
+    return predictions
 
   def __call__(
     self,
@@ -103,13 +132,10 @@ class Predictor:
     tags: Sequence[str] | str | None = None,
     task: str = "image_level",
   ) -> Prediction:
-    if task not in TASK_TYPES:
-      raise UserError(f"task={task!r}; expected one of {TASK_TYPES}")
-    if isinstance(image, np.ndarray):
-      image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
-      image = images.decode_image(image)
-    image = image.convert("RGB")
+    return self.predict_batch([image], [question], [tags], task)[0]
+
+  def _tags(self, image: Image.Image, tags: Sequence[str] | str | None) -> list[str]:
+    """The request's tags (a list or a comma string), else the tagger's, else [] with one warning."""
     if isinstance(tags, str):
       tags = [t.strip() for t in tags.split(",") if t.strip()]
     if tags is None and self.tagger is not None:
@@ -117,9 +143,12 @@ class Predictor:
     if not tags and self.config.use_soft_prompt and not self._warned_no_tags:
       log.warning(missing_tags_warning(1, 1))
       self._warned_no_tags = True
-    pixels = images.to_model_input(image, self.config.vit.image_size)
-    ids = np.asarray(generate(self.config, self.params, self._batch(pixels, question, tags, task), **self.settings))[0]
-    text = self.t5.decode(ids.tolist())
-    width, height = image.size
-    boxes = [(x1 * width, y1 * height, x2 * width, y2 * height) for x1, y1, x2, y2 in box_text.parse_boxes(text)]
-    return Prediction(text, boxes)
+    return list(tags or [])
+
+
+def _as_image(image: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:
+  if isinstance(image, np.ndarray):
+    image = Image.fromarray(image)
+  if not isinstance(image, Image.Image):
+    image = images.decode_image(image)
+  return image.convert("RGB")
