@@ -296,7 +296,7 @@ def test_every_benchmark_is_asked_with_its_sources_prompt_and_generation_lengths
   assert (coco.prompt, coco.max_new_tokens, coco.min_length) == ("A short image caption.", 80, 10)
   refcoco = benchmarks.eval_config("refcoco_val")
   assert refcoco.prompt == templates.REC_TEMPLATES[0]  # LION's notebook
-  assert refcoco.tasks == ["rec"]  # the RefCOCO adapters write REG records next to the REC ones
+  assert refcoco.tasks == ("rec",)  # the RefCOCO adapters write REG records next to the REC ones
   assert benchmarks.eval_config("gqa", prompt="{question}").prompt == "{question}"
   from lion_jax.evaluation import mmbench, visdial
 

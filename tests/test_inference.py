@@ -30,8 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-  """A random tiny LION (stage-3 layout) with the synthetic dataset's tokenizers, as a converted dir."""
-  root = tmp_path_factory.mktemp("inference")
+  return random_tiny_checkpoint(tmp_path_factory.mktemp("inference"))
+
+
+def random_tiny_checkpoint(root: Path) -> Path:
+  """A random tiny LION (stage-3 layout) with the synthetic dataset's tokenizers, as a converted dir:
+  root/ckpt, and the dataset in root/data."""
   synthetic.generate(root / "data", num_images=24, seed=0, image_size=64)
   t5, bert = T5Tokenizer(root / "data" / "spiece.model"), BertTokenizer(root / "data" / "bert_vocab.txt")
   config = presets.tiny("all", t5_vocab_size=-(-t5.vocab_size // 8) * 8, qformer_vocab_size=bert.vocab_size)

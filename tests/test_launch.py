@@ -393,3 +393,30 @@ def test_multihost_run_is_preempted_moves_from_2_to_4_processes_and_equals_one_p
   expected = train.run(config, reference_dir)[0]["losses"]
   losses = logged_losses(workdir / "pretrain")
   assert [losses[step] for step in range(1, steps + 1)] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_two_process_evaluation_writes_what_one_process_writes(tmp_path):
+  """`python -m lion_jax.evaluate` on 2 processes x 2 devices (launch/local.sh with LION_MODULE):
+  the checkpoint restored onto the 4-device mesh, each process's devices predict their rows, process 0
+  writes; the predictions equal one process's."""
+  from tests.test_inference import random_tiny_checkpoint
+
+  root = random_tiny_checkpoint(tmp_path)
+  flags = [
+    "--config=configs/eval/gqa.py",
+    f"--checkpoint={root / 'ckpt'}",
+    f"--config.records={root / 'data' / 'val.jsonl'}",
+    f"--config.image_root={root / 'data'}",
+    "--config.tasks=('vqa',)",
+    "--config.limit=8",
+    "--config.batch_size=4",
+    "--config.num_beams=2",
+    "--config.max_new_tokens=4",
+  ]
+  env = clean_env(PYTHON=sys.executable, LION_MODULE="lion_jax.evaluate", LION_DEVICES_PER_PROCESS="2")
+  two = run([str(LAUNCH / "local.sh"), "2", *flags, f"--output={tmp_path / 'two'}"], env=env, timeout=600)
+  assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+  one = run([sys.executable, "-m", "lion_jax.evaluate", *flags, f"--output={tmp_path / 'one'}"], timeout=600)
+  assert one.returncode == 0, one.stderr[-3000:]
+  predictions = lambda d: (d / "gqa_predictions.jsonl").read_text().splitlines()
+  assert len(predictions(tmp_path / "two")) == 8 and predictions(tmp_path / "two") == predictions(tmp_path / "one")

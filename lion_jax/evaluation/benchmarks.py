@@ -65,7 +65,7 @@ class Benchmark(NamedTuple):
 
 def _rec(paper: dict) -> Benchmark:
   """A REC split: only its `rec` records are asked (the RefCOCO adapters also write REG records)."""
-  return Benchmark("rec", paper, REC, dict(tasks=["rec"]))
+  return Benchmark("rec", paper, REC, dict(tasks=("rec",)))
 
 
 BENCHMARKS = {
@@ -118,7 +118,7 @@ def eval_config(name: str, **overrides) -> ml_collections.ConfigDict:
     kind=benchmark.kind,
     records="",
     image_root="",
-    tasks=[],
+    tasks=(),  # a tuple, so that --config.tasks="('vqa',)" can set it
     prompt=benchmark.prompt.text,
     batch_size=16,
     num_beams=5,
@@ -149,7 +149,7 @@ def synthetic_eval_config(task: str) -> ml_collections.ConfigDict:
 
   return eval_config(
     f"synthetic_{task}",
-    tasks=[task],
+    tasks=(task,),
     num_beams=1,
     repetition_penalty=1.0,
     max_new_tokens=TEXT_LENGTHS["max_target_len"],
