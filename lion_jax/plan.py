@@ -2,6 +2,8 @@
 
   python -m lion_jax.plan --config=configs/stage3.py:size=xxl --devices=64 --mesh=data:8,fsdp:8,tensor:1 [--batch=64]
       [--memory_gib=95]
+  python -m lion_jax.plan --config=configs/stage3.py:size=xl --devices=8 --mesh=data:2,fsdp:4 --batch=16 --evaluate
+      [--beams=5 --max_new_tokens=256]
 
 Nothing is allocated: parameters, optimizer state and the batch are abstract arrays with their
 shardings, the step is lowered and compiled by XLA for a mesh of N fake CPU devices, and the report
@@ -10,7 +12,10 @@ per example (XLA's cost analysis; the frozen ViT is forward-only, the frozen T5 
 gradients), and the collectives in the compiled program. With --memory_gib it compiles once more (at 1
 example per device) and reports the largest global batch whose linearly fitted peak fits. Compiling
 for CPU approximates a TPU/GPU compile: layouts, fusion and scheduling differ, so treat memory as an
-estimate (docs/scaling.md shows how far off it can be) and confirm on the target.
+estimate (docs/scaling.md shows how far off it can be) and confirm on the target. --evaluate plans
+the benchmark step instead: beam-search generation (what `python -m lion_jax.evaluate` runs) of a
+global batch of prompts at the data config's `max_input_len`, on the parameters as the stage's
+export holds them, sharded by the same rules.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from ml_collections import config_flags  # noqa: E402
 
 from lion_jax import cli, errors, sharding, stages, train  # noqa: E402
 from lion_jax.data import contract  # noqa: E402
-from lion_jax.models import Lion  # noqa: E402
+from lion_jax.inference.generate import generation_program  # noqa: E402
+from lion_jax.models import Lion, param_paths  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config, e.g. configs/stage3.py:size=xxl.")
 flags.DEFINE_integer("devices", 8, "Number of simulated devices (--devices=N or --devices N; read before jax starts).")
@@ -59,6 +65,9 @@ _MEMORY = flags.DEFINE_float(
   "Device memory in GiB: also estimate the largest global batch "
   "that fits (one more compile, a line through two batch sizes); 0 skips it.",
 )
+_EVALUATE = flags.DEFINE_bool("evaluate", False, "Plan the evaluation (generation) step instead of the train step.")
+_BEAMS = flags.DEFINE_integer("beams", 5, "With --evaluate: beam width.")
+_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 256, "With --evaluate: generated tokens.")
 flags.mark_flags_as_required(["config"])
 PROBE_PER_DEVICE = 8  # the fit's second point when --batch is already 1 example per device
 HEADROOM = 0.9  # the fit must leave 10% of device memory free
@@ -137,6 +146,44 @@ def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int)
   }
 
 
+def plan_evaluation(
+  config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int, num_beams: int, max_new_tokens: int
+) -> dict:
+  """Per-device memory of the generation step on the stage's exported parameters (trainables in
+  float32, frozen towers in `frozen_dtype`), compiled ahead of time; nothing is allocated."""
+  mesh = sharding.make_mesh(**mesh_sizes)
+  rules = sharding.config_rules(config)
+  state, frozen, _, _ = train.abstract_state(config, stage_name, mesh, rules, num_steps=1)
+  params = param_paths.merge(state.params, frozen)
+  batch_sharding = sharding.batch_sharding(mesh, rules)
+  inputs = {
+    k: jax.ShapeDtypeStruct((global_batch,) + shape, dtype, sharding=batch_sharding)
+    for k, (shape, dtype) in contract.data_spec(stages.data_config(config, stage_name)).items()
+    if k in contract.MODEL_KEYS and k != "decoder_input_ids"
+  }
+  program = generation_program(
+    stages.model_config(config, stage_name), num_beams=num_beams, max_new_tokens=max_new_tokens
+  )
+  start = time.perf_counter()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    compiled = program.lower(params, inputs).compile()
+  memory = compiled.memory_analysis()
+  return {
+    "stage": stage_name,
+    "devices": mesh.size,
+    "mesh": dict(mesh.shape),
+    "global_batch": global_batch,
+    "num_beams": num_beams,
+    "max_new_tokens": max_new_tokens,
+    "compile_s": time.perf_counter() - start,
+    "memory_gib_per_device": {
+      "arguments": memory.argument_size_in_bytes / 2**30,
+      "temporaries": memory.temp_size_in_bytes / 2**30,
+      "peak_estimate": (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**30,
+    },
+  }
+
+
 def largest_per_device_batch(peaks: dict[int, float], memory_gib: float) -> int:
   """Largest per-device batch whose peak, on the line through two {per-device batch: peak GiB}
   estimates, stays within HEADROOM * memory (0: not even one example fits).
@@ -171,14 +218,38 @@ def print_fit(config, stage: str, memory_gib: float, report: dict) -> None:
 
 def main(argv) -> int:
   del argv
+  if _EVALUATE.value:
+    return errors.exit_code(
+      lambda: print_evaluation_plan(
+        _CONFIG.value, _STAGE.value, _MESH.value, _BATCH.value, _BEAMS.value, _NEW_TOKENS.value
+      )
+    )
   return errors.exit_code(lambda: print_plan(_CONFIG.value, _STAGE.value, _MESH.value, _BATCH.value, _MEMORY.value))
+
+
+def _stage(config, stage: str) -> str:
+  stage = stage or [s.strip() for s in config.run_stages.split(",")][-1]
+  if stage not in config.stages:
+    raise errors.UserError(f"--stage={stage!r}: the config's stages are {sorted(config.stages)}")
+  return stage
+
+
+def print_evaluation_plan(config, stage: str, mesh: str, batch: int, beams: int, new_tokens: int) -> None:
+  report = plan_evaluation(config, _stage(config, stage), parse_mesh(mesh), batch or 16, beams, new_tokens)
+  m = report["memory_gib_per_device"]
+  print(
+    f"evaluation of {report['stage']} on {report['devices']} devices, mesh {report['mesh']}, global batch "
+    f"{report['global_batch']}, beam {beams}, {new_tokens} new tokens: compiled in {report['compile_s']:.0f} s"
+  )
+  print(
+    f"  memory per device (GiB): arguments {m['arguments']:.2f}, temporaries {m['temporaries']:.2f}, "
+    f"peak ~{m['peak_estimate']:.2f}"
+  )
 
 
 def print_plan(config, stage: str, mesh: str, batch: int, memory_gib: float) -> None:
   """Compiles the stage's step as the flags say and prints the report (and the fit, with `memory_gib`)."""
-  stage = stage or [s.strip() for s in config.run_stages.split(",")][-1]
-  if stage not in config.stages:
-    raise errors.UserError(f"--stage={stage!r}: the config's stages are {sorted(config.stages)}")
+  stage = _stage(config, stage)
   report = plan(config, stage, parse_mesh(mesh), batch or config.global_batch_size)
   m = report["memory_gib_per_device"]
   print(

@@ -60,3 +60,18 @@ def test_device_count_is_read_in_both_flag_spellings():
   assert device_count_arg(["plan", "--devices=4", "--batch=8"]) == "4"
   assert device_count_arg(["plan", "--devices", "16", "--batch=8"]) == "16"
   assert device_count_arg(["plan", "--batch=8"]) is None
+
+
+def test_the_evaluation_plan_shards_the_parameters_with_fsdp():
+  """--evaluate sizes the generation step: on an FSDP mesh each device holds a share of the
+  parameters, so the arguments per device shrink against a data-parallel mesh of the same size."""
+  from configs import demo
+  from lion_jax import plan
+
+  config = demo.get_config("size=tiny")
+  config.model.t5.vocab_size, config.model.qformer.vocab_size = 256, 128
+  replicated = plan.plan_evaluation(config, "stage3", {"data": 8, "fsdp": 1, "tensor": 1}, 8, 2, 4)
+  sharded = plan.plan_evaluation(config, "stage3", {"data": 2, "fsdp": 4, "tensor": 1}, 8, 2, 4)
+  arguments = lambda report: report["memory_gib_per_device"]["arguments"]
+  assert sharded["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1} and sharded["num_beams"] == 2
+  assert arguments(sharded) < 0.5 * arguments(replicated)

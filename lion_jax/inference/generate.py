@@ -272,10 +272,40 @@ def generate(
   Defaults are LION's released settings: beam 5, up to 256 new tokens, min_length 1, repetition
   penalty 1.5, length penalty 1.0.
   """
+  inputs = {k: v for k, v in batch.items() if k != "decoder_input_ids"}
+  program = generation_program(
+    config,
+    num_beams=num_beams,
+    max_new_tokens=max_new_tokens,
+    min_length=min_length,
+    repetition_penalty=repetition_penalty,
+    length_penalty=length_penalty,
+    early_stopping=early_stopping,
+    eos_id=eos_id,
+    pad_id=pad_id,
+    decoder_start_id=decoder_start_id,
+  )
+  return program(params, inputs)
+
+
+def generation_program(
+  config: ml_collections.ConfigDict,
+  *,
+  num_beams: int = 5,
+  max_new_tokens: int = 256,
+  min_length: int = 1,
+  repetition_penalty: float = 1.5,
+  length_penalty: float = 1.0,
+  early_stopping: bool | str = False,
+  eos_id: int = 1,
+  pad_id: int = 0,
+  decoder_start_id: int = 0,
+):
+  """The jitted `(params, inputs) -> ids` that `generate` runs (cached per settings); the planner
+  lowers it with abstract arrays to size an evaluation."""
   if num_beams < 1 or max_new_tokens < 1:
     raise ValueError(f"num_beams={num_beams} and max_new_tokens={max_new_tokens} must be >= 1")
-  inputs = {k: v for k, v in batch.items() if k != "decoder_input_ids"}
-  fn = _compiled(
+  return _compiled(
     config.to_json(),
     num_beams,
     max_new_tokens,
@@ -287,7 +317,6 @@ def generate(
     pad_id,
     decoder_start_id,
   )
-  return fn(params, inputs)
 
 
 def score_candidates(
