@@ -134,15 +134,20 @@ def _pick(rng: np.random.Generator | None, options: Sequence[str]) -> str:
 PROMPT_FIELDS = {"caption": (), "vqa": ("question",), "rec": ("expr",), "reg": ("boxes",), "grounded_caption": ()}
 
 
-def _fill(prompt: str, task: str) -> str:
-  """A user's prompt as a template for `task`: a field the task does not fill is a UserError."""
-  allowed = PROMPT_FIELDS.get(task, ())
+def check_prompt_fields(prompt: str, allowed: Sequence[str], fills: str) -> str:
+  """`prompt` if every `{field}` it names is in `allowed`, else a UserError saying what `fills`
+  (e.g. "vqa records fill") fills."""
   named = {field for _, field, _, _ in string.Formatter().parse(prompt) if field is not None}
   unknown = sorted(named - set(allowed))
   if unknown:
     shown = ", ".join("{" + f + "}" for f in allowed) or "no fields"
-    raise UserError(f"prompt {prompt!r}: {task} records fill {shown}, not {unknown}")
+    raise UserError(f"prompt {prompt!r}: {fills} {shown}, not {unknown}")
   return prompt
+
+
+def _fill(prompt: str, task: str) -> str:
+  """A user's prompt as a template for `task`'s records."""
+  return check_prompt_fields(prompt, PROMPT_FIELDS.get(task, ()), f"{task} records fill")
 
 
 def build_text(
@@ -186,20 +191,14 @@ def build_text(
 
 
 def build_checked_text(
-  record: Record,
-  rng: np.random.Generator | None,
-  width: int,
-  height: int,
-  *,
-  soft_prompt: bool = False,
-  use_tags: bool = True,
+  record: Record, rng: np.random.Generator | None, width: int, height: int, **text_settings
 ) -> ExampleText:
   """`build_text` for a decoded image of `width` x `height`: a box outside it or an empty target
   raises BadRecord (what loading could not check without the image)."""
   for box in record.boxes:
     if box[2] > width or box[3] > height:
       raise BadRecord("box_outside_image", f"box {box} is outside the {width}x{height} image")
-  text = build_text(record, rng, width, height, soft_prompt=soft_prompt, use_tags=use_tags)
+  text = build_text(record, rng, width, height, **text_settings)
   if not text.target.strip():
     raise BadRecord("empty_target", "the target text is empty")
   return text

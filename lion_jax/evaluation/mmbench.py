@@ -32,7 +32,6 @@ import binascii
 import csv
 import dataclasses
 import logging
-import string
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,11 +39,10 @@ from pathlib import Path
 import numpy as np
 
 from lion_jax.data import images, templates
-from lion_jax.data.records import TASK_TYPES
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
 from lion_jax.errors import MissingFile, UserError
 from lion_jax.evaluation import metrics, xlsx
-from lion_jax.inference.generate import mean_candidate_log_likelihood
+from lion_jax.inference.batch import option_scores
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +53,6 @@ PROMPT = (
   "{hint}Question: {question} Options: {options} Answer with the option's letter from the given choices directly."
 )
 PROMPT_FIELDS = ("hint", "question", "options")
-IMAGE_LEVEL = TASK_TYPES.index("image_level")  # MMBench asks about whole images
 # The paper's Table 3 columns are MMBench's l2-categories.
 PAPER_L2_NAMES = {
   "LR": "logic_reasoning",
@@ -156,11 +153,7 @@ def circular_variants(questions: Sequence[Question]) -> list[Question]:
 
 def check_prompt(template: str) -> str:
   """`template` if it names only MMBench's fields (`{hint}` is "Hint: ... " or empty), else UserError."""
-  named = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-  unknown = sorted(named - set(PROMPT_FIELDS))
-  if unknown:
-    raise UserError(f"prompt {template!r}: MMBench fills {{hint}}, {{question}}, {{options}}, not {unknown}")
-  return template
+  return templates.check_prompt_fields(template, PROMPT_FIELDS, "MMBench fills")
 
 
 def prompt(question: Question, template: str = PROMPT) -> str:
@@ -184,11 +177,7 @@ def choose(
   progress: bool = True,
 ) -> list[int]:
   """The option index each question's model scores highest (mean log-likelihood per token)."""
-  from lion_jax.inference.batch import model_inputs
-
   check_prompt(template)
-  max_qformer_len = min(max_qformer_len, config.qformer.max_positions)
-  soft_prompt = bool(config.use_soft_prompt)
   chosen: list[int] = []
   iterator = range(0, len(questions), batch_size)
   if progress:
@@ -197,26 +186,21 @@ def choose(
     iterator = tqdm(iterator, desc="mmbench", unit="batch")
   for start in iterator:
     chunk = questions[start : start + batch_size]
-    texts = [prompt(q, template) for q in chunk]
-    pixels = [images.to_model_input(images.decode_image(q.image), config.vit.image_size) for q in chunk]
-    t5_inputs = [templates.t5_input_text(text, [], soft_prompt=soft_prompt) for text in texts]
-    batch = model_inputs(
+    scores = option_scores(
+      config,
+      params,
       t5,
       bert,
-      pixels,
-      t5_inputs,
-      texts,
-      [IMAGE_LEVEL] * len(chunk),
+      [images.to_model_input(images.decode_image(q.image), config.vit.image_size) for q in chunk],
+      [prompt(q, template) for q in chunk],
+      [q.options for q in chunk],
+      num_options=len(LETTERS),
       batch_size=batch_size,
       max_input_len=max_input_len,
       max_qformer_len=max_qformer_len,
+      max_option_len=max_option_len,
     )
-    candidates = [[t5.encode(o) for o in q.options] for q in chunk]
-    candidates += [candidates[0]] * (batch_size - len(chunk))
-    mean = mean_candidate_log_likelihood(
-      config, params, batch, candidates, num_candidates=len(LETTERS), max_len=max_option_len, pad_id=t5.pad_id
-    )
-    chosen += [int(i) for i in np.argmax(mean, axis=1)[: len(chunk)]]
+    chosen += [int(i) for i in np.argmax(scores, axis=1)]
   return chosen
 
 

@@ -308,14 +308,8 @@ def run_mmbench(config, checkpoint: str | Path, output: str | Path | None = None
     path = mmbench.write_submission(directory / f"{config.name}_submission.xlsx", questions, chosen)
     print(f"{config.name}: no answers in {config.records}; wrote the leaderboard file {path}")
     return {}
-  scores = mmbench.scores(questions, chosen)
-  directory.mkdir(parents=True, exist_ok=True)
-  with open(directory / f"{config.name}_predictions.jsonl", "w", encoding="utf-8") as f:
-    for q, c in zip(questions, chosen):
-      f.write(json.dumps({"index": q.index, "prediction": mmbench.LETTERS[c], "answer": q.answer}) + "\n")
-  (directory / f"{config.name}_results.json").write_text(json.dumps(scores, indent=2))
-  print(format_table({config.name: scores}, {config.name: benchmarks.BENCHMARKS[config.name].paper}))
-  return scores
+  lines = [{"index": q.index, "prediction": mmbench.LETTERS[c], "answer": q.answer} for q, c in zip(questions, chosen)]
+  return _report(directory, config.name, lines, mmbench.scores(questions, chosen))
 
 
 def run_visdial(config, checkpoint: str | Path, output: str | Path | None = None) -> dict[str, float]:
@@ -328,7 +322,7 @@ def run_visdial(config, checkpoint: str | Path, output: str | Path | None = None
   if config.limit:
     rounds = rounds[: config.limit]
   model_config, params, t5, bert = load_for_evaluation(checkpoint)
-  option_scores = visdial.option_scores(
+  option_scores = visdial.round_scores(
     model_config,
     params,
     t5,
@@ -346,12 +340,16 @@ def run_visdial(config, checkpoint: str | Path, output: str | Path | None = None
     path = visdial.write_submission(directory / f"{config.name}_submission.json", rounds, option_scores)
     print(f"{config.name}: no gt_index in {config.records}; wrote the submission file {path}")
     return {}
-  scores = visdial.scores(rounds, option_scores, dense)
+  gt_ranks = metrics.ground_truth_ranks(option_scores, [r.gt_index for r in rounds])
+  lines = [{"image_id": r.image_id, "round_id": r.round_id, "gt_rank": int(k)} for r, k in zip(rounds, gt_ranks)]
+  return _report(directory, config.name, lines, visdial.scores(rounds, option_scores, dense))
+
+
+def _report(directory: Path, name: str, lines: list[dict], scores: dict[str, float]) -> dict[str, float]:
+  """`<name>_predictions.jsonl` (one line per asked item), `<name>_results.json`, the printed table."""
   directory.mkdir(parents=True, exist_ok=True)
-  with open(directory / f"{config.name}_predictions.jsonl", "w", encoding="utf-8") as f:
-    gt_ranks = metrics.ground_truth_ranks(option_scores, [r.gt_index for r in rounds])
-    for r, rank in zip(rounds, gt_ranks):
-      f.write(json.dumps({"image_id": r.image_id, "round_id": r.round_id, "gt_rank": int(rank)}) + "\n")
-  (directory / f"{config.name}_results.json").write_text(json.dumps(scores, indent=2))
-  print(format_table({config.name: scores}, {config.name: benchmarks.BENCHMARKS[config.name].paper}))
+  with open(directory / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(line) + "\n" for line in lines)
+  (directory / f"{name}_results.json").write_text(json.dumps(scores, indent=2))
+  print(format_table({name: scores}, {name: benchmarks.BENCHMARKS[name].paper}))
   return scores

@@ -26,23 +26,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import string
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from lion_jax.data import images, templates
-from lion_jax.data.records import TASK_TYPES
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
 from lion_jax.errors import MissingFile, UserError
 from lion_jax.evaluation import metrics
-from lion_jax.inference.generate import mean_candidate_log_likelihood
+from lion_jax.inference.batch import option_scores
 
 PROMPT = "{caption}.{history} q: {question} a:"
 PROMPT_FIELDS = ("caption", "history", "question")
 NUM_OPTIONS = 100
-IMAGE_LEVEL = TASK_TYPES.index("image_level")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,11 +106,8 @@ def read_dense_annotations(path: str | Path) -> dict[tuple[int, int], np.ndarray
 
 
 def check_prompt(template: str) -> str:
-  named = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-  unknown = sorted(named - set(PROMPT_FIELDS))
-  if unknown:
-    raise UserError(f"prompt {template!r}: VisDial fills {{caption}}, {{history}}, {{question}}, not {unknown}")
-  return template
+  """`template` if it names only VisDial's fields, else UserError."""
+  return templates.check_prompt_fields(template, PROMPT_FIELDS, "VisDial fills")
 
 
 def prompt(round_: Round, template: str = PROMPT) -> str:
@@ -125,7 +119,7 @@ def image_path(image_root: str | Path, split: str, image_id: int) -> Path:
   return Path(image_root) / f"VisualDialog_{split}_{image_id:012d}.jpg"
 
 
-def option_scores(
+def round_scores(
   config,
   params,
   t5: T5Tokenizer,
@@ -142,11 +136,7 @@ def option_scores(
   progress: bool = True,
 ) -> np.ndarray:
   """[rounds, 100] mean log-likelihood per token of every option."""
-  from lion_jax.inference.batch import model_inputs
-
   check_prompt(template)
-  max_qformer_len = min(max_qformer_len, config.qformer.max_positions)
-  soft_prompt = bool(config.use_soft_prompt)
   pixels_of: dict[int, np.ndarray] = {}  # one dialog's ten rounds share an image
   out = []
   iterator = range(0, len(rounds), batch_size)
@@ -161,24 +151,22 @@ def option_scores(
         pixels_of.clear()
         image = images.decode_image(image_path(image_root, split, r.image_id))
         pixels_of[r.image_id] = images.to_model_input(image, config.vit.image_size)
-    texts = [prompt(r, template) for r in chunk]
-    batch = model_inputs(
-      t5,
-      bert,
-      [pixels_of[r.image_id] for r in chunk],
-      [templates.t5_input_text(text, [], soft_prompt=soft_prompt) for text in texts],
-      texts,
-      [IMAGE_LEVEL] * len(chunk),
-      batch_size=batch_size,
-      max_input_len=max_input_len,
-      max_qformer_len=max_qformer_len,
+    out.append(
+      option_scores(
+        config,
+        params,
+        t5,
+        bert,
+        [pixels_of[r.image_id] for r in chunk],
+        [prompt(r, template) for r in chunk],
+        [r.options for r in chunk],
+        num_options=NUM_OPTIONS,
+        batch_size=batch_size,
+        max_input_len=max_input_len,
+        max_qformer_len=max_qformer_len,
+        max_option_len=max_option_len,
+      )
     )
-    candidates = [[t5.encode(o) for o in r.options] for r in chunk]
-    candidates += [candidates[0]] * (batch_size - len(chunk))
-    scores = mean_candidate_log_likelihood(
-      config, params, batch, candidates, num_candidates=NUM_OPTIONS, max_len=max_option_len, pad_id=t5.pad_id
-    )
-    out.append(scores[: len(chunk)])
   return np.concatenate(out)
 
 

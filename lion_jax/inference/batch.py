@@ -14,9 +14,11 @@ from jax.sharding import Mesh
 
 from lion_jax import sharding
 from lion_jax.convert.converted import load_config, load_converted, tokenizer_files
+from lion_jax.data import templates
+from lion_jax.data.records import TASK_TYPES
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
 from lion_jax.errors import MissingFile
-from lion_jax.inference.generate import generate
+from lion_jax.inference.generate import generate, mean_candidate_log_likelihood
 from lion_jax.models import Lion, example_batch
 
 
@@ -76,3 +78,41 @@ def generate_ids(config, params, batch: dict[str, np.ndarray], mesh, rules, sett
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     ids = generate(config, params, sharding.put_global_batch(batch, sharding.batch_sharding(mesh, rules)), **settings)
   return np.asarray(multihost_utils.process_allgather(ids, tiled=True))
+
+
+def option_scores(
+  config,
+  params,
+  t5: T5Tokenizer,
+  bert: BertTokenizer,
+  pixels: Sequence[np.ndarray],
+  prompts: Sequence[str],
+  options: Sequence[Sequence[str]],
+  *,
+  num_options: int,
+  batch_size: int,
+  max_input_len: int,
+  max_qformer_len: int,
+  max_option_len: int,
+) -> np.ndarray:
+  """[len(prompts), num_options] mean log-likelihood per token of each prompt's answer options
+  (image-level, the tag prompt empty where the model has a soft prompt; a prompt's missing options
+  score -inf): one batch of multiple-choice questions or answer rankings."""
+  soft_prompt = bool(config.use_soft_prompt)
+  batch = model_inputs(
+    t5,
+    bert,
+    pixels,
+    [templates.t5_input_text(text, [], soft_prompt=soft_prompt) for text in prompts],
+    prompts,
+    [TASK_TYPES.index("image_level")] * len(prompts),
+    batch_size=batch_size,
+    max_input_len=max_input_len,
+    max_qformer_len=min(max_qformer_len, config.qformer.max_positions),
+  )
+  candidates = [[t5.encode(text) for text in row] for row in options]
+  candidates += [candidates[0]] * (batch_size - len(candidates))
+  scores = mean_candidate_log_likelihood(
+    config, params, batch, candidates, num_candidates=num_options, max_len=max_option_len, pad_id=t5.pad_id
+  )
+  return scores[: len(prompts)]

@@ -252,40 +252,11 @@ def _compiled(
   return jax.jit(fn)
 
 
-def generate(
-  config: ml_collections.ConfigDict,
-  params,
-  batch: dict,
-  *,
-  num_beams: int = 5,
-  max_new_tokens: int = 256,
-  min_length: int = 1,
-  repetition_penalty: float = 1.5,
-  length_penalty: float = 1.0,
-  early_stopping: bool | str = False,
-  eos_id: int = 1,
-  pad_id: int = 0,
-  decoder_start_id: int = 0,
-) -> jax.Array:
-  """Generated ids [B, max_new_tokens] (int32) for a model batch (no `decoder_input_ids` needed).
-
-  Defaults are LION's released settings: beam 5, up to 256 new tokens, min_length 1, repetition
-  penalty 1.5, length penalty 1.0.
-  """
+def generate(config: ml_collections.ConfigDict, params, batch: dict, **settings) -> jax.Array:
+  """Generated ids [B, max_new_tokens] (int32) for a model batch (no `decoder_input_ids` needed);
+  `settings` are `generation_program`'s (beam width, lengths, penalties)."""
   inputs = {k: v for k, v in batch.items() if k != "decoder_input_ids"}
-  program = generation_program(
-    config,
-    num_beams=num_beams,
-    max_new_tokens=max_new_tokens,
-    min_length=min_length,
-    repetition_penalty=repetition_penalty,
-    length_penalty=length_penalty,
-    early_stopping=early_stopping,
-    eos_id=eos_id,
-    pad_id=pad_id,
-    decoder_start_id=decoder_start_id,
-  )
-  return program(params, inputs)
+  return generation_program(config, **settings)(params, inputs)
 
 
 def generation_program(
@@ -302,7 +273,8 @@ def generation_program(
   decoder_start_id: int = 0,
 ):
   """The jitted `(params, inputs) -> ids` that `generate` runs (cached per settings); the planner
-  lowers it with abstract arrays to size an evaluation."""
+  lowers it with abstract arrays to size an evaluation. Defaults are LION's released settings: beam
+  5, up to 256 new tokens, min_length 1, repetition penalty 1.5, length penalty 1.0."""
   if num_beams < 1 or max_new_tokens < 1:
     raise ValueError(f"num_beams={num_beams} and max_new_tokens={max_new_tokens} must be >= 1")
   return _compiled(
