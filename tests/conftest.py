@@ -34,13 +34,24 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group marks
+# The longest files first, so that the two xdist workers (.ci/run) finish together: one starts on the
+# trained run and the tests that read it, the other on the multi-process runs.
+LONGEST_FIRST = ("test_train.py", "test_launch.py")
+
+
 def pytest_collection_modifyitems(items):
-  """Under pytest-xdist (`-n 2 --dist loadgroup`, as .ci/run), every test that reads the trained
-  `three_stages` run goes to one worker, so the session fixture is trained once, not per worker."""
-  for item in items:
-    if "three_stages" in getattr(item, "fixturenames", ()):
-      item.add_marker(pytest.mark.xdist_group("three_stages"))
+  """The tests that read the trained `three_stages` run all live in tests/test_train.py: under
+  pytest-xdist's `--dist loadfile` (.ci/run) a file goes to one worker, so the session fixture is
+  trained once, not once per worker. (`--dist loadgroup` would group by mark, but xdist 3.8 cannot
+  rename the node ids of pytest 9, so its groups are lost.) Files in LONGEST_FIRST are run first
+  (with `--no-loadscope-reorder`, xdist keeps this order)."""
+  elsewhere = [
+    i.nodeid for i in items if "three_stages" in getattr(i, "fixturenames", ()) and i.path.name != "test_train.py"
+  ]
+  if elsewhere:
+    raise pytest.UsageError(f"tests reading three_stages belong in tests/test_train.py: {elsewhere}")
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def _unavailable(what: str):

@@ -168,6 +168,44 @@ def test_stage3_starts_from_stage1_and_stage2(three_stages):
   np.testing.assert_array_equal(gate, np.stack([np.zeros(gate.shape[1]), np.ones(gate.shape[1])]))
 
 
+class _Started(Exception):
+  """Stops a stage right after its initial values are made."""
+
+
+def test_stage3_starts_from_stage2s_region_level_and_stage1s_image_level_parts(three_stages, tmp_path, monkeypatch):
+  """Stage 3 of the demo config started as `train.run` starts it (its `init_from` read from the
+  config, the earlier stages' final checkpoints from disk): every aggregator and region-level adapter
+  value is stage 2's final one, every Q-Former and image-level adapter value stage 1's."""
+  config, workdir, _ = three_stages
+  for name in ("data", "stage1", "stage2"):
+    (tmp_path / name).symlink_to(workdir / name)
+  started, real_init_params = {}, train.init_params
+
+  def init_then_stop(*args, **kwargs):
+    started["trainable"], _ = real_init_params(*args, **kwargs)
+    raise _Started
+
+  monkeypatch.setattr(train, "init_params", init_then_stop)
+  stage3 = config.copy_and_resolve_references()
+  stage3.run_stages = "stage3"
+  with pytest.raises(_Started):
+    train.run(stage3, tmp_path)
+  initial = flat(started["trainable"])
+  s1, s2 = final_trainables(workdir, "stage1"), final_trainables(workdir, "stage2")
+  expected = {
+    **{k: v for k, v in s1.items() if k.startswith("qformer/")},
+    **{k: v for k, v in s2.items() if k.startswith("aggregator/")},
+  }
+  for stage_final, level in ((s1, param_paths.IMAGE_LEVEL), (s2, param_paths.REGION_LEVEL)):
+    expected.update(
+      {param_paths.rename_adapter(k, level): v for k, v in stage_final.items() if param_paths.adapter_index(k) == 0}
+    )  # a single-adapter stage trains adapter_0
+  handed = [k for k in initial if k.startswith(("qformer/", "aggregator/")) or param_paths.adapter_index(k) is not None]
+  assert sorted(handed) == sorted(expected)
+  for k, v in expected.items():
+    np.testing.assert_array_equal(initial[k], v, err_msg=k)
+
+
 def test_resume_on_a_different_mesh_continues_the_run(data_dir, three_stages, tmp_path):
   """Saved on 8 devices as (8, 1, 1) at step 10, resumed as (2, 2, 2): same losses and parameters."""
   _, workdir, summaries = three_stages
