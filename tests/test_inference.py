@@ -343,10 +343,10 @@ def test_predict_batch_equals_single_calls_and_runs_on_a_mesh(checkpoint):
 
   images = [checkpoint / "data" / "images" / f"00000{i}.png" for i in range(3)]
   questions = ["What color is the circle?", "Is there a square?", "How many shapes?"]
-  predictor = Predictor.load(checkpoint / "ckpt", num_beams=2, max_new_tokens=6)
+  predictor = Predictor.load(checkpoint / "ckpt", num_beams=1, max_new_tokens=6)
   singles = [predictor(image, q, tags="red") for image, q in zip(images, questions)]
   assert predictor.predict_batch(images, questions, tags=["red"] * 3) == singles
-  on_mesh = Predictor.load(checkpoint / "ckpt", mesh=sharding.make_mesh(2, 2, 2), num_beams=2, max_new_tokens=6)
+  on_mesh = Predictor.load(checkpoint / "ckpt", mesh=sharding.make_mesh(2, 2, 2), num_beams=1, max_new_tokens=6)
   assert on_mesh.predict_batch(images, questions, tags=["red"] * 3) == singles  # 3 rows padded to 4
   with pytest.raises(ValueError, match="3 images, 2 questions"):
     predictor.predict_batch(images, questions[:2])

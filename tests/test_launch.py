@@ -410,7 +410,7 @@ def test_a_two_process_evaluation_writes_what_one_process_writes(tmp_path):
     "--config.tasks=('vqa',)",
     "--config.limit=8",
     "--config.batch_size=4",
-    "--config.num_beams=2",
+    "--config.num_beams=1",
     "--config.max_new_tokens=4",
   ]
   env = clean_env(PYTHON=sys.executable, LION_MODULE="lion_jax.evaluate", LION_DEVICES_PER_PROCESS="2")

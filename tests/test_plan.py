@@ -21,7 +21,7 @@ def test_planner_reports_memory_flops_and_collectives_for_a_sharded_step(tmp_pat
       "--devices=4",
       "--mesh=data:2,fsdp:2",
       "--batch=8",
-      "--stage=stage3",
+      "--stage=stage1",
       "--memory_gib=16",
       # the demo's vocabularies come from its generated data; the planner only needs sizes
       "--config.model.t5.vocab_size=256",
@@ -35,7 +35,7 @@ def test_planner_reports_memory_flops_and_collectives_for_a_sharded_step(tmp_pat
   )
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
-  assert "stage3 (all) on 4 devices" in out and "'data': 2, 'fsdp': 2" in out
+  assert "stage1 (qformer) on 4 devices" in out and "'data': 2, 'fsdp': 2" in out
   assert "memory per device (GiB): arguments" in out and "TFLOP per example" in out
   assert "all-reduce" in out or "all-gather" in out  # data/FSDP parallel steps communicate
   # The tiny model fits 16 GiB many times over; the fit's batch is a multiple of data*fsdp = 4.
