@@ -171,7 +171,7 @@ def run_benchmark(
   """One benchmark config (lion_jax.evaluation.benchmarks.eval_config) on a checkpoint directory:
   predictions and scores written to `output` (default: the checkpoint), a table printed. `tagger`
   tags the images of records without tags. MMBench and VisDial read their original files
-  (`evaluation.mmbench`, `evaluation.visdial`).
+  (`evaluation.mmbench`, `evaluation.visdial`). Returns the scores on process 0 ({} on the others).
 
   Runs on `config.mesh` (all devices of all processes by default): the parameters are restored onto
   their shardings, the batches split over the batch axes. The predictions are written as they come
@@ -215,13 +215,13 @@ def run_benchmark(
     repetition_penalty=config.repetition_penalty,
     length_penalty=config.length_penalty,
   )
+  if jax.process_index() != 0:
+    return {}  # only process 0 holds the predictions of a resumed run's first batches
   predictions[: len(done)] = done
   scores = score(config.kind, records, predictions)
-  if jax.process_index() == 0:
-    write_results(directory, config.name, records, predictions, scores)
-    partial.finish()
-    paper = {config.name: benchmarks.BENCHMARKS[config.name].paper}
-    print(format_table({config.name: scores}, paper))
+  write_results(directory, config.name, records, predictions, scores)
+  partial.finish()
+  print(format_table({config.name: scores}, {config.name: benchmarks.BENCHMARKS[config.name].paper}))
   return scores
 
 
