@@ -145,11 +145,15 @@ def score(kind: str, records: Sequence[Record], predictions: Sequence[str | None
 
 
 def write_results(directory: str | Path, name: str, records: Sequence[Record], predictions, scores) -> Path:
+  return write_report(directory, name, [_prediction_line(r, p) for r, p in zip(records, predictions)], scores)
+
+
+def write_report(directory: str | Path, name: str, lines: Sequence[dict], scores: dict[str, float]) -> Path:
+  """`<name>_predictions.jsonl` (one line per asked item) and `<name>_results.json`; the latter's path."""
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   with open(directory / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
-    for r, p in zip(records, predictions):
-      f.write(json.dumps(_prediction_line(r, p)) + "\n")
+    f.writelines(json.dumps(line) + "\n" for line in lines)
   path = directory / f"{name}_results.json"
   path.write_text(json.dumps(scores, indent=2))
   return path
@@ -219,9 +223,8 @@ def run_benchmark(
     return {}  # only process 0 holds the predictions of a resumed run's first batches
   predictions[: len(done)] = done
   scores = score(config.kind, records, predictions)
-  write_results(directory, config.name, records, predictions, scores)
-  partial.finish()
-  print(format_table({config.name: scores}, {config.name: benchmarks.BENCHMARKS[config.name].paper}))
+  _report(directory, config.name, [_prediction_line(r, p) for r, p in zip(records, predictions)], scores)
+  partial.finish()  # after the full predictions are written
   return scores
 
 
@@ -346,10 +349,7 @@ def run_visdial(config, checkpoint: str | Path, output: str | Path | None = None
 
 
 def _report(directory: Path, name: str, lines: list[dict], scores: dict[str, float]) -> dict[str, float]:
-  """`<name>_predictions.jsonl` (one line per asked item), `<name>_results.json`, the printed table."""
-  directory.mkdir(parents=True, exist_ok=True)
-  with open(directory / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(line) + "\n" for line in lines)
-  (directory / f"{name}_results.json").write_text(json.dumps(scores, indent=2))
+  """The report files (`write_report`) and the printed table."""
+  write_report(directory, name, lines, scores)
   print(format_table({name: scores}, {name: benchmarks.BENCHMARKS[name].paper}))
   return scores

@@ -25,7 +25,7 @@ from PIL import Image
 from lion_jax import sharding
 from lion_jax.data import boxes as box_text
 from lion_jax.data import images, templates
-from lion_jax.data.records import TASK_TYPES
+from lion_jax.data.records import TASK_TYPES, parse_tags
 from lion_jax.data.tags import Tagger, missing_tags_warning
 from lion_jax.data.tokenizers import LENGTH_BUCKET, BertTokenizer, T5Tokenizer
 from lion_jax.errors import UserError
@@ -136,8 +136,8 @@ class Predictor:
 
   def _tags(self, image: Image.Image, tags: Sequence[str] | str | None) -> list[str]:
     """The request's tags (a list or a comma string), else the tagger's, else [] with one warning."""
-    if isinstance(tags, str):
-      tags = [t.strip() for t in tags.split(",") if t.strip()]
+    if tags is not None:
+      tags = parse_tags(tags)  # a list or a comma string, as a record's `tags`
     if tags is None and self.tagger is not None:
       tags = list(self.tagger(image))
     if not tags and self.config.use_soft_prompt and not self._warned_no_tags:
