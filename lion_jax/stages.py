@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 import numpy as np
 
-from lion_jax.models import adapters_per_ffn, param_paths
+from lion_jax.models import adapters_per_ffn, layer_stack, param_paths
 from lion_jax.models.param_paths import FreezeRule
 
 # The task level whose adapter a single-adapter stage of this layout trains.
@@ -68,7 +68,8 @@ def optimizer_config(config: ml_collections.ConfigDict, name: str) -> ml_collect
 
 
 def freeze_rule(config: ml_collections.ConfigDict, name: str) -> FreezeRule:
-  return FreezeRule(config.stages[name].get("frozen", param_paths.LION_FROZEN), f"stages.{name}.frozen")
+  stacks = layer_stack.scanned_stacks(model_config(config, name))
+  return FreezeRule(config.stages[name].get("frozen", param_paths.LION_FROZEN), f"stages.{name}.frozen", stacks)
 
 
 def pretrained_dir(config: ml_collections.ConfigDict, name: str) -> str:

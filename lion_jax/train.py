@@ -37,7 +37,7 @@ from lion_jax.errors import UserError
 from lion_jax.evaluation.evaluators import format_scalars, make_evaluators, run_all
 from lion_jax.loss import loss_and_metrics
 from lion_jax.metrics import MetricWriter, Progress
-from lion_jax.models import VISUAL_INPUTS, Lion, example_batch, param_paths
+from lion_jax.models import VISUAL_INPUTS, Lion, example_batch, layer_stack, param_paths
 from lion_jax.models.param_paths import TASK_LEVELS, flatten, merge, unflatten
 from lion_jax.preemption import PreemptionWatch
 
@@ -181,7 +181,7 @@ def init_params(config, stage_name, mesh, rules, previous, abstract):
   pretrained = stages.pretrained_dir(config, stage_name)
   if pretrained:
     _, loaded = load_converted(pretrained)
-    loaded = flatten(jax.device_get(loaded))
+    loaded = layer_stack.to_layout(flatten(jax.device_get(loaded)), model_config)
     overrides.update({k: v for k, v in loaded.items() if k in params})
     _report_unused(f"{stage_name}: pretrained {pretrained}", set(loaded) - set(params))
     missing_frozen = sorted(k for k in params if rule.is_frozen(k) and k not in overrides)
@@ -190,6 +190,8 @@ def init_params(config, stage_name, mesh, rules, previous, abstract):
         f"pretrained {pretrained} lacks {len(missing_frozen)} parameters that "
         f"stages.{stage_name}.frozen keeps fixed, e.g. {missing_frozen[:5]}"
       )
+  # Earlier stages may have run in the other layer layout (models/layer_stack.py).
+  previous = [(layout, adapters, layer_stack.to_layout(flat, model_config)) for layout, adapters, flat in previous]
   handed = stages.handoff(model_config.visual_input, model_config.adapters, previous)
   overrides.update({k: v for k, v in handed.items() if k in params})
   _report_unused(f"{stage_name}: earlier stages' trainables", set(handed) - set(params))

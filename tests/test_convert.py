@@ -12,7 +12,7 @@ import pytest
 from lion_jax.convert import CheckpointMismatchError, load_converted, load_lion_release
 from lion_jax.convert.__main__ import main as convert_main
 from lion_jax.convert.mapping import flat_shapes
-from lion_jax.models import abstract_params, param_paths, presets
+from lion_jax.models import abstract_params, layer_stack, param_paths, presets
 from tests.conftest import require
 from tests.reference import randomize_, state_dict_numpy
 
@@ -205,9 +205,12 @@ def test_lion_release_round_trip_lands_every_tensor(release_files):
   config, params = load_lion_release(**files, towers=presets.tiny())
   assert config.visual_input == "all" and config.use_soft_prompt
   assert config.t5.activation == "gelu"  # LION overrides FlanT5's gelu_new
+  assert config.scan_layers  # the preset's layout; `expected` is per layer (the release's keys)
   flat = param_paths.flatten(params)
-  assert sorted(flat) == sorted(expected) == sorted(flat_shapes(abstract_params(config)))
-  for path, value in flat.items():
+  assert sorted(flat) == sorted(flat_shapes(abstract_params(config)))
+  per_layer = layer_stack.to_layout(flat, layer_stack.unrolled_config(config))
+  assert sorted(per_layer) == sorted(expected)
+  for path, value in per_layer.items():
     np.testing.assert_array_equal(np.asarray(value), expected[path], err_msg=path)
 
 

@@ -38,7 +38,8 @@ def random_tiny_checkpoint(root: Path) -> Path:
   root/ckpt, and the dataset in root/data."""
   synthetic.generate(root / "data", num_images=24, seed=0, image_size=64)
   t5, bert = T5Tokenizer(root / "data" / "spiece.model"), BertTokenizer(root / "data" / "bert_vocab.txt")
-  config = presets.tiny("all", t5_vocab_size=-(-t5.vocab_size // 8) * 8, qformer_vocab_size=bert.vocab_size)
+  # The tokenizer's own vocabulary: a random model would otherwise pick padding rows it cannot decode.
+  config = presets.tiny("all", t5_vocab_size=t5.vocab_size, qformer_vocab_size=bert.vocab_size)
   config.soft_prompt_token_id = t5.sentinel_id(0)
   params = nn.unbox(jax.jit(Lion(config).init)(jax.random.key(0), example_batch(config))["params"])
   save_converted(

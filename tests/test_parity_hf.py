@@ -13,7 +13,7 @@ import pytest
 
 from lion_jax.convert import mapping
 from lion_jax.convert.hf import load_hf_instructblip
-from lion_jax.models import Lion, presets
+from lion_jax.models import Lion, layer_stack, presets
 from lion_jax.models.qformer import QFormerEncoder
 from lion_jax.models.t5 import T5
 from lion_jax.models.vit import VisionTransformer
@@ -55,7 +55,7 @@ def hf_qformer_config(transformers):
   return transformers.InstructBlipQFormerConfig(
     vocab_size=90,
     hidden_size=32,
-    num_hidden_layers=3,
+    num_hidden_layers=4,  # two scanned units of (cross-attention layer, self-attention layer)
     num_attention_heads=4,
     intermediate_size=64,
     encoder_hidden_size=32,
@@ -98,9 +98,10 @@ def subset(state, *prefixes, exclude=()):
 def convert(entries, state, config, prefixes, ignore=(), exclude=("/moa/",)):
   from lion_jax.models import abstract_params
 
-  shapes = mapping.select(mapping.flat_shapes(abstract_params(config)), prefixes, exclude)
+  # As the converters do: assembled in the unrolled layout, then laid out as `config` asks (scanned).
+  shapes = mapping.select(mapping.flat_shapes(abstract_params(layer_stack.unrolled_config(config))), prefixes, exclude)
   flat = mapping.assemble(entries, state, shapes, source_name="test", ignore=ignore)
-  return mapping.unflatten(flat)
+  return mapping.unflatten(layer_stack.to_layout(flat, config))
 
 
 def make_instructblip(
@@ -193,8 +194,9 @@ def test_vit_every_block_matches_hf(vit_pair, torch):
   image = np.random.default_rng(0).normal(size=(2, 28, 28, 3)).astype(np.float32)
   with torch.no_grad():
     ref = model.vision_model(torch.from_numpy(image.transpose(0, 3, 1, 2)), output_hidden_states=True)
-  ours = VisionTransformer(config.vit).apply({"params": params}, image)
-  assert len(ours) == config.vit.depth == len(ref.hidden_states) - 1
+  every_block = range(1, config.vit.depth + 1)
+  ours = VisionTransformer(config.vit, scan_layers=config.scan_layers).apply({"params": params}, image, every_block)
+  assert config.scan_layers and len(ours) == config.vit.depth == len(ref.hidden_states) - 1
   for i, h in enumerate(ours):
     assert max_relative_error(h, ref.hidden_states[i + 1].numpy()) <= TOL, f"block {i + 1}"
 
@@ -207,8 +209,10 @@ def test_vit_position_interpolation_matches_hf(vit_pair, torch):
     ref = model.vision_model(
       torch.from_numpy(image.transpose(0, 3, 1, 2)), output_hidden_states=True, interpolate_pos_encoding=True
     )
-  ours = VisionTransformer(config.vit).apply({"params": params}, image)
-  assert max_relative_error(ours[-1], ref.hidden_states[-1].numpy()) <= TOL
+  (ours,) = VisionTransformer(config.vit, scan_layers=config.scan_layers).apply(
+    {"params": params}, image, (config.vit.depth,)
+  )
+  assert max_relative_error(ours, ref.hidden_states[-1].numpy()) <= TOL
 
 
 def test_qformer_matches_hf(transformers, torch):
@@ -232,7 +236,9 @@ def test_qformer_matches_hf(transformers, torch):
       encoder_hidden_states=torch.from_numpy(image),
       encoder_attention_mask=torch.ones(2, 17, dtype=torch.long),
     ).last_hidden_state.numpy()
-  ours = QFormerEncoder(config.qformer).apply({"params": params["qformer"]["encoder"]}, queries, ids, mask, image)
+  ours = QFormerEncoder(config.qformer, scan_layers=config.scan_layers).apply(
+    {"params": params["qformer"]["encoder"]}, queries, ids, mask, image
+  )
   keep = np.concatenate([np.ones((2, 4)), mask], 1).astype(bool)  # padded positions are not compared
   assert max_relative_error(np.asarray(ours)[keep], ref[keep]) <= TOL
 
@@ -287,7 +293,7 @@ def t5_logits(hf, torch):
 def test_t5_logits_match_hf(transformers, torch, activation, tied):
   hf, t5c, params = t5_pair(transformers, torch, activation, tied)
   inputs, ref = t5_logits(hf, torch)
-  assert max_relative_error(T5(t5c).apply({"params": params}, *inputs), ref) <= TOL
+  assert max_relative_error(T5(t5c, scan_layers=True).apply({"params": params}, *inputs), ref) <= TOL
 
 
 def test_t5_mixture_of_adapters_matches_lion_adapters_on_hf_t5(transformers, torch):
@@ -298,7 +304,9 @@ def test_t5_mixture_of_adapters_matches_lion_adapters_on_hf_t5(transformers, tor
   for task_type in (0, 1):
     set_router_index_(hf, task_type)
     inputs, ref = t5_logits(hf, torch)
-    ours = T5(t5c, num_adapters=2).apply({"params": params}, *inputs, np.full((2,), task_type, np.int32))
+    ours = T5(t5c, num_adapters=2, scan_layers=True).apply(
+      {"params": params}, *inputs, np.full((2,), task_type, np.int32)
+    )
     assert max_relative_error(ours, ref) <= TOL, task_type
     refs.append(ref)
   assert max_relative_error(refs[0], refs[1]) > 0.01  # the two task types really take different adapters

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lion_jax import checkpoints, sharding, train
+from lion_jax.errors import UserError
 from lion_jax.models import param_paths
 from lion_jax.models.param_paths import LION, FreezeRule
 from tests.test_train import make_config, saved_paths
@@ -34,6 +35,10 @@ def test_a_stage_can_also_train_the_last_two_vit_blocks(data_dir, tmp_path):
   config.stages.stage1.frozen = list(LAST_TWO_VIT_BLOCKS_TRAIN)
   mesh = sharding.make_mesh(**config.mesh)
   rules = sharding.config_rules(config)
+  # Scanned blocks share one stacked array per parameter: training two of them is refused, by name.
+  with pytest.raises(UserError, match=r"freezes some of the 5 layers stacked in vit/blocks/.*scan_layers=False"):
+    train.abstract_state(config, "stage1", mesh, rules, 1)
+  config.model.scan_layers = False
   abstract, abstract_frozen, *_ = train.abstract_state(config, "stage1", mesh, rules, 1)
   init_trainable, init_frozen = train.init_params(config, "stage1", mesh, rules, [], (abstract.params, abstract_frozen))
   init_trainable = param_paths.flatten(jax.device_get(init_trainable))

@@ -1,7 +1,9 @@
 """The converted-checkpoint directory: what the converters write and inference and training load.
 
-  DIR/config.json         the model config (lion_jax.models presets format)
-  DIR/params/             the parameter tree, an Orbax checkpoint (restorable onto any mesh)
+  DIR/config.json         the model config (lion_jax.models presets format); `scan_layers` names the
+                          layer layout of the params (models/layer_stack.py)
+  DIR/params/             the parameter tree, an Orbax checkpoint (restorable onto any mesh, into
+                          either layout)
   DIR/tokenizer/spiece.model, DIR/tokenizer/bert_vocab.txt   when given
   DIR/conversion.json     where the weights came from
 DIR may be local or a bucket (`gs://...`, see `lion_jax.paths`).
@@ -19,9 +21,11 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import Mesh
 
-from lion_jax import paths
+from lion_jax import paths, sharding
 from lion_jax.errors import MissingFile, UserError
+from lion_jax.models import Lion, example_batch, layer_stack, param_paths
 
 T5_VOCAB_NAME = "spiece.model"
 BERT_VOCAB_NAME = "bert_vocab.txt"
@@ -81,21 +85,47 @@ def load_config(directory: str | os.PathLike) -> ml_collections.ConfigDict:
     raise UserError(f"{path}: not valid JSON: {e}") from e
 
 
-def load_converted(directory: str | os.PathLike, shardings: Any = None) -> tuple[ml_collections.ConfigDict, Any]:
-  """Reads DIR -> (config, params). With `shardings` (a tree of NamedShardings matching the params)
-  every array is restored straight onto its devices; without, onto this process's first device,
-  whatever mesh and number of hosts wrote it (a pod's export loads on one GPU)."""
+def load_converted(
+  directory: str | os.PathLike,
+  mesh: Mesh | None = None,
+  rules=sharding.DEFAULT_RULES,
+  *,
+  scan_layers: bool | None = None,
+) -> tuple[ml_collections.ConfigDict, Any]:
+  """Reads DIR -> (config, params). With `mesh`, every array is restored straight onto its sharding
+  under `rules`; without, onto this process's first device, whatever mesh and number of hosts wrote
+  it (a pod's export loads on one GPU). The params come in the layer layout the directory holds, or
+  in the one `scan_layers` asks for (stacked or unstacked on load, on the mesh when there is one);
+  the returned config's `scan_layers` says which."""
   directory = paths.as_path(directory)
   config = load_config(directory)
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(directory / "params").item_metadata
-    if shardings is None:
+    stored = layer_stack.is_scanned(param_paths.flatten(meta.tree), config)
+    if config.get("scan_layers", stored) != stored:
+      raise UserError(
+        f"{directory}: config.json says scan_layers={config.scan_layers}, but its params are in the other layout"
+      )
+    config.unlock()
+    config.scan_layers = stored
+    wanted = stored if scan_layers is None else scan_layers
+    if mesh is None:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta.tree)
+      shardings = jax.tree.map(lambda _: device, meta.tree)
     else:
-      target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), meta.tree, shardings)
+      shardings = sharding.param_shardings(Lion(config), example_batch(config), mesh, rules)
+    target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), meta.tree, shardings)
     params = ckptr.restore(directory / "params", target)
-  return config, params
+  if wanted == stored:
+    return config, params
+  config.scan_layers = wanted
+  if mesh is None:
+    flat = layer_stack.to_layout(param_paths.flatten(jax.device_get(params)), config)
+    return config, jax.device_put(param_paths.unflatten(flat), device)
+  out_shardings = sharding.param_shardings(Lion(config), example_batch(config), mesh, rules)
+  relayout = lambda p: param_paths.unflatten(layer_stack.to_layout(param_paths.flatten(p), config, xp=jnp))
+  with jax.set_mesh(mesh):
+    return config, jax.jit(relayout, out_shardings=out_shardings, donate_argnums=0)(params)
 
 
 def tokenizer_files(directory: str | os.PathLike) -> dict[str, epath.Path]:

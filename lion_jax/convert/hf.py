@@ -22,7 +22,7 @@ from flax import traverse_util
 from lion_jax.convert import mapping
 from lion_jax.convert.sources import SafetensorsSource
 from lion_jax.errors import MissingFile, UserError
-from lion_jax.models import abstract_params, num_adapters, presets
+from lion_jax.models import abstract_params, layer_stack, num_adapters, presets
 from lion_jax.models.adapters import MixtureOfAdapters
 from lion_jax.models.t5 import T5
 
@@ -190,7 +190,8 @@ def load_hf_instructblip(path: str | os.PathLike, *, progress: bool = False) -> 
   config = instructblip_config(
     hf, has_lm_head="language_model.lm_head.weight" in source, where=str(path / "config.json")
   )
-  shapes = mapping.flat_shapes(abstract_params(config))
+  # Assembled in the unrolled layout (one source key per layer), then laid out as the config asks.
+  shapes = mapping.flat_shapes(abstract_params(layer_stack.unrolled_config(config)))
   entries = mapping.vit_hf(config) + mapping.qformer(config, "hf") + mapping.t5_body(config, "language_model.")
   flat = mapping.assemble(
     entries,
@@ -202,7 +203,7 @@ def load_hf_instructblip(path: str | os.PathLike, *, progress: bool = False) -> 
     progress=progress,
   )
   flat.update(fresh_adapters(config))
-  return config, mapping.unflatten(flat)
+  return config, mapping.unflatten(layer_stack.to_layout(flat, config))
 
 
 def load_hf_t5(

@@ -17,7 +17,7 @@ from lion_jax.convert import mapping
 from lion_jax.convert.hf import load_hf_t5
 from lion_jax.convert.sources import TorchSource
 from lion_jax.errors import UserError
-from lion_jax.models import abstract_params, num_adapters, param_paths, presets
+from lion_jax.models import abstract_params, layer_stack, num_adapters, param_paths, presets
 
 # Keys of the LION file the model does not read: a BERT buffer, and T5's tied embedding copies (which
 # `check_embedding_copies` verifies instead).
@@ -95,7 +95,8 @@ def load_lion_release(
     visual_input=visual_input_of(lion),
     use_soft_prompt="soft_prompt_hint" in lion,
   )
-  shapes = mapping.flat_shapes(abstract_params(config))
+  # Assembled in the unrolled layout (one source key per layer), then laid out as the config asks.
+  shapes = mapping.flat_shapes(abstract_params(layer_stack.unrolled_config(config)))
 
   vit = TorchSource(eva_vit_pth)
   kept_blocks = "|".join(str(i) for i in range(config.vit.depth))
@@ -124,4 +125,4 @@ def load_lion_release(
   missing = sorted(set(shapes) - set(flat))
   if missing:
     raise mapping.CheckpointMismatchError(f"parameters no file provided: {missing[:20]}")
-  return config, mapping.unflatten(flat)
+  return config, mapping.unflatten(layer_stack.to_layout(flat, config))

@@ -13,23 +13,18 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lion_jax import sharding
-from lion_jax.convert.converted import load_config, load_converted, tokenizer_files
+from lion_jax.convert.converted import load_converted, tokenizer_files
 from lion_jax.data import templates
 from lion_jax.data.records import TASK_TYPES
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer, bucketed_length, pad_batch
 from lion_jax.errors import MissingFile
 from lion_jax.inference.generate import generate, mean_candidate_log_likelihood
-from lion_jax.models import Lion, example_batch
 
 
 def load_for_evaluation(checkpoint: str | Path, mesh: Mesh | None = None, rules=sharding.DEFAULT_RULES) -> tuple:
   """(model config, params, T5 tokenizer, BERT tokenizer) of a converted checkpoint directory; with
   `mesh`, every parameter restored straight onto its sharding (no full copy on one device)."""
-  shardings = None
-  if mesh is not None:
-    config = load_config(checkpoint)
-    shardings = sharding.param_shardings(Lion(config), example_batch(config), mesh, rules)
-  model_config, params = load_converted(checkpoint, shardings)
+  model_config, params = load_converted(checkpoint, mesh, rules)
   files = tokenizer_files(checkpoint)
   missing = [name for name in ("t5", "bert") if name not in files]
   if missing:

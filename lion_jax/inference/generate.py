@@ -153,7 +153,8 @@ def _beam_search(
     running, running_scores = gather(candidates, keep), gather(top_scores + hits_stop * NEG, keep)
     new_seen = gather(candidate_seen, keep)
     cache_rows = (jnp.arange(b)[:, None] * k + gather(parent, keep)).reshape(-1)
-    cache = jax.tree.map(lambda c: c[cache_rows], cache)
+    # Cache leaves are [batch, positions, heads, head_dim], with a leading layer axis when scanned.
+    cache = jax.tree.map(lambda c: jnp.take(c, cache_rows, axis=c.ndim - 4), cache)
 
     # Candidates among the top num_beams that stopped become finished hypotheses, if they beat them.
     just_finished = hits_stop & top_mask[None, :]

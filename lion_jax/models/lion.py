@@ -65,12 +65,13 @@ class Lion(nn.Module):
     if c.visual_input not in VISUAL_INPUTS:
       raise UserError(f"config.visual_input={c.visual_input!r}; expected one of {VISUAL_INPUTS}")
     dtype = jnp.dtype(c.dtype)
-    self.vit = VisionTransformer(c.vit, dtype)
+    stacked = dict(scan_layers=c.get("scan_layers", False), remat=c.get("remat", "none"))
+    self.vit = VisionTransformer(c.vit, dtype, **stacked)
     if c.visual_input in ("qformer", "all"):
-      self.qformer = QFormerBranch(c.qformer, c.t5.d_model, dtype)
+      self.qformer = QFormerBranch(c.qformer, c.t5.d_model, dtype, **stacked)
     if c.visual_input in ("aggregator", "all"):
       self.aggregator = Aggregator(c.aggregator, c.vit.width, c.t5.d_model, dtype)
-    self.t5 = T5(c.t5, num_adapters(c), dtype)
+    self.t5 = T5(c.t5, num_adapters(c), dtype, **stacked)
     if c.use_soft_prompt:
       self.soft_prompt = self.param(
         "soft_prompt", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("embed",)), (c.t5.d_model,)
@@ -79,13 +80,14 @@ class Lion(nn.Module):
   def visual_tokens(self, batch, *, train: bool = False) -> jax.Array:
     """Image (+ question) -> [B, N_visual, d_model] tokens for the T5 encoder."""
     c = self.config
-    hidden = self.vit(batch["image"])  # frozen or not is the trainer's freezing rule, not the model's
+    memory_layers = tuple(c.aggregator.memory_layers) if c.visual_input in ("aggregator", "all") else ()
+    # Frozen or not is the trainer's freezing rule, not the model's.
+    last, *memories = self.vit(batch["image"], (c.vit.depth, *memory_layers))
     tokens = []
     if c.visual_input in ("qformer", "all"):
-      tokens.append(self.qformer(hidden[-1], batch["qformer_ids"], batch["qformer_mask"], train=train))
+      tokens.append(self.qformer(last, batch["qformer_ids"], batch["qformer_mask"], train=train))
     if c.visual_input in ("aggregator", "all"):
-      memories = [hidden[i - 1] for i in c.aggregator.memory_layers]
-      tokens.append(self.aggregator(hidden[-1], memories, train=train))
+      tokens.append(self.aggregator(last, memories, train=train))
     return jnp.concatenate(tokens, axis=1)
 
   def text_embeddings(self, input_ids: jax.Array) -> jax.Array:

@@ -10,6 +10,10 @@ Parameters are addressed by the '/'-joined path of their Flax tree, e.g.
   t5/encoder/layers_0/moa/gate_1                       its per-task gate (only with two adapters)
   soft_prompt                                          the learned tag-prompt vector
 
+in the unrolled layout; with `scan_layers` a stack's layers share one subtree with a leading layer
+axis (`t5/encoder/layers/moa/gate_1`, `vit/blocks/...`: models/layer_stack.py), which the same
+rules address.
+
 Freezing, the stage hand-off, the parameter summary and the converters all speak this vocabulary, so
 it lives here once. A `FreezeRule` is a list of regular expressions, each matched against the whole
 path: a parameter is frozen when any pattern matches it. LION's rule freezes the ViT and the T5 body
@@ -25,6 +29,7 @@ from typing import Any
 from flax import traverse_util
 
 from lion_jax.errors import UserError
+from lion_jax.models import layer_stack
 
 VIT, QFORMER, AGGREGATOR, T5, SOFT_PROMPT, MOA = "vit", "qformer", "aggregator", "t5", "soft_prompt", "moa"
 
@@ -34,7 +39,7 @@ TASK_LEVELS = ("region_level", "image_level")  # name of task type 0, 1
 
 LION_FROZEN = (r"vit/.*", r"t5/(?!.*/moa/).*")  # the ViT and the T5 body; adapters and gates train
 
-_ADAPTER = re.compile(r"^(t5/(?:encoder|decoder)/layers_\d+/moa/)adapter_(\d+)/(.*)$")
+_ADAPTER = re.compile(r"^(t5/(?:encoder|decoder)/layers(?:_\d+)?/moa/)adapter_(\d+)/(.*)$")
 
 
 def adapter(index: int) -> str:
@@ -81,11 +86,16 @@ def merge(*trees):
 
 
 class FreezeRule:
-  """Which parameters a stage keeps fixed: whole-path regular expressions (`()` trains everything)."""
+  """Which parameters a stage keeps fixed: whole-path regular expressions (`()` trains everything).
 
-  def __init__(self, patterns: Iterable[str], where: str = "frozen"):
+  Patterns speak per-layer paths (`vit/blocks_38/...`) in either layout: given the model's scanned
+  `stacks`, a stacked leaf is frozen when the patterns freeze every layer it holds, trainable when
+  they freeze none, and an error when they split it (stacked layers train or freeze together)."""
+
+  def __init__(self, patterns: Iterable[str], where: str = "frozen", stacks: Sequence[layer_stack.Stack] = ()):
     self.patterns = tuple(patterns)
     self.where = where
+    self.stacks = tuple(stacks)
     self._compiled = []
     for p in self.patterns:
       try:
@@ -93,8 +103,19 @@ class FreezeRule:
       except re.error as e:
         raise UserError(f"{where}: {p!r} is not a valid regular expression: {e}") from None
 
+  def _layer_paths(self, path: str) -> list[str]:
+    return layer_stack.unrolled_paths(path, self.stacks) or [path]
+
   def is_frozen(self, path: str) -> bool:
-    return any(c.fullmatch(path) for c in self._compiled)
+    layer_paths = self._layer_paths(path)
+    frozen = [any(c.fullmatch(p) for c in self._compiled) for p in layer_paths]
+    if any(frozen) and not all(frozen):
+      kept = [p for p, f in zip(layer_paths, frozen) if not f]
+      raise UserError(
+        f"{self.where} freezes some of the {len(layer_paths)} layers stacked in {path} but not {kept[:3]}: "
+        "scanned layers train or freeze together; set --config.model.scan_layers=False to train part of a stack"
+      )
+    return frozen[0]
 
   def split(self, tree) -> tuple[dict, dict]:
     """(trainable, frozen) subtrees of a parameter (or sharding, or abstract) tree."""
@@ -105,9 +126,10 @@ class FreezeRule:
 
   def check(self, paths: Sequence[str]) -> None:
     """Every pattern must match some parameter: a typo would otherwise silently train a tower."""
-    unused = [p for p, c in zip(self.patterns, self._compiled) if not any(c.fullmatch(k) for k in paths)]
+    layer_paths = [p for path in paths for p in self._layer_paths(path)]
+    unused = [p for p, c in zip(self.patterns, self._compiled) if not any(c.fullmatch(k) for k in layer_paths)]
     if unused:
-      example = next(iter(paths), "")
+      example = next(iter(layer_paths), "")
       raise UserError(
         f"{self.where}: pattern(s) {unused} match no parameter of this model; patterns are "
         f"regular expressions over whole '/'-joined paths such as {example!r}"

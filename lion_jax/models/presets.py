@@ -74,7 +74,6 @@ def _t5(**overrides) -> ml_collections.ConfigDict:
     tie_word_embeddings=False,
     adapter_bottleneck=64,
     num_task_types=2,
-    remat=False,
   )
   t.update(overrides)
   return ml_collections.ConfigDict(t)
@@ -87,6 +86,8 @@ def _lion(vit, qformer, aggregator, t5, **overrides) -> ml_collections.ConfigDic
     use_soft_prompt=True,
     adapters="moa",
     soft_prompt_token_id=T5_SOFT_PROMPT_TOKEN_ID,
+    scan_layers=True,  # the repeated layers as one scan each (models/layer_stack.py)
+    remat="none",  # or "full" / "matmuls": recompute each layer in the backward pass
     vit=vit,
     qformer=qformer,
     aggregator=aggregator,

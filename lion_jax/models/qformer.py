@@ -13,22 +13,27 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from lion_jax.models import layers
+from lion_jax.models import layer_stack, layers
 from lion_jax.models.bert import BertAttention, BertFeedForward
 
 
 class QFormerLayer(nn.Module):
+  """One layer over [queries; text]: `num_queries` and `train` are attributes so that the layer can be
+  rematerialised and scanned with array arguments only."""
+
   config: ml_collections.ConfigDict
   has_cross_attention: bool
+  num_queries: int
+  train: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, self_bias, image, num_queries, *, train=False):
-    c = self.config
+  def __call__(self, x, self_bias, image):
+    c, train = self.config, self.train
     attn = lambda name: BertAttention(c.width, c.num_heads, c.ln_eps, c.dropout_rate, dtype=self.dtype, name=name)
     ffn = lambda name: BertFeedForward(c.width, c.mlp_dim, c.ln_eps, c.dropout_rate, dtype=self.dtype, name=name)
     x = attn("self_attention")(x, bias=self_bias, train=train)
-    queries, text = x[:, :num_queries], x[:, num_queries:]
+    queries, text = x[:, : self.num_queries], x[:, self.num_queries :]
     if self.has_cross_attention:
       queries = attn("cross_attention")(queries, memory=image, train=train)
     out = [ffn("query_ffn")(queries, train=train)]
@@ -37,11 +42,29 @@ class QFormerLayer(nn.Module):
     return jnp.concatenate(out, axis=1)
 
 
+class QFormerUnit(nn.Module):
+  """The scanned unit: `cross_attention_freq` layers, the first with cross-attention (layer_stack.py)."""
+
+  config: ml_collections.ConfigDict
+  num_queries: int
+  train: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, self_bias, image):
+    for j in range(self.config.cross_attention_freq):
+      layer = QFormerLayer(self.config, j == 0, self.num_queries, self.train, self.dtype, name=f"layers_{j}")
+      x = layer(x, self_bias, image)
+    return x
+
+
 class QFormerEncoder(nn.Module):
   """BERT embeddings + layers. Mirrors HF `InstructBlipQFormerModel` (queries given from outside)."""
 
   config: ml_collections.ConfigDict
   dtype: jnp.dtype = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
 
   @nn.compact
   def __call__(
@@ -65,10 +88,15 @@ class QFormerEncoder(nn.Module):
     x = layers.Dropout(c.dropout_rate)(x, deterministic=not train)
     mask = jnp.concatenate([jnp.ones((b, nq), text_mask.dtype), text_mask], axis=1)
     self_bias = layers.padding_bias(mask)
+    if self.scan_layers:
+      unit = layer_stack.carry_body(layer_stack.rematted(QFormerUnit, self.remat, scanned=True))
+      depth = layer_stack.scan_units(c.num_layers, c.cross_attention_freq, "qformer")
+      units = layer_stack.scanned(unit, depth, broadcast=2)
+      x, _ = units(c, nq, train, self.dtype, name="layers")(x, self_bias, image)
+      return x
+    layer = layer_stack.rematted(QFormerLayer, self.remat, scanned=False)
     for i in range(c.num_layers):
-      x = QFormerLayer(c, i % c.cross_attention_freq == 0, self.dtype, name=f"layers_{i}")(
-        x, self_bias, image, nq, train=train
-      )
+      x = layer(c, i % c.cross_attention_freq == 0, nq, train, self.dtype, name=f"layers_{i}")(x, self_bias, image)
     return x
 
 
@@ -78,6 +106,8 @@ class QFormerBranch(nn.Module):
   config: ml_collections.ConfigDict
   d_model: int
   dtype: jnp.dtype = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
 
   @nn.compact
   def __call__(
@@ -91,7 +121,9 @@ class QFormerBranch(nn.Module):
       (1, c.num_queries, c.width),
     )
     queries = jnp.broadcast_to(queries, (vit_last.shape[0],) + queries.shape[1:])
-    x = QFormerEncoder(c, self.dtype, name="encoder")(queries, text_ids, text_mask, image, train=train)
+    x = QFormerEncoder(c, self.dtype, self.scan_layers, self.remat, name="encoder")(
+      queries, text_ids, text_mask, image, train=train
+    )
     return layers.Dense(
       self.d_model, (None, "embed"), kernel_init=layers.torch_linear_init, dtype=self.dtype, name="proj"
     )(x[:, : c.num_queries])

@@ -20,7 +20,7 @@ from clu import parameter_overview
 
 from lion_jax import errors
 from lion_jax.convert.mapping import flat_shapes
-from lion_jax.models import param_paths
+from lion_jax.models import layer_stack, param_paths
 from lion_jax.models.lion import abstract_params
 from lion_jax.models.presets import PRESETS, get
 
@@ -68,8 +68,8 @@ def main(argv=None) -> int:
 def print_counts(preset: str, visual_input: str, frozen: list[str], table: bool = False) -> None:
   """One line per module and for trainable / frozen / total, largest first (after the per-parameter
   table when asked for)."""
-  rule = param_paths.FreezeRule(frozen, "--frozen")
   config = get(preset, visual_input)
+  rule = param_paths.FreezeRule(frozen, "--frozen", layer_stack.scanned_stacks(config))
   params = abstract_params(config)
   rule.check(list(flat_shapes(params)))
   if table:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lion_jax.models import layers
+from lion_jax.models import layer_stack, layers
 from lion_jax.models.adapters import MixtureOfAdapters
 
 
@@ -139,24 +139,28 @@ class T5FeedForward(nn.Module):
 
 
 class T5Block(nn.Module):
-  """Self-attention, (decoder only) cross-attention, then the FFN sublayer with the MoA beside it."""
+  """Self-attention, (decoder only) cross-attention, then the FFN sublayer with the MoA beside it.
+
+  `train` and `cache_len` (> 0: one step of incremental decoding) are attributes, so that the block
+  is rematerialised and scanned with array arguments only."""
 
   config: ml_collections.ConfigDict
   num_adapters: int
   is_decoder: bool
+  train: bool = False
+  cache_len: int = 0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(
-    self, x, self_bias, memory, cross_bias, task, train=False, *, decode=False, cache_len=0, cache_index=None
-  ):
-    c = self.config
+  def __call__(self, x, self_bias, memory, cross_bias, task, cache_index):
+    c, train = self.config, self.train
+    decode = self.cache_len > 0
     drop = lambda y: layers.Dropout(c.dropout_rate)(y, deterministic=not train)
     norm = lambda name: layers.RMSNorm(c.ln_eps, name=name)
     h = norm("self_attention_norm")(x)
     x = x + drop(
       T5Attention(c, self.dtype, name="self_attention")(
-        h, h, self_bias, train=train, decode=decode, cache_len=cache_len, cache_index=cache_index
+        h, h, self_bias, train=train, decode=decode, cache_len=self.cache_len, cache_index=cache_index
       )
     )
     if self.is_decoder:
@@ -180,6 +184,8 @@ class T5Stack(nn.Module):
   num_adapters: int
   is_decoder: bool
   dtype: jnp.dtype = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, mask, memory, memory_mask, task, *, train=False, cache_len=0, cache_index=None):
@@ -208,15 +214,16 @@ class T5Stack(nn.Module):
       cross_bias = None
     x = layers.Dropout(c.dropout_rate)(x, deterministic=not train)
     num_layers = c.num_decoder_layers if self.is_decoder else c.num_layers
-    # `remat`: keep only each block's input for the backward pass and recompute the rest (memory
-    # for compute); `train` (argument 6, counting self) stays a Python bool.
-    block = nn.remat(T5Block, static_argnums=(6,)) if c.get("remat", False) and not decode else T5Block
-    for i in range(num_layers):
-      layer = block(c, self.num_adapters, self.is_decoder, self.dtype, name=f"layers_{i}")
-      if decode:
-        x = layer(x, bias, memory, cross_bias, task, train, decode=True, cache_len=cache_len, cache_index=cache_index)
-      else:
-        x = layer(x, bias, memory, cross_bias, task, train)
+    remat = "none" if decode else self.remat  # no backward pass while decoding
+    args = (x, bias, memory, cross_bias, task, cache_index)
+    block_args = (c, self.num_adapters, self.is_decoder, train, cache_len, self.dtype)
+    if self.scan_layers:
+      body = layer_stack.carry_body(layer_stack.rematted(T5Block, remat, scanned=True))
+      x, _ = layer_stack.scanned(body, num_layers, broadcast=5)(*block_args, name="layers")(*args)
+    else:
+      block = layer_stack.rematted(T5Block, remat, scanned=False)
+      for i in range(num_layers):
+        x = block(*block_args, name=f"layers_{i}")(x, *args[1:])
     x = layers.RMSNorm(c.ln_eps, name="final_norm")(x)
     return layers.Dropout(c.dropout_rate)(x, deterministic=not train)
 
@@ -227,14 +234,17 @@ class T5(nn.Module):
   config: ml_collections.ConfigDict
   num_adapters: int = 0
   dtype: jnp.dtype = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
 
   def setup(self):
     c = self.config
     self.shared = self.param(
       "shared", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")), (c.vocab_size, c.d_model)
     )
-    self.encoder = T5Stack(c, self.num_adapters, is_decoder=False, dtype=self.dtype)
-    self.decoder = T5Stack(c, self.num_adapters, is_decoder=True, dtype=self.dtype)
+    stack = lambda is_decoder: T5Stack(c, self.num_adapters, is_decoder, self.dtype, self.scan_layers, self.remat)
+    self.encoder = stack(False)
+    self.decoder = stack(True)
     if not c.tie_word_embeddings:
       self.lm_head = layers.Dense(
         c.vocab_size, ("embed", "vocab"), use_bias=False, kernel_init=nn.initializers.normal(1.0), dtype=self.dtype

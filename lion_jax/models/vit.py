@@ -2,14 +2,15 @@
 
 Pre-LN transformer blocks with a fused qkv projection whose bias is [q_bias, 0, v_bias] (no key bias),
 exact GELU, learned absolute positions (bicubically resized when the image size differs from the
-trained grid) and no final norm. It returns the hidden state after every block, because LION reads
-three of them (the last for the Q-Former and the aggregator's query stream, two earlier ones as the
-aggregator's memories).
+trained grid) and no final norm. It returns the hidden states after the blocks its caller reads
+(LION reads three: the last for the Q-Former and the aggregator's query stream, two earlier ones as
+the aggregator's memories), and keeps no others, scanned or not.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from lion_jax.models import layers
+from lion_jax.errors import UserError
+from lion_jax.models import layer_stack, layers
 
 
 def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
@@ -110,16 +112,37 @@ class Block(nn.Module):
     return layers.constrain(x + y, ("batch", "length", "embed"))
 
 
+class ReadingBlock(Block):
+  """A block as the body of the scanned ViT: carries `(x, kept)` where `kept` [len(read), B, T, D]
+  receives x after the blocks that are read; `slots[i]` is block i's row in `kept` (-1: not read)."""
+
+  slots: tuple[int, ...] = ()
+
+  def __call__(self, carry, index):
+    x, kept = carry
+    x = super().__call__(x)
+    slot = jnp.asarray(self.slots)[index]
+    row = jnp.maximum(slot, 0)
+    kept = jax.lax.dynamic_update_index_in_dim(kept, jnp.where(slot >= 0, x, kept[row]), row, 0)
+    return (x, kept), None
+
+
 class VisionTransformer(nn.Module):
-  """Image [B, H, W, 3] (normalised) -> list of `depth` hidden states, each [B, 1 + patches, width]."""
+  """Image [B, H, W, 3] (normalised) -> the hidden states after the 1-based blocks `read`, each
+  [B, 1 + patches, width]. `scan_layers` runs the blocks as one scan (models/layer_stack.py)."""
 
   config: ml_collections.ConfigDict
   dtype: jnp.dtype = jnp.float32
+  scan_layers: bool = False
+  remat: str = "none"
 
   @nn.compact
-  def __call__(self, image: jax.Array) -> list[jax.Array]:
+  def __call__(self, image: jax.Array, read: Sequence[int]) -> list[jax.Array]:
     c = self.config
     p = c.patch_size
+    read = tuple(read)
+    if not read or not all(1 <= r <= c.depth for r in read):
+      raise UserError(f"ViT blocks {read} are read; the ViT has blocks 1..{c.depth}")
     if image.shape[1] % p or image.shape[2] % p:
       raise ValueError(f"image size {image.shape[1:3]} is not a multiple of the patch size {p}")
     patches = nn.Conv(
@@ -148,8 +171,17 @@ class VisionTransformer(nn.Module):
     )
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(jnp.float32), (b, 1, c.width)), x], axis=1)
     x = x + resize_positions(pos, (gh, gw)).astype(jnp.float32)
-    hidden = []
+    if self.scan_layers:
+      rows = sorted(set(read))
+      slots = tuple(rows.index(i + 1) if i + 1 in rows else -1 for i in range(c.depth))
+      body = layer_stack.rematted(ReadingBlock, self.remat, scanned=True)
+      kept = jnp.zeros((len(rows),) + x.shape, x.dtype)
+      blocks = layer_stack.scanned(body, c.depth, broadcast=0, per_layer=1)(c, self.dtype, slots, name="blocks")
+      (_, kept), _ = blocks((x, kept), jnp.arange(c.depth))
+      return [kept[rows.index(r)] for r in read]
+    block = layer_stack.rematted(Block, self.remat, scanned=False)
+    hidden = {}
     for i in range(c.depth):
-      x = Block(c, self.dtype, name=f"blocks_{i}")(x)
-      hidden.append(x)
-    return hidden
+      x = block(c, self.dtype, name=f"blocks_{i}")(x)
+      hidden[i + 1] = x
+    return [hidden[r] for r in read]
