@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The prepared single-GPU check (H100 / H200): stage-3 XL train step (bf16, random weights) at
-# batch 16 and 32, with and without T5 remat, and beam-5 decode; prints step time, examples/s,
+# batch 16 and 32, with and without per-layer remat (scanned layers), and beam-5 decode; prints step time, examples/s,
 # MFU and peak memory per run (benchmarks/stage3_step_and_decode.py says how each is measured).
 #
 #   benchmarks/gpu.sh [extra arguments for benchmarks.stage3_step_and_decode]
@@ -22,9 +22,9 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95
 for batch in 16 32; do
-  for remat in "" --remat; do
-    "$PYTHON" -m benchmarks.stage3_step_and_decode --size xl --batch "$batch" $remat "$@" \
-      || echo "gpu.sh: batch $batch ${remat:-without remat} failed (out of memory?); continuing" >&2
+  for remat in none full; do
+    "$PYTHON" -m benchmarks.stage3_step_and_decode --size xl --batch "$batch" --remat "$remat" "$@" \
+      || echo "gpu.sh: batch $batch remat=$remat failed (out of memory?); continuing" >&2
   done
 done
 if [[ -n "${OUT:-}" ]]; then

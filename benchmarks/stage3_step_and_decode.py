@@ -1,6 +1,7 @@
 """Stage-3 train step and beam-5 decode on one accelerator, random weights (what benchmarks/gpu.sh runs).
 
-  python -m benchmarks.stage3_step_and_decode [--size xl] [--batch 16] [--steps 10] [--remat]
+  python -m benchmarks.stage3_step_and_decode [--size xl] [--batch 16] [--steps 10] [--remat none|full|matmuls]
+      [--unrolled]
       [--peak-tflops 989] [--decode-batch 8] [--new-tokens 32]
 
 The released stage-3 model (`configs/stage3.py:size=...`: bf16 compute, bf16 frozen ViT and T5,
@@ -48,7 +49,10 @@ def main() -> None:
   parser.add_argument("--size", default="xl", choices=["tiny", "xl", "xxl"])
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--remat", action="store_true", help="recompute T5 blocks in the backward pass")
+  parser.add_argument(
+    "--remat", default="none", choices=["none", "full", "matmuls"], help="model.remat: recompute each layer"
+  )
+  parser.add_argument("--unrolled", action="store_true", help="model.scan_layers=False (default: scanned)")
   parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak (default: by device kind)")
   parser.add_argument("--decode-batch", type=int, default=8)
   parser.add_argument("--new-tokens", type=int, default=32)
@@ -66,7 +70,7 @@ def main() -> None:
   config = stage3.get_config(f"size={args.size}")
   if args.size == "tiny":  # input lengths that fit the tiny towers' tables, as configs/demo.py
     config.data.update(image_size=28, max_input_len=64, max_target_len=24, max_qformer_len=32)
-  config.model.t5.remat = args.remat
+  config.model.update(remat=args.remat, scan_layers=not args.unrolled)
   model_config = stages.model_config(config, "stage3")
   device = jax.devices()[0]
   mesh = sharding.make_mesh(data=1, fsdp=1, tensor=1, devices=[device])
@@ -111,6 +115,7 @@ def main() -> None:
       "size": args.size,
       "batch": args.batch,
       "remat": args.remat,
+      "scan_layers": not args.unrolled,
       "init_s": round(init_s, 1),
       "compile_s": round(compile_s, 1),
       "step_s": round(step_s, 4),

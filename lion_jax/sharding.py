@@ -31,6 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
   ("heads", "tensor"),
   ("qkv", "tensor"),
   ("vocab", "tensor"),
+  ("layers", None),  # the stacked axis of scanned layers (models/layer_stack.py): each device holds every layer
 )
 
 

@@ -292,3 +292,11 @@ def test_cli_writes_a_directory_that_loads_back(release_files, tmp_path, capsys,
   assert (tmp_path / "out" / "tokenizer" / "bert_vocab.txt").read_text() == vocab.read_text()
   assert convert_main(argv) == 1  # never overwrites a converted checkpoint
   assert "already exists" in capsys.readouterr().err
+  # The unrolled layout on request: the same values, one subtree per layer.
+  assert convert_main(argv[:-4] + ["--out", str(tmp_path / "unrolled"), "--scan_layers", "false"]) == 0
+  config, params = load_converted(tmp_path / "unrolled")
+  assert config.scan_layers is False and direct_config.scan_layers is True
+  per_layer = layer_stack.to_layout(direct, config)
+  assert sorted(param_paths.flatten(params)) == sorted(per_layer)
+  for path, value in param_paths.flatten(params).items():
+    np.testing.assert_array_equal(np.asarray(value, np.float32), np.asarray(per_layer[path], np.float32), err_msg=path)

@@ -1,6 +1,6 @@
 r"""Command line: convert released checkpoints into a lion-jax checkpoint directory.
 
-  python -m lion_jax.convert instructblip --hf_dir DIR --out OUT
+  python -m lion_jax.convert instructblip --hf_dir DIR --out OUT [--scan_layers false]
   python -m lion_jax.convert lion --lion_pth LION-FlanT5-XL.pth --eva_vit_pth eva_vit_g.pth \
       --flant5_dir flan-t5-xl --bert_vocab bert-base-uncased/vocab.txt --out OUT [--frozen_dtype bfloat16]
 
@@ -56,6 +56,13 @@ def parse_args(argv):
     (lion, "FLANT5_DIR/spiece.model", "none"),
   ):
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (must not hold a checkpoint yet)")
+    p.add_argument(
+      "--scan_layers",
+      choices=("true", "false"),
+      default="true",
+      help="write the layers stacked for scanning, as the presets run them (default: %(default)s; either "
+      "layout loads into either: docs/model.md)",
+    )
     p.add_argument("--t5_vocab", metavar="FILE", help=f"T5 SentencePiece model (default: {t5_default}, if there)")
     p.add_argument("--bert_vocab", metavar="FILE", help=f"Q-Former WordPiece vocab.txt (default: {bert_default})")
   return parser.parse_args(argv)
@@ -78,7 +85,7 @@ def convert(args: argparse.Namespace) -> None:
   """Loads the released weights the flags name and writes the converted directory."""
   check_paths(args)
   if args.source == "instructblip":
-    config, params = load_hf_instructblip(args.hf_dir, progress=True)
+    config, params = load_hf_instructblip(args.hf_dir, scan_layers=args.scan_layers == "true", progress=True)
     root = Path(args.hf_dir)
     t5_vocab = _first_existing(args.t5_vocab, root / "spiece.model")
     bert_vocab = _first_existing(args.bert_vocab, root / "qformer_tokenizer" / "vocab.txt")
@@ -89,6 +96,7 @@ def convert(args: argparse.Namespace) -> None:
       eva_vit_pth=args.eva_vit_pth,
       flant5_dir=args.flant5_dir,
       frozen_dtype=DTYPES[args.frozen_dtype],
+      scan_layers=args.scan_layers == "true",
       progress=True,
     )
     t5_vocab = _first_existing(args.t5_vocab, Path(args.flant5_dir) / "spiece.model")

@@ -125,7 +125,7 @@ def load_converted(
   out_shardings = sharding.param_shardings(Lion(config), example_batch(config), mesh, rules)
   relayout = lambda p: param_paths.unflatten(layer_stack.to_layout(param_paths.flatten(p), config, xp=jnp))
   with jax.set_mesh(mesh):
-    return config, jax.jit(relayout, out_shardings=out_shardings, donate_argnums=0)(params)
+    return config, jax.jit(relayout, out_shardings=out_shardings)(params)
 
 
 def tokenizer_files(directory: str | os.PathLike) -> dict[str, epath.Path]:

@@ -179,10 +179,13 @@ def fresh_adapters(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str
 HF_IGNORED = (r".*position_ids", r".*decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight")
 
 
-def load_hf_instructblip(path: str | os.PathLike, *, progress: bool = False) -> tuple[ml_collections.ConfigDict, dict]:
+def load_hf_instructblip(
+  path: str | os.PathLike, *, scan_layers: bool = True, progress: bool = False
+) -> tuple[ml_collections.ConfigDict, dict]:
   """Reads an HF InstructBLIP-T5 checkpoint directory (config.json + safetensors, sharded or not).
 
-  Returns (config, params): a stage-1 LION layout whose logits equal InstructBLIP's.
+  Returns (config, params): a stage-1 LION layout whose logits equal InstructBLIP's, its layers
+  scanned or not (models/layer_stack.py).
   """
   path = Path(path)
   hf = read_json(path / "config.json")
@@ -203,6 +206,7 @@ def load_hf_instructblip(path: str | os.PathLike, *, progress: bool = False) -> 
     progress=progress,
   )
   flat.update(fresh_adapters(config))
+  config.scan_layers = scan_layers
   return config, mapping.unflatten(layer_stack.to_layout(flat, config))
 
 

@@ -72,6 +72,7 @@ def load_lion_release(
   t5_activation: str | None = "gelu",
   towers: ml_collections.ConfigDict | None = None,
   frozen_dtype=np.float32,
+  scan_layers: bool = True,
   progress: bool = False,
 ) -> tuple[ml_collections.ConfigDict, dict]:
   """Returns (config, params) for the full LION model described by the three files.
@@ -79,7 +80,7 @@ def load_lion_release(
   The T5 dims come from the FlanT5 config, the stage layout from the keys of the LION file, the
   ViT / Q-Former / aggregator dims from `towers` (a model config; default: the released LION's).
   `frozen_dtype` is the storage dtype of the ViT and the T5 body (e.g. `ml_dtypes.bfloat16`);
-  trainables stay float32.
+  trainables stay float32. `scan_layers`: the layer layout of the params (models/layer_stack.py).
   """
   towers = towers if towers is not None else presets.flant5xl()
   t5_config, t5_flat = load_hf_t5(flant5_dir, progress=progress)
@@ -125,4 +126,5 @@ def load_lion_release(
   missing = sorted(set(shapes) - set(flat))
   if missing:
     raise mapping.CheckpointMismatchError(f"parameters no file provided: {missing[:20]}")
+  config.scan_layers = scan_layers
   return config, mapping.unflatten(layer_stack.to_layout(flat, config))
