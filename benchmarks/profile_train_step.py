@@ -66,7 +66,7 @@ def main() -> None:
   import jax
 
   config, params = convert_to_jax(hf_instructblip())
-  compiled, state, frozen, batch = jax_train_step(config, params, benchmark_arrays())
+  compiled, _, state, frozen, batch = jax_train_step(config, params, benchmark_arrays())
   paths = op_paths(compiled.as_text())
   for _ in range(2):
     state, metrics = compiled(state, frozen, batch)

@@ -64,6 +64,7 @@ def main() -> None:
 
   from configs import stage3
   from lion_jax import sharding, stages, train
+  from lion_jax.flops import matmul_flops
   from lion_jax.inference import generate
   from lion_jax.models import Lion, param_paths
 
@@ -86,9 +87,10 @@ def main() -> None:
   step = jax.jit(train.make_train_step(Lion(model_config), tx, schedule, 1, config.seed), donate_argnums=(0,))
   start = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    compiled = step.lower(state, frozen, batch).compile()
+    traced = step.trace(state, frozen, batch)
+    compiled = traced.lower().compile()
   compile_s = time.perf_counter() - start
-  flops = train.compiled_flops(compiled)
+  flops = matmul_flops(traced.jaxpr)  # one device: the global step's
   holder = {"state": state}
 
   def one_step():

@@ -43,11 +43,12 @@ def benchmark_arrays(b: int = 8, lq: int = 32, lt: int = 32, lout: int = 16, see
 
 
 def jax_train_step(config, params, arrays: dict[str, np.ndarray]):
-  """The trainer's own step function, compiled: returns (compiled, state, frozen, batch)."""
+  """The trainer's own step function, compiled: returns (compiled, its FLOPs, state, frozen, batch)."""
   import jax
   import jax.numpy as jnp
 
   from lion_jax import optim, run_config, train
+  from lion_jax.flops import matmul_flops
   from lion_jax.models import Lion, param_paths
 
   image, q_ids, text, target = arrays["image"], arrays["q_ids"], arrays["text"], arrays["target"]
@@ -68,7 +69,8 @@ def jax_train_step(config, params, arrays: dict[str, np.ndarray]):
     target_mask=np.ones_like(target),
   )
   step = jax.jit(train.make_train_step(Lion(config), tx, schedule, 1, seed=0), donate_argnums=(0,))
-  return step.lower(state, frozen, batch).compile(), state, frozen, batch
+  traced = step.trace(state, frozen, batch)
+  return traced.lower().compile(), matmul_flops(traced.jaxpr), state, frozen, batch
 
 
 def main() -> None:
@@ -78,8 +80,6 @@ def main() -> None:
 
   import jax
   import torch
-
-  from lion_jax import train
 
   model = hf_instructblip()
   config, params = convert_to_jax(model)
@@ -106,8 +106,7 @@ def main() -> None:
     model(**hf_inputs).loss.backward()
     hf_opt.step()
 
-  compiled, state, frozen, batch = jax_train_step(config, params, arrays)
-  flops = train.compiled_flops(compiled)
+  compiled, flops, state, frozen, batch = jax_train_step(config, params, arrays)
   holder = {"state": state}
 
   def jax_step():

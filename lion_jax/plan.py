@@ -51,6 +51,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from lion_jax import cli, errors, sharding, stages, train  # noqa: E402
 from lion_jax.data import contract  # noqa: E402
+from lion_jax.flops import matmul_flops  # noqa: E402
 from lion_jax.inference.generate import generation_program  # noqa: E402
 from lion_jax.models import Lion, param_paths  # noqa: E402
 
@@ -119,11 +120,11 @@ def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int)
   step = train.make_train_step(model, tx, schedule, config.grad_accum_steps, config.seed)
   start = time.perf_counter()
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    lowered = jax.jit(step, donate_argnums=(0,)).lower(state, frozen, batch)
-    compiled = lowered.compile()
+    traced = jax.jit(step, donate_argnums=(0,)).trace(state, frozen, batch)
+    compiled = traced.lower().compile()
   compile_s = time.perf_counter() - start
   memory = compiled.memory_analysis()
-  flops = train.compiled_flops(compiled)
+  flops = matmul_flops(traced.jaxpr)  # the global step's
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   return {
     "stage": stage_name,
@@ -140,8 +141,8 @@ def plan(config, stage_name: str, mesh_sizes: dict[str, int], global_batch: int)
       "temporaries": memory.temp_size_in_bytes / 2**30,
       "peak_estimate": (memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**30,
     },
-    "flops_per_step_per_device": flops,
-    "flops_per_example": flops * mesh.size / global_batch,
+    "flops_per_step_per_device": flops / mesh.size,
+    "flops_per_example": flops / global_batch,
     "collectives": collective_bytes(compiled.as_text()),
   }
 

@@ -35,6 +35,7 @@ from lion_jax.convert.converted import load_converted, save_converted
 from lion_jax.data import contract, pipeline
 from lion_jax.errors import UserError
 from lion_jax.evaluation.evaluators import format_scalars, make_evaluators, run_all
+from lion_jax.flops import matmul_flops
 from lion_jax.loss import loss_and_metrics
 from lion_jax.metrics import MetricWriter, Progress
 from lion_jax.models import VISUAL_INPUTS, Lion, example_batch, layer_stack, param_paths
@@ -329,8 +330,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
       out_shardings=(state_shard, None),
       donate_argnums=(0,),
     )
-    compiled = jitted.lower(state, frozen, example).compile()
-  flops = compiled_flops(compiled)
+    traced = jitted.trace(state, frozen, example)
+    compiled = traced.lower().compile()
+  flops = matmul_flops(traced.jaxpr)
 
   # Loop. SIGTERM saves a checkpoint at a step every process agrees on, and the stage returns.
   writer = MetricWriter(stage_dir)
@@ -412,15 +414,6 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
   return summary
 
 
-def compiled_flops(compiled) -> float:
-  try:
-    analysis = compiled.cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list) else analysis
-    return float(analysis.get("flops", 0.0))
-  except Exception:  # cost analysis is best effort: some backends do not provide it
-    return 0.0
-
-
 def _summarise(fetched, seconds, steps, config, flops, data_iter) -> dict[str, float]:
   """Averages of the fetched steps plus throughput, FLOP rate / MFU and data counters."""
   total = lambda k: float(sum(m[k] for m in fetched))
@@ -437,7 +430,7 @@ def _summarise(fetched, seconds, steps, config, flops, data_iter) -> dict[str, f
   scalars["examples_per_s"] = config.global_batch_size / step_time
   scalars["tokens_per_s"] = total("tokens") / len(fetched) / step_time
   if flops:
-    scalars["flops_per_s_per_device"] = flops / step_time / jax.local_device_count()
+    scalars["flops_per_s_per_device"] = flops / step_time / jax.device_count()  # `flops`: the global step's
     if config.peak_flops_per_device:
       scalars["mfu"] = scalars["flops_per_s_per_device"] / config.peak_flops_per_device
   for source, counts in data_iter.global_counters().items():
