@@ -8,9 +8,11 @@
 Nothing is allocated: parameters, optimizer state and the batch are abstract arrays with their
 shardings, the step is lowered and compiled by XLA for a mesh of N fake CPU devices, and the report
 gives per-device memory (arguments, outputs, temporaries: XLA's memory analysis), FLOPs per step and
-per example (XLA's cost analysis; the frozen ViT is forward-only, the frozen T5 has no weight
-gradients), and the collectives in the compiled program. With --memory_gib it compiles once more (at 1
-example per device) and reports the largest global batch whose linearly fitted peak fits. Compiling
+per example (matmuls and convolutions of the step's jaxpr, `lion_jax/flops.py`; the frozen ViT is
+forward-only, the frozen T5 has no weight gradients), and the collectives in the compiled program
+(read from its HLO text: a scanned layer's collectives are counted once, not per layer). With
+--memory_gib it compiles once more (at 1 example per device) and reports the largest global batch
+whose linearly fitted peak fits. Compiling
 for CPU approximates a TPU/GPU compile: layouts, fusion and scheduling differ, so treat memory as an
 estimate (docs/scaling.md shows how far off it can be) and confirm on the target. --evaluate plans
 the benchmark step instead: beam-search generation (what `python -m lion_jax.evaluate` runs) of a
