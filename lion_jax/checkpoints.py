@@ -98,7 +98,8 @@ class StageCheckpoints:
       raise UserError(
         f"{self.directory}/{step} was written by a different model than this config builds (missing "
         f"{sorted(set(want) - set(have))[:3]}, unexpected {sorted(set(have) - set(want))[:3]}, other "
-        f"shapes {differ[:3]}): resume with the config that wrote it, or use a new --workdir"
+        f"shapes {differ[:3]}): resume with the config that wrote it (its model.scan_layers too), or use a "
+        "new --workdir"
       )
 
   def _move_aside(self, step: int, failure: Exception) -> str:
