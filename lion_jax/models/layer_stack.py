@@ -2,7 +2,8 @@
 
 `config.scan_layers` (a model config field, True in every preset) runs the ViT blocks, the Q-Former
 layers and the T5 encoder and decoder blocks as one `nn.scan` each: the program holds one layer,
-not 24 + 24 + 12 + 39, so it traces and compiles in seconds. Their parameters then live in one
+not 24 + 24 + 12 + 39, so it traces and compiles in about a minute instead of ten (XL stage 3,
+docs/scaling.md). Their parameters then live in one
 subtree per stack with a leading layer axis (logical name `layers`, unsharded by the default rules):
 
   unrolled                                 scanned
@@ -16,8 +17,7 @@ source key per layer); `to_layout` turns a flat tree of either layout into the c
 converted checkpoint, a stage's trainables and an export load into either.
 
 `config.remat` recomputes each layer in the backward pass: `none`, `full` (keep only the layer's
-input) or `matmuls` (keep the matmul outputs, recompute the rest; MaxText's `save_dot_except_mlp`
-family).
+input) or `matmuls` (keep the matmul outputs, recompute the rest: MaxText's `minimal` policy).
 """
 
 from __future__ import annotations
