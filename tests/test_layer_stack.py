@@ -43,6 +43,7 @@ def test_the_layouts_convert_into_each_other_exactly(layouts):
   assert flat["vit/blocks/fc1/kernel"].shape[0] == 5
   assert flat["qformer/encoder/layers/layers_1/query_ffn/fc1/kernel"].shape[0] == 1  # 2 layers, 1 unit
   assert "qformer/encoder/layers_1/query_ffn/fc1/kernel" in flat_unrolled
+  assert "qformer/encoder/layers_0/cross_attention/query/kernel" in flat_unrolled
   assert "qformer/encoder/layers_1/cross_attention/query/kernel" not in flat_unrolled  # only even layers
   assert sorted(flat_unrolled) == sorted(param_paths.flatten(jax.eval_shape(lambda: init(unrolled))))
   assert not layer_stack.is_scanned(flat_unrolled, scanned) and layer_stack.is_scanned(flat, scanned)
