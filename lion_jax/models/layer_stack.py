@@ -151,10 +151,14 @@ def is_scanned(flat: Mapping[str, Any], config: ml_collections.ConfigDict) -> bo
   return found == {"scanned"}
 
 
+def _stack_of(scanned_path: str, specs: Sequence[Stack]) -> Stack | None:
+  return next((s for s in specs if scanned_path.startswith(f"{s.prefix}/")), None)
+
+
 def unrolled_paths(path: str, specs: Sequence[Stack]) -> list[str] | None:
   """The unrolled paths of the layers a scanned leaf stacks (None for a path in no scanned stack), so
   that rules written for per-layer paths (freezing) can be applied to a stacked leaf."""
-  stack = next((s for s in specs if path.startswith(f"{s.prefix}/")), None)
+  stack = _stack_of(path, specs)
   if stack is None:
     return None
   rest = path[len(stack.prefix) + 1 :]
@@ -181,8 +185,7 @@ def to_scanned(flat: Mapping[str, Any], config: ml_collections.ConfigDict, xp=np
     else:
       out[path] = value
   for path, by_index in layers.items():
-    stack = next(s for s in specs if path.startswith(f"{s.prefix}/"))
-    units = stack.units
+    units = _stack_of(path, specs).units
     if sorted(by_index) != list(range(units)):
       raise UserError(f"{path}: the checkpoint has layers {sorted(by_index)} of this stack, the model {units} units")
     out[path] = xp.stack([by_index[i] for i in range(units)])

@@ -120,8 +120,9 @@ class FreezeRule:
   def split(self, tree) -> tuple[dict, dict]:
     """(trainable, frozen) subtrees of a parameter (or sharding, or abstract) tree."""
     flat = flatten(tree)
-    trainable = {k: v for k, v in flat.items() if not self.is_frozen(k)}
-    frozen = {k: v for k, v in flat.items() if self.is_frozen(k)}
+    is_frozen = {k: self.is_frozen(k) for k in flat}  # once per path: a stacked leaf expands to its layers
+    trainable = {k: v for k, v in flat.items() if not is_frozen[k]}
+    frozen = {k: v for k, v in flat.items() if is_frozen[k]}
     return unflatten(trainable), unflatten(frozen)
 
   def check(self, paths: Sequence[str]) -> None:
