@@ -1,9 +1,10 @@
 r"""Ask a LION checkpoint about an image from the command line.
 
   python -m lion_jax.predict --checkpoint DIR --image PATH --question "..." \
-      [--tags "dog, grass"] [--task region_level] [--draw OUT.png] [--num_beams 5] [--max_new_tokens 256]
+      [--tags "dog, grass" | --tagger RAM_DIR] [--task region_level] [--draw OUT.png] [--num_beams 5]
 
-Prints the answer (and the boxes in pixels); with --draw, saves the image with the boxes drawn.
+Prints the answer (and the boxes in pixels, and the tags a --tagger computed); with --draw, saves the
+image with the boxes drawn.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from PIL import Image, ImageDraw
 from lion_jax import errors, paths
 from lion_jax.data.images import decode_image
 from lion_jax.inference.predictor import Predictor
+from lion_jax.inference.tagger import RamTagger
 
 
 def draw_boxes(image: Image.Image, boxes, color=(255, 40, 40)) -> Image.Image:
@@ -38,6 +40,9 @@ def main(argv=None) -> int:
   parser.add_argument("--question", required=True, help="the question or instruction")
   parser.add_argument("--tags", help="comma-separated image tags, precomputed with RAM (default: none)")
   parser.add_argument(
+    "--tagger", metavar="DIR", help="a converted RAM tagger (lion_jax.convert ram), used without --tags (default: none)"
+  )
+  parser.add_argument(
     "--task",
     default="image_level",
     choices=["image_level", "region_level"],
@@ -58,10 +63,17 @@ def answer(args: argparse.Namespace) -> None:
     raise errors.MissingFile(f"--checkpoint: no such folder: {args.checkpoint}")
   if not Path(args.image).is_file():
     raise errors.MissingFile(f"--image: no such file: {args.image}")
+  if args.tagger and not paths.as_path(args.tagger).is_dir():
+    raise errors.MissingFile(f"--tagger: no such folder: {args.tagger}")
   image = decode_image(args.image)
-  predictor = Predictor.load(args.checkpoint, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+  tagger = RamTagger.load(args.tagger, batch_size=1) if args.tagger else None
+  predictor = Predictor.load(
+    args.checkpoint, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, tagger=tagger
+  )
   result = predictor(image, args.question, tags=args.tags, task=args.task)
   print(result.text)
+  if tagger is not None and args.tags is None:
+    print(f"tags: {', '.join(result.tags)}")
   for i, box in enumerate(result.boxes):
     print(f"box {i + 1}: [{', '.join(f'{v:.1f}' for v in box)}]")
   if args.draw:

@@ -23,6 +23,7 @@ from lion_jax import plot, predict
 from lion_jax.convert import __main__ as convert_cli
 from lion_jax.data import adapters, synthetic
 from lion_jax.data import inspect as inspect_cli
+from lion_jax.data import tags as tags_cli
 from lion_jax.data.records import load_records
 from lion_jax.models import summary
 
@@ -35,6 +36,7 @@ ARGPARSE_CLIS = {
   "convert": convert_cli.main,
   "summary": summary.main,
   "predict": predict.main,
+  "tags": tags_cli.main,
 }
 
 

@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,7 +26,7 @@ from jax.sharding import Mesh
 
 from lion_jax import paths, sharding
 from lion_jax.errors import MissingFile, UserError
-from lion_jax.models import Lion, example_batch, layer_stack, param_paths
+from lion_jax.models import Lion, example_batch, layer_stack, param_paths, presets
 
 T5_VOCAB_NAME = "spiece.model"
 BERT_VOCAB_NAME = "bert_vocab.txt"
@@ -38,11 +39,13 @@ def save_converted(
   *,
   t5_vocab: str | os.PathLike | None = None,
   bert_vocab: str | os.PathLike | None = None,
+  files: dict[str, str | os.PathLike] | None = None,
   sources: dict[str, str] | None = None,
 ) -> epath.Path:
   """Writes DIR; refuses to overwrite an existing params checkpoint (nothing saved is ever lost).
-  Multi-host: every process calls it with the (sharded) parameters and saves its shards; process 0
-  writes the config, tokenizer and conversion files."""
+  `files` ({name in DIR: source file}) are copied in, as the tokenizer files are. Multi-host: every
+  process calls it with the (sharded) parameters and saves its shards; process 0 writes the config,
+  tokenizer and conversion files."""
   directory = paths.as_path(directory)
   if (directory / "params").exists():
     raise UserError(f"{directory / 'params'} already exists; choose a new output directory")
@@ -50,14 +53,14 @@ def save_converted(
   if writer:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(config.to_json_best_effort(indent=2))
-    tok = directory / "tokenizer"
-    for src, name in ((t5_vocab, T5_VOCAB_NAME), (bert_vocab, BERT_VOCAB_NAME)):
+    copies = {f"tokenizer/{T5_VOCAB_NAME}": t5_vocab, f"tokenizer/{BERT_VOCAB_NAME}": bert_vocab, **(files or {})}
+    for name, src in copies.items():
       if src is not None:
         src = epath.Path(src)
         if not src.is_file():
-          raise MissingFile(f"tokenizer file not found: {src}")
-        tok.mkdir(exist_ok=True)
-        src.copy(tok / name, overwrite=True)
+          raise MissingFile(f"file to copy into {directory} not found: {src}")
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        src.copy(directory / name, overwrite=True)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(directory / "params", jax.tree.map(jnp.asarray, params))
     ckptr.wait_until_finished()
@@ -99,6 +102,8 @@ def load_converted(
   the returned config's `scan_layers` says which."""
   directory = paths.as_path(directory)
   config = load_config(directory)
+  if config.get("kind") == presets.RAM_KIND:
+    raise UserError(f"{directory} holds a RAM tagger, not a LION model: give it as the tagger (--tagger=DIR)")
   with ocp.StandardCheckpointer() as ckptr:
     meta = ckptr.metadata(directory / "params").item_metadata
     stored = layer_stack.is_scanned(param_paths.flatten(meta.tree), config)
@@ -109,23 +114,39 @@ def load_converted(
     config.unlock()
     config.scan_layers = stored
     wanted = stored if scan_layers is None else scan_layers
-    if mesh is None:
-      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      shardings = jax.tree.map(lambda _: device, meta.tree)
-    else:
-      shardings = sharding.param_shardings(Lion(config), example_batch(config), mesh, rules)
-    target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), meta.tree, shardings)
-    params = ckptr.restore(directory / "params", target)
+    shardings = None if mesh is None else sharding.param_shardings(Lion(config), example_batch(config), mesh, rules)
+    params = _restore(ckptr, directory / "params", meta.tree, shardings)
   if wanted == stored:
     return config, params
   config.scan_layers = wanted
   if mesh is None:
     flat = layer_stack.to_layout(param_paths.flatten(jax.device_get(params)), config)
-    return config, jax.device_put(param_paths.unflatten(flat), device)
+    return config, jax.device_put(param_paths.unflatten(flat), jax.local_devices()[0])
   out_shardings = sharding.param_shardings(Lion(config), example_batch(config), mesh, rules)
   relayout = lambda p: param_paths.unflatten(layer_stack.to_layout(param_paths.flatten(p), config, xp=jnp))
   with jax.set_mesh(mesh):
     return config, jax.jit(relayout, out_shardings=out_shardings)(params)
+
+
+def _restore(ckptr: ocp.StandardCheckpointer, path: epath.Path, stored_tree: Any, shardings: Any | None) -> Any:
+  """The params at `path` restored onto `shardings` (a tree like them), or whole onto this process's
+  first device when None, whatever mesh and number of hosts wrote them."""
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, stored_tree)
+  target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), stored_tree, shardings)
+  return ckptr.restore(path, target)
+
+
+def load_model_params(
+  directory: str | os.PathLike, model: nn.Module, example: Any, mesh: Mesh | None = None, rules=sharding.DEFAULT_RULES
+) -> Any:
+  """DIR/params of a model without layer layouts (the RAM tagger), restored as `load_converted` does:
+  onto the mesh under `rules` when given, else onto this process's first device."""
+  directory = paths.as_path(directory)
+  shardings = None if mesh is None else sharding.param_shardings(model, example, mesh, rules)
+  with ocp.StandardCheckpointer() as ckptr:
+    return _restore(ckptr, directory / "params", ckptr.metadata(directory / "params").item_metadata.tree, shardings)
 
 
 def tokenizer_files(directory: str | os.PathLike) -> dict[str, epath.Path]:

@@ -231,6 +231,46 @@ def t5_adapters_lion(config: ml_collections.ConfigDict, num_adapters: int, src: 
   return e
 
 
+# ------------------------------------------------------------------------------------ RAM tagger ---
+
+# Keys of `ram_swin_large_14m.pth` that tagging does not read: buffers the official loader drops and
+# recomputes, and the Tag2Text text encoder and decoder (the tagging head's two layers are stored
+# again, tied, as tag_encoder layers 0-1; the `tagging_head.*` copy is the one the official model keeps).
+RAM_UNUSED = (
+  r"visual_encoder\..*\.relative_position_index",
+  r"visual_encoder\..*\.attn_mask",
+  r"tag_encoder\..*",
+  r"text_decoder\..*",
+)
+
+
+def ram_tagger(config: ml_collections.ConfigDict) -> list[Entry]:
+  """The official RAM key layout (`ram/models/ram.py`, `swin_transformer.py`) -> `RamTaggingModel`."""
+  e = [
+    Entry("swin/patch_embed/kernel", "visual_encoder.patch_embed.proj.weight", conv),
+    Entry("swin/patch_embed/bias", "visual_encoder.patch_embed.proj.bias"),
+  ]
+  e += _norm("swin/patch_norm", "visual_encoder.patch_embed.norm")
+  for i, depth in enumerate(config.swin.depths):
+    for j in range(depth):
+      s, d = f"visual_encoder.layers.{i}.blocks.{j}.", f"swin/stage_{i}_block_{j}/"
+      e += _norm(d + "norm1", s + "norm1") + _norm(d + "norm2", s + "norm2")
+      e += _dense(d + "attn/qkv", s + "attn.qkv") + _dense(d + "attn/proj", s + "attn.proj")
+      e.append(Entry(d + "attn/relative_position_bias_table", s + "attn.relative_position_bias_table"))
+      e += _dense(d + "fc1", s + "mlp.fc1") + _dense(d + "fc2", s + "mlp.fc2")
+    if i < len(config.swin.depths) - 1:
+      s, d = f"visual_encoder.layers.{i}.downsample.", f"swin/stage_{i}_merge/"
+      e += _norm(d + "norm", s + "norm") + _dense(d + "reduction", s + "reduction", bias=False)
+  e += _norm("swin/norm", "visual_encoder.norm")
+  e += _dense("image_proj", "image_proj") + _dense("wordvec_proj", "wordvec_proj") + _dense("fc", "fc")
+  e.append(Entry("label_embed", "label_embed"))
+  for layer in range(config.head.num_layers):
+    s, d = f"tagging_head.encoder.layer.{layer}.", f"tagging_{layer}/"
+    e += _bert_attention(d + "cross_attention", s + "crossattention", "self")
+    e += _bert_ffn(d + "ffn", s + "intermediate", s + "output")
+  return e
+
+
 # -------------------------------------------------------------------------------------- apply ---
 
 

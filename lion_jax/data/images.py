@@ -22,6 +22,9 @@ from lion_jax.data.records import BadRecord
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+# The RAM tagger's preprocessing (ram/transform.py): ImageNet statistics after a bilinear resize.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def decode_image(source: str | os.PathLike | bytes) -> Image.Image:
@@ -38,12 +41,22 @@ def decode_image(source: str | os.PathLike | bytes) -> Image.Image:
   return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _resized_normalised(image: Image.Image, size: int, resample, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+  if image.size != (size, size):
+    image = image.resize((size, size), resample)
+  pixels = np.asarray(image, np.float32) / 255.0
+  return (pixels - mean) / std
+
+
 def to_model_input(image: Image.Image, size: int) -> np.ndarray:
   """Bicubic resize to size x size (aspect not kept), CLIP normalisation, [size, size, 3] float32."""
-  if image.size != (size, size):
-    image = image.resize((size, size), Image.Resampling.BICUBIC)
-  pixels = np.asarray(image, np.float32) / 255.0
-  return (pixels - CLIP_MEAN) / CLIP_STD
+  return _resized_normalised(image, size, Image.Resampling.BICUBIC, CLIP_MEAN, CLIP_STD)
+
+
+def to_ram_input(image: Image.Image, size: int) -> np.ndarray:
+  """The RAM tagger's input, as torchvision's `Resize((size, size))` on a PIL image (PIL bilinear,
+  aspect not kept) then ImageNet normalisation: [size, size, 3] float32."""
+  return _resized_normalised(image, size, Image.Resampling.BILINEAR, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def random_resized_crop(

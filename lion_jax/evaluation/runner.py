@@ -23,19 +23,17 @@ from jax.sharding import Mesh
 from lion_jax import sharding
 from lion_jax.data import images, templates
 from lion_jax.data.records import BadRecord, Record, load_records
-from lion_jax.data.tags import Tagger, missing_tags_warning
+from lion_jax.data.tags import Tagger, fill_missing_tags, missing_tags_warning
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
 from lion_jax.errors import UserError
 from lion_jax.evaluation import benchmarks, metrics, mmbench, visdial
 from lion_jax.inference.batch import generate_ids, load_for_evaluation, model_inputs
+from lion_jax.inference.tagger import RamTagger
 
 log = logging.getLogger(__name__)
 
 
-def _prepare(record: Record, image_root: Path, image_size: int, text_settings: dict, tagger):
-  image = images.decode_image(record.image_source(image_root))
-  if tagger is not None and not record.tags:
-    record = dataclasses.replace(record, tags=list(tagger(image)))
+def _prepare(record: Record, image, image_size: int, text_settings: dict):
   text = templates.build_text(record, None, image.width, image.height, **text_settings)
   return images.to_model_input(image, image_size), text, image.size
 
@@ -91,13 +89,16 @@ def predict_records(
     bar = tqdm(total=len(records), initial=start, desc="evaluating", unit="example")
   for first in range(start, len(records), batch_size):
     chunk = list(range(first, min(first + batch_size, len(records))))
-    prepared, kept = [], []
+    decoded, kept = [], []
     for i in chunk:
       try:
-        prepared.append(_prepare(records[i], image_root, config.vit.image_size, text_settings, tagger))
+        decoded.append(images.decode_image(records[i].image_source(image_root)))
         kept.append(i)
       except BadRecord as e:
         log.warning("skipping record %d (%s): %s", i, records[i].image, e)
+    tags = fill_missing_tags([records[i].tags or None for i in kept], decoded, tagger)
+    tagged = [dataclasses.replace(records[i], tags=t) for i, t in zip(kept, tags)]
+    prepared = [_prepare(r, image, config.vit.image_size, text_settings) for r, image in zip(tagged, decoded)]
     if kept:
       batch = model_inputs(
         t5,
@@ -174,7 +175,8 @@ def run_benchmark(
 ) -> dict[str, float]:
   """One benchmark config (lion_jax.evaluation.benchmarks.eval_config) on a checkpoint directory:
   predictions and scores written to `output` (default: the checkpoint), a table printed. `tagger`
-  tags the images of records without tags. MMBench and VisDial read their original files
+  (or the RAM tagger directory `config.tagger`, loaded onto the same mesh) tags the images of records
+  without tags, a batch at a time. MMBench and VisDial read their original files
   (`evaluation.mmbench`, `evaluation.visdial`). Returns the scores on process 0 ({} on the others).
 
   Runs on `config.mesh` (all devices of all processes by default): the parameters are restored onto
@@ -189,6 +191,8 @@ def run_benchmark(
     raise UserError(f"set --config.records and --config.image_root for {config.name}")
   mesh = sharding.make_mesh(**config.mesh)
   model_config, params, t5, bert = load_for_evaluation(checkpoint, mesh)
+  if tagger is None and config.get("tagger"):
+    tagger = RamTagger.load(config.tagger, mesh, batch_size=config.batch_size)
   records, _ = load_records(config.records)
   if config.get("tasks"):
     records = [r for r in records if r.task in config.tasks]

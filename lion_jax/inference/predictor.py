@@ -7,8 +7,9 @@
 
 Tags (RAM tags) go behind the soft prompt. A checkpoint with LION's soft prompt always gets the tag
 prompt, as the released model was trained: without tags (and without a `tagger`) the list is empty
-(`[]`) and a one-line warning says so. Compute tags with the Recognize Anything model in PyTorch (eval
-mode) and pass them, or pass `tagger=` (image -> tags) to compute them per call.
+(`[]`) and a one-line warning says so. Pass tags, or a tagger that computes them for the requests
+without: `Predictor.load(dir, tagger=RamTagger.load(ram_dir))` (inference/tagger.py) tags a whole
+batch at once; any callable image -> tags works too. `Prediction.tags` are the tags the prompt held.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from lion_jax import sharding
 from lion_jax.data import boxes as box_text
 from lion_jax.data import images, templates
 from lion_jax.data.records import TASK_TYPES, parse_tags
-from lion_jax.data.tags import Tagger, missing_tags_warning
+from lion_jax.data.tags import Tagger, fill_missing_tags, missing_tags_warning
 from lion_jax.data.tokenizers import LENGTH_BUCKET, BertTokenizer, T5Tokenizer
 from lion_jax.errors import UserError
 from lion_jax.inference.batch import generate_ids, load_for_evaluation, model_inputs
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 class Prediction:
   text: str
   boxes: list[tuple[float, float, float, float]]  # pixel xyxy, parsed from the text
+  tags: list[str] = dataclasses.field(default_factory=list)  # the tags in the prompt (given or the tagger's)
 
 
 class Predictor:
@@ -113,16 +115,16 @@ class Predictor:
     if len(questions) != len(images_) or (tags is not None and len(tags) != len(images_)):
       raise UserError(f"{len(images_)} images, {len(questions)} questions and tags for {len(tags or images_)}")
     decoded = [_as_image(image) for image in images_]
-    tag_lists = [self._tags(image, t) for image, t in zip(decoded, tags or [None] * len(decoded))]
+    tag_lists = self._tags(decoded, tags or [None] * len(decoded))
     pixels = [images.to_model_input(image, self.config.vit.image_size) for image in decoded]
     batch = self.inputs(pixels, questions, tag_lists, task)
     ids = generate_ids(self.config, self.params, batch, self.mesh, self.rules, self.settings)
     predictions = []
-    for image, row in zip(decoded, ids):
+    for image, row, image_tags in zip(decoded, ids, tag_lists):
       text = self.t5.decode(row.tolist())
       width, height = image.size
       boxes = [(x1 * width, y1 * height, x2 * width, y2 * height) for x1, y1, x2, y2 in box_text.parse_boxes(text)]
-      predictions.append(Prediction(text, boxes))
+      predictions.append(Prediction(text, boxes, image_tags))
     return predictions
 
   def __call__(
@@ -134,16 +136,15 @@ class Predictor:
   ) -> Prediction:
     return self.predict_batch([image], [question], [tags], task)[0]
 
-  def _tags(self, image: Image.Image, tags: Sequence[str] | str | None) -> list[str]:
-    """The request's tags (a list or a comma string), else the tagger's, else [] with one warning."""
-    if tags is not None:
-      tags = parse_tags(tags)  # a list or a comma string, as a record's `tags`
-    if tags is None and self.tagger is not None:
-      tags = list(self.tagger(image))
-    if not tags and self.config.use_soft_prompt and not self._warned_no_tags:
-      log.warning(missing_tags_warning(1, 1))
+  def _tags(self, decoded: Sequence[Image.Image], tags: Sequence[Sequence[str] | str | None]) -> list[list[str]]:
+    """Each request's tags (a list or a comma string), else the tagger's (one batch for all such
+    requests), else [] with one warning."""
+    given = [None if t is None else parse_tags(t) for t in tags]  # a list or a comma string, as a record's
+    lists = fill_missing_tags(given, decoded, self.tagger)
+    if self.config.use_soft_prompt and not all(lists) and not self._warned_no_tags:
+      log.warning(missing_tags_warning(sum(not t for t in lists), len(lists)))
       self._warned_no_tags = True
-    return list(tags or [])
+    return lists
 
 
 def _as_image(image: str | os.PathLike | Image.Image | np.ndarray) -> Image.Image:

@@ -161,10 +161,11 @@ def attend(
   scale: float,
   probs_dropout: Callable[[Array], Array] | None = None,
 ) -> Array:
-  """Multi-head attention core on [B, T, H, D] tensors; softmax in float32.
+  """Multi-head attention core on [..., T, H, D] tensors; softmax in float32.
 
-  `bias` is added to the logits (padding masks, causal masks, T5 relative positions) and broadcasts
-  to [B, H, Tq, Tk]. `probs_dropout`, when given, is applied to the attention probabilities.
+  `bias` is added to the logits (padding masks, causal masks, T5 relative positions, Swin's window
+  biases) and broadcasts to [..., H, Tq, Tk]; the leading dims are batch dims (Swin's are [B,
+  windows]). `probs_dropout`, when given, is applied to the attention probabilities.
 
   The logits are laid out [B, Tq, H, Tk], next to q's own layout: the values are the same as with
   [B, H, Tq, Tk], but XLA CPU then runs the two matmuls and the softmax as separate, faster kernels
@@ -173,13 +174,13 @@ def attend(
   if scale != 1.0:
     # On q, as EVA does (a pass over Tq x D, not Tq x Tk), rounded once from float32 as torch does.
     q = (q.astype(jnp.float32) * scale).astype(q.dtype)
-  logits = jnp.einsum("bqhd,bkhd->bqhk", q, k, preferred_element_type=jnp.float32)
+  logits = jnp.einsum("...qhd,...khd->...qhk", q, k, preferred_element_type=jnp.float32)
   if bias is not None:
-    logits = logits + jnp.swapaxes(bias, 1, 2).astype(jnp.float32)
+    logits = logits + jnp.swapaxes(bias, -3, -2).astype(jnp.float32)
   probs = jax.nn.softmax(logits, axis=-1)
   if probs_dropout is not None:
     probs = probs_dropout(probs)
-  return jnp.einsum("bqhk,bkhd->bqhd", probs.astype(v.dtype), v)
+  return jnp.einsum("...qhk,...khd->...qhd", probs.astype(v.dtype), v)
 
 
 def split_heads(x: Array, num_heads: int) -> Array:

@@ -139,3 +139,46 @@ def get(name: str, visual_input: str = "all") -> ml_collections.ConfigDict:
   if name not in PRESETS:
     raise UserError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
   return PRESETS[name](visual_input=visual_input)
+
+
+# --------------------------------------------------------------------------------- RAM tagger ---
+
+# The `kind` of a RAM tagger's config, which tells its converted directory from a LION model's.
+RAM_KIND = "ram_tagger"
+
+
+def ram_swin_large(num_classes: int = 4585) -> ml_collections.ConfigDict:
+  """`ram_swin_large_14m.pth` as LION builds it: Swin-L at 384 px (window 12), a 2-layer tagging head
+  of 4 heads of 192 over 512-wide image and label embeddings, 4585 tag classes."""
+  return ml_collections.ConfigDict(
+    dict(
+      kind=RAM_KIND,
+      dtype="float32",  # the official tagger runs in float32 (no autocast around it)
+      num_classes=num_classes,
+      embed_dim=512,  # image_proj output = label embedding width
+      swin=dict(
+        image_size=384,
+        patch_size=4,
+        embed_dim=192,
+        depths=(2, 2, 18, 2),
+        num_heads=(6, 12, 24, 48),
+        window=12,
+        mlp_ratio=4.0,
+        ln_eps=1e-5,
+      ),
+      head=dict(width=768, num_layers=2, num_heads=4, mlp_dim=3072, ln_eps=1e-12),
+    )
+  )
+
+
+def ram_tiny(num_classes: int = 20) -> ml_collections.ConfigDict:
+  """Seconds on a CPU; the same structure: stages on 32, 16, 8, 4 grids with 4x4 windows, so the first
+  three have shifted blocks and the last is one unshifted window, as Swin-L's 12x12 stage is."""
+  c = ram_swin_large(num_classes)
+  c.embed_dim = 24
+  c.swin.update(image_size=64, patch_size=2, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(2, 4, 8, 16), window=4)
+  c.head.update(width=32, num_heads=4, mlp_dim=64)
+  return c
+
+
+RAM_PRESETS = {"ram_swin_large": ram_swin_large, "tiny": ram_tiny}
