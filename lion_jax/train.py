@@ -166,7 +166,9 @@ def init_params(config, stage_name, mesh, rules, previous, abstract):
   (`stages.handoff`), split by the stage's freezing rule; frozen parameters cast to
   `config.frozen_dtype`. `previous`: [(stage layout, adapter mode, flat trainables)].
 
-  Loaded values are put straight onto their shardings, never compiled into the init program."""
+  Loaded values are put straight onto their shardings, never compiled into the init program, and
+  the init program computes only the parameters nothing loads (the rest of it is dead code to XLA):
+  a stage that starts from a converted checkpoint does not create its frozen towers twice."""
   model_config = stages.model_config(config, stage_name)
   rule = stages.freeze_rule(config, stage_name)
   model = Lion(model_config)
@@ -176,16 +178,15 @@ def init_params(config, stage_name, mesh, rules, previous, abstract):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     for note in sharding.describe_fallbacks(jax.eval_shape(init, jax.random.key(config.seed)), mesh, rules):
       log.info("replicated instead of sharded (dimension not divisible): %s", note)
-    params = jax.jit(lambda key: flatten(nn.unbox(init(key))), out_shardings=shardings)(jax.random.key(config.seed))
-  rule.check(list(params))
+  rule.check(list(abstract))
   overrides: dict[str, np.ndarray] = {}
   pretrained = stages.pretrained_dir(config, stage_name)
   if pretrained:
     _, loaded = load_converted(pretrained)
     loaded = layer_stack.to_layout(flatten(jax.device_get(loaded)), model_config)
-    overrides.update({k: v for k, v in loaded.items() if k in params})
-    _report_unused(f"{stage_name}: pretrained {pretrained}", set(loaded) - set(params))
-    missing_frozen = sorted(k for k in params if rule.is_frozen(k) and k not in overrides)
+    overrides.update({k: v for k, v in loaded.items() if k in abstract})
+    _report_unused(f"{stage_name}: pretrained {pretrained}", set(loaded) - set(abstract))
+    missing_frozen = sorted(k for k in abstract if rule.is_frozen(k) and k not in overrides)
     if missing_frozen:
       raise UserError(
         f"pretrained {pretrained} lacks {len(missing_frozen)} parameters that "
@@ -194,12 +195,17 @@ def init_params(config, stage_name, mesh, rules, previous, abstract):
   # Earlier stages may have run in the other layer layout (models/layer_stack.py).
   previous = [(layout, adapters, layer_stack.to_layout(flat, model_config)) for layout, adapters, flat in previous]
   handed = stages.handoff(model_config.visual_input, model_config.adapters, previous)
-  overrides.update({k: v for k, v in handed.items() if k in params})
-  _report_unused(f"{stage_name}: earlier stages' trainables", set(handed) - set(params))
+  overrides.update({k: v for k, v in handed.items() if k in abstract})
+  _report_unused(f"{stage_name}: earlier stages' trainables", set(handed) - set(abstract))
   for k, v in overrides.items():
-    if tuple(v.shape) != params[k].shape:
-      raise UserError(f"{k}: the loaded value has shape {tuple(v.shape)}, the model {params[k].shape}")
-    params[k] = jax.device_put(np.asarray(v, params[k].dtype), shardings[k])
+    if tuple(v.shape) != abstract[k].shape:
+      raise UserError(f"{k}: the loaded value has shape {tuple(v.shape)}, the model {abstract[k].shape}")
+  fresh = [k for k in abstract if k not in overrides]
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    init_fresh = lambda key: {k: v for k, v in flatten(nn.unbox(init(key))).items() if k not in overrides}
+    params = jax.jit(init_fresh, out_shardings={k: shardings[k] for k in fresh})(jax.random.key(config.seed))
+  for k, v in overrides.items():
+    params[k] = jax.device_put(np.asarray(v, abstract[k].dtype), shardings[k])
   trainable, frozen = rule.split(unflatten(params))
   with jax.set_mesh(mesh):
     cast = lambda tree, like: jax.tree.map(lambda x, a: x.astype(a.dtype), tree, like)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_planner_reports_memory_flops_and_collectives_for_a_sharded_step(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # the planner sets the device count
+  # The planner sets the device count; the suite's other XLA flags (optimisation level 0) stay.
+  xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+  env = {**os.environ, "XLA_FLAGS": xla_flags}
   result = subprocess.run(
     [
       sys.executable,
