@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The prepared single-GPU check (H100 / H200): stage-3 XL train step (bf16, random weights) at
-# batch 16 and 32, with and without per-layer remat (scanned layers), and beam-5 decode; prints step time, examples/s,
-# MFU and peak memory per run (benchmarks/stage3_step_and_decode.py says how each is measured).
+# batch 16 and 32, with and without per-layer remat (scanned layers), and beam-5 decode; then batch 16
+# again with every attention on the einsum path, against cuDNN's fused attention in the runs before;
+# prints step time, examples/s, MFU and peak memory per run (benchmarks/stage3_step_and_decode.py
+# says how each is measured).
 #
 #   benchmarks/gpu.sh [extra arguments for benchmarks.stage3_step_and_decode]
 #
@@ -27,6 +29,8 @@ for batch in 16 32; do
       || echo "gpu.sh: batch $batch remat=$remat failed (out of memory?); continuing" >&2
   done
 done
+"$PYTHON" -m benchmarks.stage3_step_and_decode --size xl --batch 16 --attention einsum "$@" \
+  || echo "gpu.sh: batch 16 attention=einsum failed; continuing" >&2
 if [[ -n "${OUT:-}" ]]; then
   cp benchmarks/results/stage3_step_and_decode.jsonl "$OUT"/
 fi

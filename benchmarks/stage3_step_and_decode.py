@@ -1,7 +1,7 @@
 """Stage-3 train step and beam-5 decode on one accelerator, random weights (what benchmarks/gpu.sh runs).
 
   python -m benchmarks.stage3_step_and_decode [--size xl] [--batch 16] [--steps 10] [--remat none|full|matmuls]
-      [--unrolled]
+      [--unrolled] [--attention auto|einsum]
       [--peak-tflops 989] [--decode-batch 8] [--new-tokens 32]
 
 The released stage-3 model (`configs/stage3.py:size=...`: bf16 compute, bf16 frozen ViT and T5,
@@ -12,6 +12,10 @@ XLA's FLOPs per step, MFU = FLOPs / step time / peak (H100 and H200: 989 TFLOP/s
 every sequence at --new-tokens) in seconds and tokens/s (no decode MFU: XLA's cost analysis counts
 a while-loop body once, and decode is bound by memory, not FLOPs). One JSON line goes to
 benchmarks/results/stage3_step_and_decode.jsonl.
+`--attention einsum` keeps every attention on the einsum path, where `auto` (the default) lets a GPU
+run cuDNN's fused attention where it takes the call (models/layers.py, `attend`): the frozen ViT in
+the step (training's Q-Former and T5 attention has dropout, which the fused kernel lacks) and the
+whole decode.
 `--size tiny` runs the same code on a CPU in a minute (a check of the script, not a measurement).
 """
 
@@ -53,6 +57,7 @@ def main() -> None:
     "--remat", default="none", choices=["none", "full", "matmuls"], help="model.remat: recompute each layer"
   )
   parser.add_argument("--unrolled", action="store_true", help="model.scan_layers=False (default: scanned)")
+  parser.add_argument("--attention", default="auto", choices=["auto", "einsum"], help="attention kernel (above)")
   parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak (default: by device kind)")
   parser.add_argument("--decode-batch", type=int, default=8)
   parser.add_argument("--new-tokens", type=int, default=32)
@@ -66,7 +71,7 @@ def main() -> None:
   from lion_jax import sharding, stages, train
   from lion_jax.flops import matmul_flops
   from lion_jax.inference import generate
-  from lion_jax.models import Lion, param_paths
+  from lion_jax.models import Lion, layers, param_paths
 
   config = stage3.get_config(f"size={args.size}")
   if args.size == "tiny":  # input lengths that fit the tiny towers' tables, as configs/demo.py
@@ -86,7 +91,7 @@ def main() -> None:
   batch = random_batch(config.data, args.batch, model_config.t5.vocab_size, model_config.qformer.vocab_size)
   step = jax.jit(train.make_train_step(Lion(model_config), tx, schedule, 1, config.seed), donate_argnums=(0,))
   start = time.perf_counter()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), layers.attention_kernel(args.attention):
     traced = step.trace(state, frozen, batch)
     compiled = traced.lower().compile()
   compile_s = time.perf_counter() - start
@@ -108,7 +113,8 @@ def main() -> None:
   )
   settings = dict(num_beams=5, max_new_tokens=args.new_tokens, min_length=args.new_tokens + 1)
   run_decode = lambda: jax.block_until_ready(generate(model_config, params, decode_batch, **settings))
-  decode_s, decode_all = median_seconds(run_decode, 3)
+  with layers.attention_kernel(args.attention):  # the first (warm-up) call traces
+    decode_s, decode_all = median_seconds(run_decode, 3)
 
   record(
     "stage3_step_and_decode",
@@ -117,6 +123,7 @@ def main() -> None:
       "size": args.size,
       "batch": args.batch,
       "remat": args.remat,
+      "attention": args.attention,
       "scan_layers": not args.unrolled,
       "init_s": round(init_s, 1),
       "compile_s": round(compile_s, 1),

@@ -91,3 +91,30 @@ def set_router_index_(torch_module, index: int) -> None:
   for module in torch_module.modules():
     if hasattr(module, "router_idx"):
       module.router_idx = index
+
+
+def hf_swin_as_ram_keys(hf_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """HF SwinModel tensors (transformers 5 names) under the official RAM names (`visual_encoder.` of
+  ram_swin_large_14m.pth): the test's own statement of that layout, q, k and v fused into `qkv`."""
+  renames = [
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
+    ("embeddings.norm.", "patch_embed.norm."),
+    ("encoder.layers.", "layers."),
+    ("layernorm_before.", "norm1."),
+    ("layernorm_after.", "norm2."),
+    ("attention.relative_position_bias.", "attn."),
+    ("attention.o_proj.", "attn.proj."),
+    ("layernorm.", "norm."),
+  ]
+  out = {}
+  for key, value in hf_state.items():
+    if any(f"attention.{w}_proj." in key for w in "qkv"):
+      if "attention.q_proj." in key:
+        stem, kind = key.split("attention.q_proj.")
+        fused = np.concatenate([hf_state[f"{stem}attention.{w}_proj.{kind}"] for w in "qkv"])
+        out[f"visual_encoder.{stem.replace('encoder.layers.', 'layers.')}attn.qkv.{kind}"] = fused
+      continue
+    for old, new in renames:
+      key = key.replace(old, new)
+    out["visual_encoder." + key] = value
+  return out

@@ -269,3 +269,45 @@ def test_gradient_accumulation_equals_one_big_batch():
     results.append((float(metrics["loss"]), float(metrics["grad_norm"])))
   assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
   assert results[0][1] == pytest.approx(results[1][1], rel=1e-4)
+
+
+def test_the_fused_attention_path_equals_the_einsum_path(stage3):
+  """`jax.nn.dot_product_attention` (what cuDNN runs on a GPU; here its XLA implementation) against
+  the einsum path: the core with padding, causal and relative-position biases, the whole model's
+  logits (every attention call site's shapes and biases), and greedy decoding with the KV cache."""
+  import importlib
+
+  from lion_jax.inference import generate
+  from lion_jax.models import layers
+
+  generate_module = importlib.import_module("lion_jax.inference.generate")  # the package re-exports the function
+
+  config, params = stage3
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, t, 4, 8)), jnp.float32) for t in (5, 7, 7))
+  padding = layers.padding_bias(jnp.asarray([[1] * 7, [1] * 4 + [0] * 3]))
+  relative = jnp.asarray(rng.normal(size=(1, 4, 5, 7)), jnp.float32) + jnp.where(jnp.tril(jnp.ones((5, 7))), 0.0, -1e9)
+  for bias in (None, padding, relative + padding):
+    with layers.attention_kernel("xla"):
+      fused = layers.attend(q, k, v, bias, scale=0.35)
+    with layers.attention_kernel("einsum"):
+      plain = layers.attend(q, k, v, bias, scale=0.35)
+    np.testing.assert_allclose(fused, plain, rtol=1e-5, atol=1e-6)
+  assert layers._fused_implementation(q.astype(jnp.bfloat16), None, None) is None  # CPU: the einsum path
+  with layers.attention_kernel("xla"):
+    assert layers._fused_implementation(q, None, probs_dropout=lambda p: p) is None  # dropout: einsum
+    assert layers._fused_implementation(q[None], None, None) is None  # Swin's [B, windows, T, H, D]
+
+  batch = random_batch(config)
+  outputs = {}
+  for kernel in ("xla", "einsum"):
+    generate_module._compiled.cache_clear()  # the kernel is chosen at trace time: trace again
+    with layers.attention_kernel(kernel):
+      logits = jax.jit(lambda p, x: Lion(config).apply({"params": p}, x))(params, batch)
+      ids = generate(config, params, batch, num_beams=1, max_new_tokens=4)
+    outputs[kernel] = (np.asarray(logits), np.asarray(ids))
+  np.testing.assert_allclose(outputs["xla"][0], outputs["einsum"][0], rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(outputs["xla"][1], outputs["einsum"][1])
+  with pytest.raises(ValueError, match="attention kernel 'flash'"):
+    with layers.attention_kernel("flash"):
+      pass

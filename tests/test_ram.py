@@ -20,7 +20,7 @@ from lion_jax.models import presets
 from lion_jax.models.ram import RamTaggingModel
 from lion_jax.models.swin import SwinTransformer
 from tests.conftest import require
-from tests.reference import max_relative_error, randomize_, state_dict_numpy
+from tests.reference import hf_swin_as_ram_keys, max_relative_error, randomize_, state_dict_numpy
 
 TOL = 1e-4
 TAGS = [
@@ -81,37 +81,10 @@ def hf_swin(transformers, torch, config):
   return model
 
 
-def official_swin_keys(hf_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """HF SwinModel tensors (transformers 5 names) under the official RAM names (`visual_encoder.` of
-  ram_swin_large_14m.pth): the test's own statement of that layout, q, k and v fused into `qkv`."""
-  renames = [
-    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
-    ("embeddings.norm.", "patch_embed.norm."),
-    ("encoder.layers.", "layers."),
-    ("layernorm_before.", "norm1."),
-    ("layernorm_after.", "norm2."),
-    ("attention.relative_position_bias.", "attn."),
-    ("attention.o_proj.", "attn.proj."),
-    ("layernorm.", "norm."),
-  ]
-  out = {}
-  for key, value in hf_state.items():
-    if any(f"attention.{w}_proj." in key for w in "qkv"):
-      if "attention.q_proj." in key:
-        stem, kind = key.split("attention.q_proj.")
-        fused = np.concatenate([hf_state[f"{stem}attention.{w}_proj.{kind}"] for w in "qkv"])
-        out[f"visual_encoder.{stem.replace('encoder.layers.', 'layers.')}attn.qkv.{kind}"] = fused
-      continue
-    for old, new in renames:
-      key = key.replace(old, new)
-    out["visual_encoder." + key] = value
-  return out
-
-
 def test_swin_tower_matches_hf_swin_model_at_every_stage(transformers, torch):
   config = presets.ram_tiny()
   hf = hf_swin(transformers, torch, config)
-  state = official_swin_keys(state_dict_numpy(hf))
+  state = hf_swin_as_ram_keys(state_dict_numpy(hf))
   swin_entries = [e for e in mapping.ram_tagger(config) if e.dst.startswith("swin/")]
   abstract = jax.eval_shape(
     lambda: nn.unbox(SwinTransformer(config.swin).init(jax.random.key(0), np.zeros((1, 64, 64, 3)))["params"])
@@ -188,7 +161,7 @@ class TaggingReference:
   def official_state_dict(self) -> dict:
     """The tensors under ram_swin_large_14m.pth's names, with keys tagging does not read."""
     torch = self.torch
-    state = {k: torch.from_numpy(v) for k, v in official_swin_keys(state_dict_numpy(self.swin)).items()}
+    state = {k: torch.from_numpy(v) for k, v in hf_swin_as_ram_keys(state_dict_numpy(self.swin)).items()}
     state.update({k: v.detach().clone() for k, v in self.modules.state_dict().items()})
     state["label_embed"] = self.label_embed.clone()
     for i, layer in enumerate(self.layers):

@@ -10,6 +10,9 @@ stay float32, since every residual add takes a float32 input (docs/model.md, "Pr
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +26,7 @@ from jax.extend.random import threefry2x32_p
 from lion_jax.errors import UserError
 
 Array = jax.Array
+_log = logging.getLogger(__name__)
 Dtype = Any
 Initializer = Callable[..., Array]
 
@@ -152,6 +156,43 @@ def padding_bias(mask: Array, dtype: Dtype = jnp.float32) -> Array:
   return jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)
 
 
+# Which attention kernel `attend` uses: "auto" (cuDNN's fused attention through
+# `jax.nn.dot_product_attention` on GPU where it supports the call, the einsum path elsewhere),
+# "einsum" (always the einsum path), or "xla" (`jax.nn.dot_product_attention`'s XLA implementation:
+# the fused path's argument handling, checked against the einsum path on CPU). Read at trace time.
+ATTENTION_KERNELS = ("auto", "einsum", "xla")
+_attention_kernel: contextvars.ContextVar[str] = contextvars.ContextVar("attention_kernel", default="auto")
+
+
+@contextlib.contextmanager
+def attention_kernel(name: str):
+  """Traces the attention inside the block with kernel `name` (ATTENTION_KERNELS), e.g. to time the
+  einsum path against cuDNN's on a GPU (benchmarks/stage3_step_and_decode.py --attention)."""
+  if name not in ATTENTION_KERNELS:
+    raise UserError(f"attention kernel {name!r}; expected one of {ATTENTION_KERNELS}")
+  token = _attention_kernel.set(name)
+  try:
+    yield
+  finally:
+    _attention_kernel.reset(token)
+
+
+def _fused_implementation(q: Array, bias: Array | None, probs_dropout) -> str | None:
+  """ "cudnn" or "xla" where `jax.nn.dot_product_attention` serves this call, else None (einsum path).
+
+  cuDNN's fused attention takes [B, T, H, D] in bf16/fp16 with head size <= 128 (a multiple of 8)
+  and an additive [B|1, H|1, Tq, Tk] bias (padding, causal and T5 relative-position biases are all
+  written as one), but no dropout on the probabilities (training's BERT and T5 attention dropout)."""
+  kernel = _attention_kernel.get()
+  if kernel == "einsum" or probs_dropout is not None or q.ndim != 4 or (bias is not None and bias.ndim != 4):
+    return None
+  if kernel == "xla":
+    return "xla"
+  on_gpu = jax.default_backend() == "gpu"
+  head = q.shape[-1]
+  return "cudnn" if on_gpu and q.dtype in (jnp.bfloat16, jnp.float16) and head <= 128 and head % 8 == 0 else None
+
+
 def attend(
   q: Array,
   k: Array,
@@ -167,10 +208,21 @@ def attend(
   biases) and broadcasts to [..., H, Tq, Tk]; the leading dims are batch dims (Swin's are [B,
   windows]). `probs_dropout`, when given, is applied to the attention probabilities.
 
-  The logits are laid out [B, Tq, H, Tk], next to q's own layout: the values are the same as with
-  [B, H, Tq, Tk], but XLA CPU then runs the two matmuls and the softmax as separate, faster kernels
-  (1.7x on the benchmark ViT's attention forward; benchmarks/RESULTS.md).
+  On GPU a call cuDNN supports runs as its fused kernel (`_fused_implementation`); elsewhere the
+  einsum path below, whose logits are laid out [B, Tq, H, Tk], next to q's own layout: the values are
+  the same as with [B, H, Tq, Tk], but XLA CPU then runs the two matmuls and the softmax as separate,
+  faster kernels (1.7x on the benchmark ViT's attention forward; benchmarks/RESULTS.md).
   """
+  implementation = _fused_implementation(q, bias, probs_dropout)
+  if implementation is not None:
+    # In the compute dtype, masked entries at its most negative finite value (not -inf).
+    fused_bias = None if bias is None else jnp.maximum(bias, jnp.finfo(q.dtype).min).astype(q.dtype)
+    try:
+      return jax.nn.dot_product_attention(q, k, v, fused_bias, scale=scale, implementation=implementation)
+    except (NotImplementedError, ValueError) as e:  # raised while tracing: cuDNN does not take these shapes
+      if implementation != "cudnn":
+        raise
+      _log.info("cuDNN attention does not take q %s k %s (%s); the einsum path runs it", q.shape, k.shape, e)
   if scale != 1.0:
     # On q, as EVA does (a pass over Tq x D, not Tq x Tk), rounded once from float32 as torch does.
     q = (q.astype(jnp.float32) * scale).astype(q.dtype)
