@@ -222,6 +222,17 @@ def test_tags_of_a_converted_pth_match_the_reference(converted_tagger, capsys):
   assert json.loads((directory / "conversion.json").read_text())["sources"]["ram_pth"].endswith(".pth")
 
 
+def test_bf16_compute_tracks_float32(converted_tagger):
+  from lion_jax.inference.tagger import RamTagger
+
+  directory, probs, _ = converted_tagger
+  tagger = RamTagger.load(directory, batch_size=4, dtype="bfloat16")
+  pixels = [tagger.pixels(p) for p in photos()]
+  bf16 = tagger.probabilities(3, pixels.__getitem__)
+  assert tagger.params["fc"]["kernel"].dtype == np.float32
+  assert 1e-5 < np.abs(bf16 - probs).max() < 2e-2  # bf16 matmuls, not float32 ones
+
+
 def test_tag_prompt_is_the_official_string():
   """lion_t5.py: `' | '.join(tags)` (generate_tag) -> `.replace(' |', ',')` (generate_tags) -> the
   tag prompt's `[{}]`."""

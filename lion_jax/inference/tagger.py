@@ -56,9 +56,16 @@ class RamTagger:
 
   @classmethod
   def load(
-    cls, directory: str | os.PathLike, mesh: Mesh | None = None, rules=sharding.DEFAULT_RULES, batch_size: int = 8
+    cls,
+    directory: str | os.PathLike,
+    mesh: Mesh | None = None,
+    rules=sharding.DEFAULT_RULES,
+    batch_size: int = 8,
+    dtype: str | None = None,
   ) -> RamTagger:
-    """A directory written by `python -m lion_jax.convert ram`; with `mesh`, restored onto its shardings."""
+    """A directory written by `python -m lion_jax.convert ram`; with `mesh`, restored onto its
+    shardings. `dtype` ("bfloat16") overrides the compute dtype (float32, as the official tagger),
+    with the LION towers' precision rules (models/layers.py); the parameters stay float32."""
     directory = paths.as_path(directory)
     config = load_config(directory)
     if config.get("kind") != presets.RAM_KIND:
@@ -66,6 +73,8 @@ class RamTagger:
         f"{directory} is not a converted RAM tagger (its config.json has no kind={presets.RAM_KIND!r}); "
         "convert one with `python -m lion_jax.convert ram`"
       )
+    if dtype is not None:
+      config.dtype = dtype
     size = config.swin.image_size
     example = np.zeros((1, size, size, 3), np.float32)
     params = load_model_params(directory, RamTaggingModel(config), example, mesh, rules)
