@@ -65,8 +65,9 @@ def hf_instructblip(seed: int = 0):
   return model
 
 
-def convert_to_jax(model):
-  """The same weights as a lion-jax (config, params), through the HF converter."""
+def convert_to_jax(model, scan_layers: bool = True):
+  """The same weights as a lion-jax (config, params), through the HF converter (in the layer
+  layout `scan_layers` asks for)."""
   from safetensors.numpy import save_file
 
   from lion_jax.convert.hf import load_hf_instructblip
@@ -74,7 +75,7 @@ def convert_to_jax(model):
   with tempfile.TemporaryDirectory() as tmp:
     save_file({k: v.detach().numpy().copy() for k, v in model.state_dict().items()}, f"{tmp}/model.safetensors")
     model.config.save_pretrained(tmp)
-    return load_hf_instructblip(tmp)
+    return load_hf_instructblip(tmp, scan_layers=scan_layers)
 
 
 def median_seconds(fn, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:

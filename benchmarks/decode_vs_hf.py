@@ -1,6 +1,6 @@
 """Decode throughput, lion-jax vs HF transformers `generate`, same CPU, same model and weights.
 
-  python benchmarks/decode_vs_hf.py [--batch 8] [--beams 5] [--new-tokens 32] [--repeats 3]
+  python -m benchmarks.decode_vs_hf [--batch 8] [--beams 5] [--new-tokens 32] [--repeats 3] [--unrolled]
 
 The benchmark-size InstructBLIP-T5 (benchmarks/common.py) with random weights; both generate the
 same number of tokens (min_length = max_new_tokens keeps EOS out, so lengths are equal), warmed up,
@@ -22,6 +22,7 @@ def main() -> None:
   parser.add_argument("--beams", type=int, default=5)
   parser.add_argument("--new-tokens", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--unrolled", action="store_true", help="model.scan_layers=False (default: scanned)")
   args = parser.parse_args()
 
   import jax
@@ -31,7 +32,7 @@ def main() -> None:
 
   torch.set_num_threads(max(1, torch.get_num_threads()))
   model = hf_instructblip()
-  config, params = convert_to_jax(model)
+  config, params = convert_to_jax(model, scan_layers=not args.unrolled)
   rng = np.random.default_rng(0)
   b, n = args.batch, args.new_tokens
   image = rng.normal(size=(b, 224, 224, 3)).astype(np.float32)
@@ -71,6 +72,7 @@ def main() -> None:
     {
       "batch": b,
       "beams": args.beams,
+      "scan_layers": not args.unrolled,
       "new_tokens": n,
       "ids_equal": bool(same),
       "hf_s": round(hf_s, 3),
