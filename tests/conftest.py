@@ -78,6 +78,17 @@ def require_program(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def torch():
+  """The torch reference package (tests comparing against PyTorch / HF code)."""
+  return require("torch")
+
+
+@pytest.fixture(scope="session")
+def transformers():
+  return require("transformers")
+
+
+@pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """The synthetic dataset the trainer tests read (40 images)."""
   from lion_jax.data import synthetic

@@ -17,7 +17,6 @@ from lion_jax.models import Lion, layer_stack, presets
 from lion_jax.models.qformer import QFormerEncoder
 from lion_jax.models.t5 import T5
 from lion_jax.models.vit import VisionTransformer
-from tests.conftest import require
 from tests.reference import (
   add_lion_adapters_,
   max_relative_error,
@@ -28,16 +27,6 @@ from tests.reference import (
 )
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def torch():
-  return require("torch")
-
-
-@pytest.fixture(scope="module")
-def transformers():
-  return require("transformers")
 
 
 def hf_vision_config(transformers, image_size=28):

@@ -19,7 +19,6 @@ from lion_jax.data import templates
 from lion_jax.models import presets
 from lion_jax.models.ram import RamTaggingModel
 from lion_jax.models.swin import SwinTransformer
-from tests.conftest import require
 from tests.reference import hf_swin_as_ram_keys, max_relative_error, randomize_, state_dict_numpy
 
 TOL = 1e-4
@@ -45,16 +44,6 @@ TAGS = [
   "smile",
   "woman",
 ]
-
-
-@pytest.fixture(scope="module")
-def torch():
-  return require("torch")
-
-
-@pytest.fixture(scope="module")
-def transformers():
-  return require("transformers")
 
 
 def hf_swin(transformers, torch, config):

@@ -151,6 +151,27 @@ class RMSNorm(nn.Module):
     return y * scale.astype(jnp.float32)
 
 
+def patch_embedding(features: int, patch: int, dtype: Dtype, name: str = "patch_embed") -> nn.Conv:
+  """The non-overlapping patch x patch convolution that turns an NHWC image into patch tokens."""
+  return nn.Conv(
+    features,
+    (patch, patch),
+    strides=(patch, patch),
+    padding="VALID",
+    dtype=dtype,
+    kernel_init=nn.with_logical_partitioning(normal_002, (None, None, None, "embed")),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+    name=name,
+  )
+
+
+def gelu_mlp(x: Array, hidden: int, dtype: Dtype) -> Array:
+  """`fc2(GELU(fc1(x)))` (exact GELU), its Dense layers named fc1 and fc2 in the calling module."""
+  y = Dense(hidden, ("embed", "mlp"), dtype=dtype, name="fc1")(x)
+  y = activation("gelu")(y)
+  return Dense(x.shape[-1], ("mlp", "embed"), dtype=dtype, name="fc2")(y)
+
+
 def padding_bias(mask: Array, dtype: Dtype = jnp.float32) -> Array:
   """[B, K] 0/1 key mask -> additive bias [B, 1, 1, K] (0 where kept, a large negative where masked)."""
   return jnp.where(mask[:, None, None, :] > 0, 0.0, jnp.finfo(dtype).min).astype(dtype)

@@ -109,10 +109,7 @@ class SwinBlock(nn.Module):
     if self.shift:
       y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
     x = x + y.astype(jnp.float32)
-    y = layers.LayerNorm(self.ln_eps, name="norm2")(x)
-    y = layers.Dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(y)
-    y = layers.activation("gelu")(y)
-    y = layers.Dense(self.width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(y)
+    y = layers.gelu_mlp(layers.LayerNorm(self.ln_eps, name="norm2")(x), self.mlp_dim, self.dtype)
     return layers.constrain(x + y.astype(jnp.float32), ("batch", None, None, "embed"))
 
 
@@ -141,16 +138,7 @@ class SwinTransformer(nn.Module):
     c = self.config
     if image.shape[1] != c.image_size or image.shape[2] != c.image_size:
       raise UserError(f"the Swin tower takes {c.image_size}x{c.image_size} images, got {image.shape[1:3]}")
-    x = nn.Conv(
-      c.embed_dim,
-      (c.patch_size, c.patch_size),
-      strides=(c.patch_size, c.patch_size),
-      padding="VALID",
-      dtype=self.dtype,
-      kernel_init=nn.with_logical_partitioning(layers.normal_002, (None, None, None, "embed")),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-      name="patch_embed",
-    )(image.astype(self.dtype))
+    x = layers.patch_embedding(c.embed_dim, c.patch_size, self.dtype)(image.astype(self.dtype))
     x = layers.LayerNorm(c.ln_eps, name="patch_norm")(x)
     for i, (depth, heads) in enumerate(zip(c.depths, c.num_heads)):
       resolution, width = x.shape[1], x.shape[-1]

@@ -105,10 +105,7 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = self.config
     x = x + Attention(c, self.dtype, name="attn")(layers.LayerNorm(c.ln_eps, name="norm1")(x))
-    y = layers.LayerNorm(c.ln_eps, name="norm2")(x)
-    y = layers.Dense(c.mlp_dim, ("embed", "mlp"), dtype=self.dtype, name="fc1")(y)
-    y = layers.activation("gelu")(y)
-    y = layers.Dense(c.width, ("mlp", "embed"), dtype=self.dtype, name="fc2")(y)
+    y = layers.gelu_mlp(layers.LayerNorm(c.ln_eps, name="norm2")(x), c.mlp_dim, self.dtype)
     return layers.constrain(x + y, ("batch", "length", "embed"))
 
 
@@ -145,16 +142,7 @@ class VisionTransformer(nn.Module):
       raise UserError(f"ViT blocks {read} are read; the ViT has blocks 1..{c.depth}")
     if image.shape[1] % p or image.shape[2] % p:
       raise ValueError(f"image size {image.shape[1:3]} is not a multiple of the patch size {p}")
-    patches = nn.Conv(
-      c.width,
-      (p, p),
-      strides=(p, p),
-      padding="VALID",
-      dtype=self.dtype,
-      kernel_init=nn.with_logical_partitioning(layers.normal_002, (None, None, None, "embed")),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-      name="patch_embed",
-    )(image.astype(self.dtype))
+    patches = layers.patch_embedding(c.width, p, self.dtype)(image.astype(self.dtype))
     b, gh, gw, _ = patches.shape
     x = patches.reshape(b, gh * gw, c.width).astype(jnp.float32)  # the residual stream is float32
     cls = self.param(
