@@ -8,7 +8,7 @@ import pytest
 
 from lion_jax.convert.hf import load_hf_instructblip
 from lion_jax.inference import generate, score_candidates
-from lion_jax.models import Lion
+from lion_jax.models import Lion, layer_stack
 from tests.conftest import require
 from tests.reference import save_safetensors_sharded, state_dict_numpy
 
@@ -172,11 +172,10 @@ def test_cached_decoding_equals_the_full_decoder(converted):
   encoded, mask = model.apply({"params": params}, batch, method=Lion.encode)
   tokens = np.random.default_rng(1).integers(2, 120, (3, 7)).astype(np.int32)
   full = model.apply({"params": params}, tokens, encoded, mask, batch["task"], method=Lion.decode)
-  cache = None
+  caches = {}  # the encoder's keys and values are written on the first step only
   for t in range(tokens.shape[1]):
-    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
     step, updated = model.apply(
-      variables,
+      {"params": params, **caches},
       tokens[:, t : t + 1],
       encoded,
       mask,
@@ -184,9 +183,9 @@ def test_cached_decoding_equals_the_full_decoder(converted):
       cache_len=7,
       cache_index=t,
       method=Lion.decode,
-      mutable=["cache"],
+      mutable=[layer_stack.DECODE_CACHE] + ([layer_stack.ENCODER_CACHE] if t == 0 else []),
     )
-    cache = updated["cache"]
+    caches.update(updated)
     np.testing.assert_allclose(step[:, 0], full[:, t], rtol=1e-5, atol=1e-5)
 
 

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 
 from lion_jax.models import Lion
+from lion_jax.models.layer_stack import DECODE_CACHE, ENCODER_CACHE
 
 NEG = -1.0e9  # HF's "impossible" score
 
@@ -45,12 +46,14 @@ def _forbid_eos_before_min_length(scores, cur_len, min_length, eos_id):
 
 
 def _step_fn(model: Lion, params, encoded, encoder_mask, task, cache_len: int):
-  """(cache, tokens [N], position) -> (logits [N, V] float32, cache); a missing cache is created."""
+  """(cache, tokens [N], position) -> (logits [N, V] float32, cache); a missing cache is created.
+  `cache` holds both decoding collections (models/layer_stack.py); only the first step
+  writes the encoder's, later steps only read it."""
 
   def step(cache, tokens, position):
-    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
+    first = cache is None
     logits, updated = model.apply(
-      variables,
+      {"params": params, **({} if first else cache)},
       tokens[:, None],
       encoded,
       encoder_mask,
@@ -58,9 +61,9 @@ def _step_fn(model: Lion, params, encoded, encoder_mask, task, cache_len: int):
       cache_len=cache_len,
       cache_index=position,
       method=Lion.decode,
-      mutable=["cache"],
+      mutable=[DECODE_CACHE, ENCODER_CACHE] if first else [DECODE_CACHE],
     )
-    return logits[:, 0].astype(jnp.float32), updated["cache"]
+    return logits[:, 0].astype(jnp.float32), {**({} if first else cache), **updated}
 
   return step
 
@@ -154,7 +157,9 @@ def _beam_search(
     new_seen = gather(candidate_seen, keep)
     cache_rows = (jnp.arange(b)[:, None] * k + gather(parent, keep)).reshape(-1)
     # Cache leaves are [batch, positions, heads, head_dim], with a leading layer axis when scanned.
-    cache = jax.tree.map(lambda c: jnp.take(c, cache_rows, axis=c.ndim - 4), cache)
+    # The encoder's keys and values are the same for every beam of an example: never reordered.
+    reorder = lambda c: jnp.take(c, cache_rows, axis=c.ndim - 4)
+    cache = {**cache, DECODE_CACHE: jax.tree.map(reorder, cache[DECODE_CACHE])}
 
     # Candidates among the top num_beams that stopped become finished hypotheses, if they beat them.
     just_finished = hits_stop & top_mask[None, :]

@@ -69,15 +69,26 @@ def carry_body(block: type[nn.Module]) -> type[nn.Module]:
   return Body
 
 
-def scanned(body: type[nn.Module], length: int, *, broadcast: int, per_layer: int = 0) -> type[nn.Module]:
+# The variable collections of incremental decoding (models/t5.py): self-attention's growing keys
+# and values, and cross-attention's projection of the encoder output, made on the first step and
+# only read after it, so that a scanned decoder does not restack it on every step, nor beam search
+# reorder it.
+DECODE_CACHE, ENCODER_CACHE = "cache", "encoder_cache"
+
+
+def scanned(
+  body: type[nn.Module], length: int, *, broadcast: int, per_layer: int = 0, unroll: int = 1
+) -> type[nn.Module]:
   """`body` (`(carry, *args) -> (carry, y)`) run `length` times over stacked parameters (and caches):
-  the first `broadcast` args are the same for every layer, the next `per_layer` have a leading layer axis."""
+  the first `broadcast` args are the same for every layer, the next `per_layer` have a leading layer
+  axis. `unroll` layers run per loop iteration (`lax.scan`'s unroll)."""
   return nn.scan(
     body,
-    variable_axes={"params": 0, "cache": 0},
+    variable_axes={"params": 0, DECODE_CACHE: 0, ENCODER_CACHE: 0},
     split_rngs={"params": True, "dropout": True},
     in_axes=(nn.broadcast,) * broadcast + (0,) * per_layer,
     length=length,
+    unroll=unroll,
     metadata_params={nn.PARTITION_NAME: LAYER_AXIS},
   )
 

@@ -65,9 +65,9 @@ class RelativePositionBias(nn.Module):
 
 
 class T5Attention(nn.Module):
-  """Unscaled multi-head attention. For incremental decoding (`decode`), keys and values live in the
-  'cache' collection: self-attention appends the new position at `cache_index` into a buffer of
-  `cache_len` positions; cross-attention projects the encoder output once and reuses it."""
+  """Unscaled multi-head attention. For incremental decoding (`decode`), self-attention appends the
+  new position at `cache_index` into a DECODE_CACHE buffer of `cache_len` positions; cross-attention
+  projects the encoder output once into ENCODER_CACHE and reuses it (models/layer_stack.py)."""
 
   config: ml_collections.ConfigDict
   dtype: jnp.dtype = jnp.float32
@@ -82,15 +82,16 @@ class T5Attention(nn.Module):
     q = layers.split_heads(proj("q", (c.d_model * c.d_kv) ** -0.5)(x), c.num_heads)
     k_proj, v_proj = proj("k", c.d_model**-0.5), proj("v", c.d_model**-0.5)
     if decode and is_cross:
-      k = self.variable("cache", "cached_key", lambda: layers.split_heads(k_proj(memory), c.num_heads)).value
-      v = self.variable("cache", "cached_value", lambda: layers.split_heads(v_proj(memory), c.num_heads)).value
+      projected = lambda proj: lambda: layers.split_heads(proj(memory), c.num_heads)
+      k = self.variable(layer_stack.ENCODER_CACHE, "cached_key", projected(k_proj)).value
+      v = self.variable(layer_stack.ENCODER_CACHE, "cached_value", projected(v_proj)).value
     else:
       k = layers.split_heads(k_proj(memory), c.num_heads)
       v = layers.split_heads(v_proj(memory), c.num_heads)
     if decode and not is_cross:
       shape = (x.shape[0], cache_len, c.num_heads, c.d_kv)
-      cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
-      cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+      cached_k = self.variable(layer_stack.DECODE_CACHE, "cached_key", jnp.zeros, shape, k.dtype)
+      cached_v = self.variable(layer_stack.DECODE_CACHE, "cached_value", jnp.zeros, shape, v.dtype)
       cached_k.value = jax.lax.dynamic_update_slice_in_dim(cached_k.value, k, cache_index, axis=1)
       cached_v.value = jax.lax.dynamic_update_slice_in_dim(cached_v.value, v, cache_index, axis=1)
       k, v = cached_k.value, cached_v.value
@@ -219,7 +220,11 @@ class T5Stack(nn.Module):
     block_args = (c, self.num_adapters, self.is_decoder, train, cache_len, self.dtype)
     if self.scan_layers:
       body = layer_stack.carry_body(layer_stack.rematted(T5Block, remat, scanned=True))
-      x, _ = layer_stack.scanned(body, num_layers, broadcast=5)(*block_args, name="layers")(*args)
+      # A decoding step is a few small matmuls per layer: unrolled, its layers cost no loop overhead
+      # (13-20% of a beam-5 decode on XLA CPU; benchmarks/RESULTS.md), for a little more compile time.
+      unroll = num_layers if decode else 1
+      stack = layer_stack.scanned(body, num_layers, broadcast=5, unroll=unroll)
+      x, _ = stack(*block_args, name="layers")(*args)
     else:
       block = layer_stack.rematted(T5Block, remat, scanned=False)
       for i in range(num_layers):
