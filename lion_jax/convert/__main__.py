@@ -23,7 +23,7 @@ from lion_jax import errors, paths
 from lion_jax.convert.converted import save_converted
 from lion_jax.convert.hf import load_hf_instructblip
 from lion_jax.convert.lion_release import load_lion_release
-from lion_jax.convert.ram import TAG_LIST_NAME, THRESHOLDS_NAME, load_ram_release, read_tag_list
+from lion_jax.convert.ram import TAG_LIST_NAME, THRESHOLDS_NAME, load_ram_release
 from lion_jax.models import presets
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -128,8 +128,7 @@ def convert(args: argparse.Namespace) -> None:
 
 
 def convert_ram(args: argparse.Namespace) -> None:
-  config = presets.RAM_PRESETS[args.preset](len(read_tag_list(args.tag_list)))
-  config, params, unused = load_ram_release(args.ram_pth, args.tag_list, args.thresholds, config)
+  config, params, unused = load_ram_release(args.ram_pth, args.tag_list, args.thresholds, args.preset)
   out = save_converted(
     args.out,
     config,

@@ -84,27 +84,23 @@ def load_ram_release(
   ram_pth: str | os.PathLike,
   tag_list: str | os.PathLike,
   thresholds: str | os.PathLike,
-  config: ml_collections.ConfigDict | None = None,
+  preset: str = "ram_swin_large",
 ) -> tuple[ml_collections.ConfigDict, dict, dict[str, int]]:
-  """(config, params, unused) from the release files; `config` defaults to the Swin-L preset with as
-  many classes as the tag list. Every missing, unexpected or mis-shaped key is named; `unused` counts
-  the known keys tagging does not read, by prefix (reported, not silently dropped)."""
+  """(config, params, unused) from the release files; the config is `presets.RAM_PRESETS[preset]`
+  with as many classes as the tag list. Every missing, unexpected or mis-shaped key is named;
+  `unused` counts the known keys tagging does not read, by prefix (reported, not silently dropped)."""
   tags, limits = read_tag_list(tag_list), read_thresholds(thresholds)
-  config = presets.ram_swin_large(len(tags)) if config is None else config
-  for path, count in ((tag_list, len(tags)), (thresholds, len(limits))):
-    if count != config.num_classes:
-      raise UserError(f"{path}: {count} lines, but the tagger has {config.num_classes} tag classes")
+  config = presets.RAM_PRESETS[preset](len(tags))
+  if len(limits) != config.num_classes:
+    raise UserError(f"{thresholds}: {len(limits)} lines, but the tagger has {config.num_classes} tag classes")
   source = _Renamed(TorchSource(ram_pth))
   model = RamTaggingModel(config)
   image = jnp.zeros((1, config.swin.image_size, config.swin.image_size, 3))
   abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), image)["params"]))
+  entries = mapping.ram_tagger(config)
   flat = mapping.assemble(
-    mapping.ram_tagger(config),
-    source,
-    mapping.flat_shapes(abstract),
-    source_name=str(ram_pth),
-    ignore=mapping.RAM_UNUSED,
+    entries, source, mapping.flat_shapes(abstract), source_name=str(ram_pth), ignore=mapping.RAM_UNUSED
   )
-  used = {e.src for e in mapping.ram_tagger(config)}
+  used = {e.src for e in entries}
   unused = collections.Counter(k.split(".")[0] for k in source if k not in used)
   return config, mapping.unflatten(flat), dict(unused)

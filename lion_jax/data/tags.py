@@ -158,7 +158,7 @@ def _written(progress: Path, order: Sequence[str]) -> list[dict]:
 
 def tag_dataset(
   tagger, records: Sequence[Record], image_root: str | os.PathLike, out: str | os.PathLike, *, progress: bool = True
-) -> dict[str, int]:
+) -> dict:
   """Tags the images of `records` without tags with `tagger` (a RamTagger, on its mesh) and writes
   the records to `out` (process 0); resumable (module docstring). Returns the summary counts."""
   from jax.experimental import multihost_utils

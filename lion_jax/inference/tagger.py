@@ -100,16 +100,15 @@ class RamTagger:
     out = []
     for first in range(0, num_images, self.batch_size):
       rows = [min(first + r, num_images - 1) for r in range(self.batch_size)]  # the last batch repeats its last row
-      shape = (self.batch_size, size, size, 3)
+      # Each image loaded once per batch: the repeated padding rows and devices holding the same rows share it.
+      image = functools.lru_cache(maxsize=None)(load)
       if self.mesh is None:
-        batch = np.stack([load(i) for i in rows])
-        out.append(np.asarray(self._probabilities(self.params, batch)))
+        out.append(np.asarray(self._probabilities(self.params, np.stack([image(i) for i in rows]))))
         continue
-      row = functools.lru_cache(maxsize=None)(lambda i, rows=rows: load(rows[i]))  # shared by replica devices
       batch = jax.make_array_from_callback(
-        shape,
+        (self.batch_size, size, size, 3),
         sharding.batch_sharding(self.mesh, self.rules),
-        lambda index, row=row: np.stack([row(i) for i in range(self.batch_size)[index[0]]]),
+        lambda index, rows=rows, image=image: np.stack([image(i) for i in rows[index[0]]]),
       )
       with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
         probabilities = self._probabilities(self.params, batch)
