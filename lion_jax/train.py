@@ -138,6 +138,8 @@ def abstract_state(config, stage_name: str, mesh, rules, num_steps: int):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example_batch(model_config))["params"])
     shardings = flatten(sharding.logical_shardings(boxed, mesh, rules))
+    for note in sharding.describe_fallbacks(boxed, mesh, rules):
+      log.info("replicated instead of sharded (dimension not divisible): %s", note)
   frozen_dtype = jnp.dtype(config.frozen_dtype)
   flat = {
     k: jax.ShapeDtypeStruct(v.shape, frozen_dtype if rule.is_frozen(k) else v.dtype, sharding=shardings[k])
@@ -175,9 +177,6 @@ def init_params(config, stage_name, mesh, rules, previous, abstract):
   init = lambda key: model.init(key, example_batch(model_config))["params"]
   abstract = flatten(merge(*abstract))
   shardings = {k: v.sharding for k, v in abstract.items()}
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    for note in sharding.describe_fallbacks(jax.eval_shape(init, jax.random.key(config.seed)), mesh, rules):
-      log.info("replicated instead of sharded (dimension not divisible): %s", note)
   rule.check(list(abstract))
   overrides: dict[str, np.ndarray] = {}
   pretrained = stages.pretrained_dir(config, stage_name)

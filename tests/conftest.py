@@ -101,7 +101,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def three_stages(data_dir, tmp_path_factory):
   """One demo-sized run of the demo's stages, pretrain -> 1 -> 2 -> 3, evaluating 8 records per
-  evaluator at the end of each (checkpoints every 5 steps, all kept): (config, workdir, summaries by
+  evaluator at the end of each (checkpoints every 10 steps, all kept): (config, workdir, summaries by
   stage), trained once per session for every test module that reads it."""
   from lion_jax import train
   from tests.test_train import make_config
@@ -112,7 +112,7 @@ def three_stages(data_dir, tmp_path_factory):
     workdir,
     stages_to_run="pretrain,stage1,stage2,stage3",
     eval_limit=8,
-    checkpoint_every_steps=5,
+    checkpoint_every_steps=10,
     keep_checkpoints=10,
   )
   summaries = train.run(config, workdir)
