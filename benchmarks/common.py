@@ -99,12 +99,14 @@ def cpu_model() -> str:
 
 
 def record(name: str, result: dict) -> dict:
-  """Appends one JSON line to benchmarks/results/<name>.jsonl with the machine and date."""
+  """Appends one JSON line to benchmarks/results/<name>.jsonl with the machine, the date and the
+  XLA flags in effect (lion_jax adds its CPU defaults to XLA_FLAGS when it is imported)."""
   result = {
     "benchmark": name,
     **result,
     "machine": f"{platform.machine()} {os.cpu_count()} cores",
     "cpu": cpu_model(),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "date": time.strftime("%Y-%m-%d"),
   }
   RESULTS.mkdir(parents=True, exist_ok=True)
