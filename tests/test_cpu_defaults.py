@@ -1,0 +1,23 @@
+"""The XLA flags lion_jax adds for CPU-only processes (lion_jax/__init__.py)."""
+
+from lion_jax import _cpu_backend_defaults
+
+NO_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+NO_CONCURRENT_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def test_cpu_only_processes_get_the_defaults_and_others_nothing():
+  assert _cpu_backend_defaults("", "cpu") == NO_EMITTERS
+  assert _cpu_backend_defaults("", "") == ""  # the platform may be a GPU or TPU: XLA aborts on unknown flags
+  assert _cpu_backend_defaults("--foo=1", "tpu") == "--foo=1"
+  devices = "--xla_force_host_platform_device_count=8"
+  assert _cpu_backend_defaults(devices, "").split() == [devices, NO_EMITTERS, NO_CONCURRENT_SCHEDULER]
+  assert (
+    _cpu_backend_defaults("--xla_force_host_platform_device_count=1", "") == "--xla_force_host_platform_device_count=1"
+  )
+
+
+def test_a_flag_the_user_sets_is_kept_as_set():
+  mine = "--xla_cpu_use_fusion_emitters=true --xla_cpu_enable_concurrency_optimized_scheduler=true"
+  assert _cpu_backend_defaults(f"--xla_force_host_platform_device_count=2 {mine}", "cpu").endswith(mine)
+  assert _cpu_backend_defaults(mine, "CPU") == mine
