@@ -161,16 +161,19 @@ def abstract_state(config, stage_name: str, mesh, rules, num_steps: int):
   return state, frozen, tx, schedule
 
 
-def init_params(config, stage_name, mesh, rules, previous, abstract):
+def init_params(config, stage_name, mesh, rules, previous, abstract, resumed=None):
   """Sharded (trainable, frozen) values of a stage's `abstract_state` (`abstract` = its (trainable,
   frozen) abstract trees): a fresh init from `config.seed`, then the stage's pretrained converted
   checkpoint (if any) for every parameter it holds, then the earlier stages' trainables
-  (`stages.handoff`), split by the stage's freezing rule; frozen parameters cast to
+  (`stages.handoff`), then `resumed` (the trainables a resumed stage restored from its checkpoint,
+  already on their shardings), split by the stage's freezing rule; frozen parameters cast to
   `config.frozen_dtype`. `previous`: [(stage layout, adapter mode, flat trainables)].
 
   Loaded values are put straight onto their shardings, never compiled into the init program, and
   the init program computes only the parameters nothing loads (the rest of it is dead code to XLA):
-  a stage that starts from a converted checkpoint does not create its frozen towers twice."""
+  a stage that starts from a converted checkpoint does not create its frozen towers twice, and a
+  resumed stage does not create the trainables it restored (a resumed pretraining stage compiles
+  no init program at all)."""
   model_config = stages.model_config(config, stage_name)
   rule = stages.freeze_rule(config, stage_name)
   model = Lion(model_config)
@@ -199,12 +202,17 @@ def init_params(config, stage_name, mesh, rules, previous, abstract):
   for k, v in overrides.items():
     if tuple(v.shape) != abstract[k].shape:
       raise UserError(f"{k}: the loaded value has shape {tuple(v.shape)}, the model {abstract[k].shape}")
-  fresh = [k for k in abstract if k not in overrides]
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    init_fresh = lambda key: {k: v for k, v in flatten(nn.unbox(init(key))).items() if k not in overrides}
-    params = jax.jit(init_fresh, out_shardings={k: shardings[k] for k in fresh})(jax.random.key(config.seed))
+  restored = flatten(resumed) if resumed is not None else {}
+  fresh = {k for k in abstract if k not in overrides and k not in restored}
+  params = {}
+  if fresh:
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+      init_fresh = lambda key: {k: v for k, v in flatten(nn.unbox(init(key))).items() if k in fresh}
+      params = jax.jit(init_fresh, out_shardings={k: shardings[k] for k in fresh})(jax.random.key(config.seed))
   for k, v in overrides.items():
-    params[k] = jax.device_put(np.asarray(v, abstract[k].dtype), shardings[k])
+    if k not in restored:
+      params[k] = jax.device_put(np.asarray(v, abstract[k].dtype), shardings[k])
+  params.update(restored)
   trainable, frozen = rule.split(unflatten(params))
   with jax.set_mesh(mesh):
     cast = lambda tree, like: jax.tree.map(lambda x, a: x.astype(a.dtype), tree, like)
@@ -292,7 +300,15 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
     directory = (paths.as_path(prev_dir) if prev_dir else workdir / prev_name) / "checkpoints"
     trained = checkpoints.load_final_trainables(directory, prev_name)
     previous.append((*trained_layout(config, prev_name, directory), trained))
-  trainable, frozen = init_params(config, stage_name, mesh, rules, previous, (abstract.params, abstract_frozen))
+  trainable, frozen = init_params(
+    config,
+    stage_name,
+    mesh,
+    rules,
+    previous,
+    (abstract.params, abstract_frozen),
+    resumed=None if restored is None else restored[0],
+  )
   first_step, counters = 0, {}
   if restored is None:
     with jax.set_mesh(mesh):

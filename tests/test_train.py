@@ -224,6 +224,22 @@ def test_resume_on_a_different_mesh_continues_the_run(data_dir, three_stages, tm
     np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-5, err_msg=k)
 
 
+def test_a_resumed_stage_does_not_create_what_it_restored(data_dir, tmp_path):
+  """Pretraining trains every parameter: resumed, its init takes the restored arrays as they are
+  (on their shardings, not copied) and creates nothing."""
+  config = make_config(data_dir, tmp_path)
+  mesh = sharding.make_mesh(2, 2, 2)
+  abstract, abstract_frozen, *_ = train.abstract_state(config, "pretrain", mesh, sharding.DEFAULT_RULES, 10)
+  restored = jax.tree.map(lambda a: jax.device_put(np.full(a.shape, 0.5, a.dtype), a.sharding), abstract.params)
+  trainable, frozen = train.init_params(
+    config, "pretrain", mesh, sharding.DEFAULT_RULES, [], (abstract.params, abstract_frozen), resumed=restored
+  )
+  assert jax.tree.leaves(frozen) == []
+  assert flat(restored).keys() == flat(trainable).keys()
+  pairs = zip(jax.tree.leaves(param_paths.flatten(trainable)), jax.tree.leaves(param_paths.flatten(restored)))
+  assert all(a is b for a, b in pairs)
+
+
 def _main_command(workdir: Path | str, *overrides: str) -> list[str]:
   return [
     sys.executable,
