@@ -30,4 +30,10 @@ def _cpu_backend_defaults(xla_flags: str, platforms: str) -> str:
   return xla_flags
 
 
-os.environ["XLA_FLAGS"] = _cpu_backend_defaults(os.environ.get("XLA_FLAGS", ""), os.environ.get("JAX_PLATFORMS", ""))
+def apply_cpu_backend_defaults() -> None:
+  """Sets XLA_FLAGS to `_cpu_backend_defaults` of this process's environment. Runs on import; an
+  entry point that chooses its own devices before jax starts (the planner) calls it again."""
+  os.environ["XLA_FLAGS"] = _cpu_backend_defaults(os.environ.get("XLA_FLAGS", ""), os.environ.get("JAX_PLATFORMS", ""))
+
+
+apply_cpu_backend_defaults()

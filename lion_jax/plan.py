@@ -27,6 +27,8 @@ import os
 import re
 import sys
 
+from lion_jax import apply_cpu_backend_defaults
+
 
 def device_count_arg(argv: list[str]) -> str | None:
   """The value of `--devices=N` or `--devices N` (read before absl parses flags)."""
@@ -43,6 +45,7 @@ _DEVICES = device_count_arg(sys.argv)
 if _DEVICES:
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={_DEVICES}"
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  apply_cpu_backend_defaults()  # the package's import ran before these devices were chosen
 
 import time  # noqa: E402
 
