@@ -58,6 +58,17 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
   return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
+def axes_within_a_process(mesh: Mesh) -> list[str]:
+  """The mesh axes (of size > 1) along which one process holds several devices: their collectives
+  run between devices of the same process as well as across processes."""
+  axes = []
+  for i, name in enumerate(mesh.axis_names):
+    lines = np.moveaxis(mesh.devices, i, -1).reshape(-1, mesh.devices.shape[i])
+    if mesh.devices.shape[i] > 1 and any(len({d.process_index for d in line}) < len(line) for line in lines):
+      axes.append(name)
+  return axes
+
+
 def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
   """Drops mesh axes from dimensions they do not divide evenly."""
   fitted = []
@@ -123,12 +134,18 @@ def init_sharded(
   return params, shardings
 
 
+def put_host_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A host array that every process holds whole (a loaded checkpoint, a batch), as a global array
+  on `sharding`: each process copies only the shards its own devices hold. `jax.device_put` of a
+  host array onto a multi-process sharding first all-gathers the whole array across processes to
+  check it is the same everywhere: one collective (and one compile per shape) per parameter."""
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def put_global_batch(batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict[str, jax.Array]:
   """A batch every process holds whole, as global arrays split over the batch axes: each process
   copies only the rows its own devices hold (one process or many)."""
-  return {
-    k: jax.make_array_from_callback(v.shape, batch_sharding, lambda index, v=v: v[index]) for k, v in batch.items()
-  }
+  return {k: put_host_array(v, batch_sharding) for k, v in batch.items()}
 
 
 def batch_axes_size(mesh: Mesh, rules=DEFAULT_RULES) -> int:

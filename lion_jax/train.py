@@ -125,6 +125,31 @@ def check_config(config: ml_collections.ConfigDict, stage_name: str, mesh, proce
     )
 
 
+def warn_cpu_collective_order(config: ml_collections.ConfigDict, mesh) -> None:
+  """Warns before a simulated multi-host CPU run that XLA's CPU runtime may abort: with scanned
+  layers it can issue a loop body's independent collectives (the per-layer gathers of parameters
+  sharded over fsdp or tensor) in a different order on two devices of one process, and Gloo then
+  fails with "Received data size doesn't match expected size. Is there a distributed collective
+  mismatch". Seen with jaxlib 0.10.2 on 4 processes x 2 devices, demo
+  stage 1 from the pretraining export: 7 of 7 runs on mesh data=4, fsdp=2 aborted in the first
+  steps; data=8 (2 runs), one device per process (1) and unrolled layers (1) finished
+  (launch/README.md). TPU and GPU runtimes issue a program's collectives in order on their
+  streams; only the CPU backend is warned about."""
+  if jax.process_count() == 1 or jax.default_backend() != "cpu" or not config.model.scan_layers:
+    return
+  # Parameters sharded along these axes are gathered layer by layer inside the scans; a data-only
+  # mesh reduces its gradients after them.
+  axes = [a for a in sharding.axes_within_a_process(mesh) if a in ("fsdp", "tensor")]
+  if axes:
+    log.warning(
+      "mesh axes %s put several devices of one process on a sharded axis: XLA's CPU runtime may abort "
+      "this multi-process run with a Gloo 'collective mismatch'. On CPU use a data-only mesh "
+      "(--config.mesh.data=-1 --config.mesh.fsdp=1 --config.mesh.tensor=1), one device per process "
+      "(LION_DEVICES_PER_PROCESS=1) or --config.model.scan_layers=False",
+      axes,
+    )
+
+
 # ------------------------------------------------------------------------------ parameters ---
 
 
@@ -211,7 +236,7 @@ def init_params(config, stage_name, mesh, rules, previous, abstract, resumed=Non
       params = jax.jit(init_fresh, out_shardings={k: shardings[k] for k in fresh})(jax.random.key(config.seed))
   for k, v in overrides.items():
     if k not in restored:
-      params[k] = jax.device_put(np.asarray(v, abstract[k].dtype), shardings[k])
+      params[k] = sharding.put_host_array(np.asarray(v, abstract[k].dtype), shardings[k])
   params.update(restored)
   trainable, frozen = rule.split(unflatten(params))
   with jax.set_mesh(mesh):
@@ -276,6 +301,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
   num_steps = config.num_steps if config.num_steps > 0 else stage.num_steps
   mesh = sharding.make_mesh(**config.mesh)
   check_config(config, stage_name, mesh, jax.process_count())
+  warn_cpu_collective_order(config, mesh)
   rules = sharding.config_rules(config)
 
   # The model, its evaluators, and the train state as abstract arrays with their shardings; the
@@ -321,7 +347,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
       log.info("%s: already finished (%d steps)", stage_name, first_step)
       ckpt.close()
       return {"stage": stage_name, "steps": first_step, "resumed_finished": True}
-  state = TrainState(jax.device_put(jnp.asarray(first_step, jnp.int32), replicated), trainable, opt_state)
+  state = TrainState(sharding.put_host_array(np.asarray(first_step, np.int32), replicated), trainable, opt_state)
 
   # Data: this process's rows of every global batch, from global batch `first_step` on (the same
   # examples whatever the number of processes). Counters restart on process 0 with the totals.
