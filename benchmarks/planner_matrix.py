@@ -68,16 +68,17 @@ def main() -> None:
   for size in args.sizes.split(","):
     for stage in args.stages.split(","):
       config = importlib.import_module(f"configs.{stage}").get_config(f"size={size}")
-      name = plan._stage(config, "")
+      name = plan.stage_to_plan(config, "")
       for b in per_device:
         report = plan.plan(config, name, mesh, b * args.devices)
         table.setdefault((stage, size), {})[b] = record(
           "planner_matrix",
           {"config": f"configs/{stage}.py:size={size}", "per_device": b, **report},
         )
+  at = " / ".join(map(str, per_device))
   print(
-    "\n| stage | size | trainable / frozen (M) | TFLOP per example | compile at 1 / 8 per device | args per device "
-    "| temps at 1 / 8 examples per device (GiB) |"
+    f"\n| stage | size | trainable / frozen (M) | TFLOP per example | compile at {at} per device | args per device "
+    f"| temps at {at} examples per device (GiB) |"
   )
   print("|---|---|---|---|---|---|---|")
   for (_, size), rows in table.items():

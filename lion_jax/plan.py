@@ -233,7 +233,8 @@ def main(argv) -> int:
   return errors.exit_code(lambda: print_plan(_CONFIG.value, _STAGE.value, _MESH.value, _BATCH.value, _MEMORY.value))
 
 
-def _stage(config, stage: str) -> str:
+def stage_to_plan(config, stage: str) -> str:
+  """`stage`, or the last stage the config runs when it is empty."""
   stage = stage or [s.strip() for s in config.run_stages.split(",")][-1]
   if stage not in config.stages:
     raise errors.UserError(f"--stage={stage!r}: the config's stages are {sorted(config.stages)}")
@@ -241,7 +242,7 @@ def _stage(config, stage: str) -> str:
 
 
 def print_evaluation_plan(config, stage: str, mesh: str, batch: int, beams: int, new_tokens: int) -> None:
-  report = plan_evaluation(config, _stage(config, stage), parse_mesh(mesh), batch or 16, beams, new_tokens)
+  report = plan_evaluation(config, stage_to_plan(config, stage), parse_mesh(mesh), batch or 16, beams, new_tokens)
   m = report["memory_gib_per_device"]
   print(
     f"evaluation of {report['stage']} on {report['devices']} devices, mesh {report['mesh']}, global batch "
@@ -255,7 +256,7 @@ def print_evaluation_plan(config, stage: str, mesh: str, batch: int, beams: int,
 
 def print_plan(config, stage: str, mesh: str, batch: int, memory_gib: float) -> None:
   """Compiles the stage's step as the flags say and prints the report (and the fit, with `memory_gib`)."""
-  stage = _stage(config, stage)
+  stage = stage_to_plan(config, stage)
   report = plan(config, stage, parse_mesh(mesh), batch or config.global_batch_size)
   m = report["memory_gib_per_device"]
   print(
