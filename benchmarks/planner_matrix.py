@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
+
+from lion_jax import simulate_cpu_devices
 
 
 def _devices_before_jax(argv: list[str]) -> int:
@@ -26,12 +27,10 @@ def _devices_before_jax(argv: list[str]) -> int:
   return parser.parse_known_args(argv)[0].devices
 
 
-_DEVICES = _devices_before_jax(sys.argv[1:])
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={_DEVICES}"
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+simulate_cpu_devices(_devices_before_jax(sys.argv[1:]))
 
 from benchmarks.common import record  # noqa: E402
-from lion_jax import plan  # noqa: E402  (the package's import adds its CPU defaults to these flags)
+from lion_jax import plan  # noqa: E402
 
 # (name, chips, GiB per chip) of the topologies the docs compare.
 TOPOLOGIES = (

@@ -31,9 +31,18 @@ def _cpu_backend_defaults(xla_flags: str, platforms: str) -> str:
 
 
 def apply_cpu_backend_defaults() -> None:
-  """Sets XLA_FLAGS to `_cpu_backend_defaults` of this process's environment. Runs on import; an
-  entry point that chooses its own devices before jax starts (the planner) calls it again."""
+  """Sets XLA_FLAGS to `_cpu_backend_defaults` of this process's environment (runs on import)."""
   os.environ["XLA_FLAGS"] = _cpu_backend_defaults(os.environ.get("XLA_FLAGS", ""), os.environ.get("JAX_PLATFORMS", ""))
+
+
+def simulate_cpu_devices(count: int) -> None:
+  """Makes this process run on `count` fake CPU devices (replacing any device count in XLA_FLAGS),
+  with the CPU defaults for them: for entry points that choose their devices after this package's
+  import and before jax starts (the planner, its benchmarks)."""
+  flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", os.environ.get("XLA_FLAGS", "")).split()
+  os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={count}"])
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  apply_cpu_backend_defaults()
 
 
 apply_cpu_backend_defaults()

@@ -23,11 +23,10 @@ export holds them, sharded by the same rules.
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 
-from lion_jax import apply_cpu_backend_defaults
+from lion_jax import simulate_cpu_devices
 
 
 def device_count_arg(argv: list[str]) -> str | None:
@@ -43,9 +42,7 @@ def device_count_arg(argv: list[str]) -> str | None:
 # The device count must be fixed before jax is imported.
 _DEVICES = device_count_arg(sys.argv)
 if _DEVICES:
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={_DEVICES}"
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  apply_cpu_backend_defaults()  # the package's import ran before these devices were chosen
+  simulate_cpu_devices(int(_DEVICES))
 
 import time  # noqa: E402
 

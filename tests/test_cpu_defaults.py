@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from lion_jax import _cpu_backend_defaults
+from lion_jax import _cpu_backend_defaults, simulate_cpu_devices
 
 NO_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 NO_CONCURRENT_SCHEDULER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
@@ -33,3 +33,16 @@ def test_the_planner_gets_the_defaults_for_the_devices_it_simulates():
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
   flags = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
   assert flags.split() == ["--xla_force_host_platform_device_count=4", NO_EMITTERS, NO_CONCURRENT_SCHEDULER]
+
+
+def test_simulated_devices_replace_the_device_count_and_get_the_defaults(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --foo=1")
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  simulate_cpu_devices(4)
+  assert os.environ["XLA_FLAGS"].split() == [
+    "--foo=1",
+    "--xla_force_host_platform_device_count=4",
+    NO_EMITTERS,
+    NO_CONCURRENT_SCHEDULER,
+  ]
+  assert os.environ["JAX_PLATFORMS"] == "cpu"
