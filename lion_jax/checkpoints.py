@@ -157,6 +157,19 @@ def load_final_trainables(directory: str | os.PathLike, stage: str) -> dict[str,
       f"{stage} in {directory} stopped at step {step} of {meta.get('num_steps')}: "
       f"finish it (re-run the same command) before starting the next stage"
     )
-  with ocp.CheckpointManager(directory) as manager:
-    trainable = manager.restore(step, args=ocp.args.Composite(trainable=ocp.args.StandardRestore()))["trainable"]
+  item = directory / str(step) / "trainable"
+  with ocp.StandardCheckpointer() as ckptr:
+    trainable = restore_onto(ckptr, item, ckptr.metadata(item).item_metadata.tree)
   return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(jax.device_get(trainable), sep="/").items()}
+
+
+def restore_onto(ckptr: ocp.StandardCheckpointer, path: Any, stored_tree: Any, shardings: Any | None = None) -> Any:
+  """The arrays saved at `path` (`stored_tree`: their metadata) restored onto `shardings` (a tree like
+  them), or whole onto this process's first device when None, whatever mesh and number of hosts
+  wrote them: without a target, Orbax uses the saved shardings and refuses another topology (a run
+  moved from 2 to 4 hosts)."""
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, stored_tree)
+  target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), stored_tree, shardings)
+  return ckptr.restore(path, target)

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh
 
-from lion_jax import paths, sharding
+from lion_jax import checkpoints, paths, sharding
 from lion_jax.errors import MissingFile, UserError
 from lion_jax.models import Lion, example_batch, layer_stack, param_paths, presets
 
@@ -115,7 +115,7 @@ def load_converted(
     config.scan_layers = stored
     wanted = stored if scan_layers is None else scan_layers
     shardings = None if mesh is None else sharding.param_shardings(Lion(config), example_batch(config), mesh, rules)
-    params = _restore(ckptr, directory / "params", meta.tree, shardings)
+    params = checkpoints.restore_onto(ckptr, directory / "params", meta.tree, shardings)
   if wanted == stored:
     return config, params
   config.scan_layers = wanted
@@ -128,16 +128,6 @@ def load_converted(
     return config, jax.jit(relayout, out_shardings=out_shardings)(params)
 
 
-def _restore(ckptr: ocp.StandardCheckpointer, path: epath.Path, stored_tree: Any, shardings: Any | None) -> Any:
-  """The params at `path` restored onto `shardings` (a tree like them), or whole onto this process's
-  first device when None, whatever mesh and number of hosts wrote them."""
-  if shardings is None:
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: device, stored_tree)
-  target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), stored_tree, shardings)
-  return ckptr.restore(path, target)
-
-
 def load_model_params(
   directory: str | os.PathLike, model: nn.Module, example: Any, mesh: Mesh | None = None, rules=sharding.DEFAULT_RULES
 ) -> Any:
@@ -146,7 +136,9 @@ def load_model_params(
   directory = paths.as_path(directory)
   shardings = None if mesh is None else sharding.param_shardings(model, example, mesh, rules)
   with ocp.StandardCheckpointer() as ckptr:
-    return _restore(ckptr, directory / "params", ckptr.metadata(directory / "params").item_metadata.tree, shardings)
+    return checkpoints.restore_onto(
+      ckptr, directory / "params", ckptr.metadata(directory / "params").item_metadata.tree, shardings
+    )
 
 
 def tokenizer_files(directory: str | os.PathLike) -> dict[str, epath.Path]:
