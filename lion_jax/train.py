@@ -133,7 +133,7 @@ def warn_cpu_collective_order(config: ml_collections.ConfigDict, mesh) -> None:
   mismatch". Seen with jaxlib 0.10.2 on 4 processes x 2 devices, demo stage 1 from the pretraining
   export: 7 of 7 runs on mesh data=4, fsdp=2 aborted in the first steps; data=8 (2 runs), one device
   per process (1) and unrolled layers (1) finished. The pretraining stage (no frozen towers) has not
-  aborted on that mesh in any run so far (the suite's multi-host test runs it); launch/README.md.
+  aborted on that mesh in any run so far; launch/README.md.
   TPU and GPU runtimes issue a program's collectives in order on their streams; only the CPU
   backend is warned about."""
   if jax.process_count() == 1 or jax.default_backend() != "cpu" or not config.model.scan_layers:
