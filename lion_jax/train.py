@@ -322,6 +322,13 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
   # the pretrained towers and the earlier stages' final trainables.
   ckpt = checkpoints.StageCheckpoints(stage_dir / "checkpoints", keep=config.keep_checkpoints)
   restored = ckpt.restore_newest_intact(abstract.params, abstract.opt_state)
+  finished = restored is not None and restored[2].get("final") and restored[2]["step"] >= num_steps
+  if finished:
+    log.info("%s: already finished (%d steps) in %s", stage_name, restored[2]["step"], ckpt.directory)
+    ckpt.close()
+    summary = {"stage": stage_name, "steps": int(restored[2]["step"]), "resumed_finished": True}
+    if not export_due(config, stage_name, stage_dir):
+      return summary  # nothing to initialise or compile: a pod re-launched in stage 3 passes the others
   previous = []
   for prev_name, prev_dir in stage.init_from.items():
     directory = (paths.as_path(prev_dir) if prev_dir else workdir / prev_name) / "checkpoints"
@@ -336,6 +343,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
     (abstract.params, abstract_frozen),
     resumed=None if restored is None else restored[0],
   )
+  if finished:  # stopped between its final checkpoint and the end of its export
+    export_stage(config, stage_dir, model_config, merge(trainable, frozen))
+    return summary
   first_step, counters = 0, {}
   if restored is None:
     with jax.set_mesh(mesh):
@@ -344,10 +354,6 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
     trainable, opt_state, meta = restored
     first_step, counters = int(meta["step"]), meta.get("data_counters", {})
     log.info("%s: resumed from step %d in %s", stage_name, first_step, ckpt.directory)
-    if meta.get("final") and first_step >= num_steps:
-      log.info("%s: already finished (%d steps)", stage_name, first_step)
-      ckpt.close()
-      return {"stage": stage_name, "steps": first_step, "resumed_finished": True}
   state = TrainState(sharding.put_host_array(np.asarray(first_step, np.int32), replicated), trainable, opt_state)
 
   # Data: this process's rows of every global batch, from global batch `first_step` on (the same
@@ -448,18 +454,29 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: epa
     )
     return dict(summary, preempted=True)
 
-  if stage.get("export") and config.export_dir_name:
-    export_dir = stage_dir / config.export_dir_name
-    if not (export_dir / "params").exists():  # every process saves its shards of the parameters
-      save_converted(
-        export_dir,
-        model_config,
-        merge(state.params, frozen),
-        t5_vocab=config.data.t5_vocab or None,
-        bert_vocab=config.data.bert_vocab or None,
-        sources={"trained": str(stage_dir)},
-      )
+  if export_due(config, stage_name, stage_dir):
+    export_stage(config, stage_dir, model_config, merge(state.params, frozen))
   return summary
+
+
+def export_due(config, stage_name: str, stage_dir: epath.Path) -> bool:
+  """Whether the stage exports (stages.<name>.export) and its export is not complete yet: Orbax
+  commits `params` by renaming a finished temporary directory, so an existing `params` is whole."""
+  wanted = config.stages[stage_name].get("export") and config.export_dir_name
+  return bool(wanted) and not (stage_dir / config.export_dir_name / "params").exists()
+
+
+def export_stage(config, stage_dir: epath.Path, model_config, params) -> None:
+  """The stage's parameters as a converted checkpoint in `stage_dir/<export_dir_name>`, with its
+  tokenizers: what the next stage, `lion_jax.evaluate` and serving load. Every process saves its shards."""
+  save_converted(
+    stage_dir / config.export_dir_name,
+    model_config,
+    params,
+    t5_vocab=config.data.t5_vocab or None,
+    bert_vocab=config.data.bert_vocab or None,
+    sources={"trained": str(stage_dir)},
+  )
 
 
 def _summarise(fetched, seconds, steps, config, flops, data_iter) -> dict[str, float]:

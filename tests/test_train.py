@@ -224,6 +224,30 @@ def test_resume_on_a_different_mesh_continues_the_run(data_dir, three_stages, tm
     np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=1e-5, err_msg=k)
 
 
+def test_a_finished_stage_is_passed_and_a_cut_off_export_is_written(data_dir, three_stages, tmp_path, monkeypatch):
+  """Re-launched after its final checkpoint: stage 3 without its export (the job stopped before it
+  was written) writes it, equal to the uninterrupted run's; with its export it is passed without
+  initialising anything (a pod re-launched in stage 3 does not rebuild stages 1 and 2)."""
+  _, workdir, _ = three_stages
+  for stage in ("stage1", "stage2", "stage3"):
+    shutil.copytree(workdir / stage / "checkpoints", tmp_path / stage / "checkpoints")
+  config = make_config(data_dir, tmp_path, stages_to_run="stage3", pretrained=str(workdir / "pretrain" / "export"))
+  (summary,) = train.run(config, tmp_path)
+  assert summary == {"stage": "stage3", "steps": STEPS, "resumed_finished": True}
+  _, want = load_converted(workdir / "stage3" / "export")
+  _, got = load_converted(tmp_path / "stage3" / "export")
+  want, got = flat(want), flat(got)
+  assert got.keys() == want.keys()
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("a finished stage with its export initialised its parameters")
+
+  monkeypatch.setattr(train, "init_params", refuse)
+  assert train.run(config, tmp_path) == [summary]
+
+
 def test_a_resumed_stage_does_not_create_what_it_restored(data_dir, tmp_path):
   """Pretraining trains every parameter: resumed, its init takes the restored arrays as they are
   (on their shardings, not copied) and creates nothing."""
