@@ -14,13 +14,21 @@ from tests.reference import save_safetensors_sharded, state_dict_numpy
 
 EOS, PAD, START, NEW_TOKENS = 1, 0, 0, 12
 # Rows of the LM head scaled per model kind (see _converted).
-HEAVY_TOKENS = {"plain": {}, "eos_heavy": {EOS: 3.0}, "start_heavy": {START: 2.0}}
+# The last rows of the test vocabulary (120) play a tokenizer's padding rows (FlanT5's 32100-32127).
+TOKENIZER_SIZE = 112
+HEAVY_TOKENS = {
+  "plain": {},
+  "eos_heavy": {EOS: 3.0},
+  "start_heavy": {START: 2.0},
+  "padding_heavy": {token: 10.0 for token in range(TOKENIZER_SIZE, 120)},
+}
 
 
 def _converted(kind: str, tmp_path_factory):
   """A random InstructBLIP-T5 (HF) and its conversion. 'eos_heavy' ends some sequences early;
   'start_heavy' makes the decoder start token a likely next token, so that leaving it out of the
-  repetition penalty (HF counts it as generated) changes the ids."""
+  repetition penalty (HF counts it as generated) changes the ids; 'padding_heavy' makes the rows from
+  TOKENIZER_SIZE up (padding rows no tokenizer can write) the largest logits."""
   torch, transformers = require("torch"), require("transformers")
   from tests.test_parity_hf import make_instructblip
 
@@ -154,6 +162,23 @@ def test_length_penalty_early_stopping_and_min_length_equal_hf(eos_heavy, change
   expected = assert_ids_equal_hf(eos_heavy, batch, **settings)
   for name in changed.keys() - {"num_beams"}:
     assert not np.array_equal(hf_generate(model, batch, **{**settings, name: DEFAULTS[name]}), expected), name
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_padding_rows_are_never_generated_as_hf_suppress_tokens_would(models, num_beams):
+  """With `vocab_size`, a model whose padding rows carry its largest logits never emits them: the ids
+  equal HF's with those rows suppressed (HF generate itself emits them, and so do we without it)."""
+  heavy = models("padding_heavy")
+  model, config, params = heavy
+  settings = {**DEFAULTS, "num_beams": num_beams}
+  unmasked = assert_ids_equal_hf(heavy, inputs(), **settings)
+  assert (unmasked >= TOKENIZER_SIZE).any()
+  expected = hf_generate(model, inputs(), suppress_tokens=list(range(TOKENIZER_SIZE, 120)), **settings)
+  masked = np.asarray(
+    generate(config, params, inputs(), max_new_tokens=NEW_TOKENS, vocab_size=TOKENIZER_SIZE, **settings)
+  )
+  np.testing.assert_array_equal(masked, expected)
+  assert (masked < TOKENIZER_SIZE).all() and len({tuple(r) for r in masked}) > 1
 
 
 def test_eos_heavy_model_finishes_some_sequences_early(eos_heavy):

@@ -13,6 +13,11 @@ models, so ids match HF's exactly:
     `early_stopping=False` a batch item stops when its best running beam, scored at the current
     length, cannot beat its worst finished hypothesis.
 
+One departure: with `vocab_size` (the tokenizer's size), the ids from it up to the model's vocabulary
+size (FlanT5's 28 padding rows 32100-32127) are never generated: their scores are -inf, as HF's
+`suppress_tokens` would make them (HF `generate` itself does not). An undertrained model gives those
+rows real probability, and no tokenizer can write them.
+
 Outputs are int32 [B, max_new_tokens] without the decoder start token, pad after EOS.
 """
 
@@ -38,6 +43,13 @@ def _penalise(scores: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
     return scores
   penalised = jnp.where(scores < 0, scores * penalty, scores / penalty)
   return jnp.where(seen, penalised, scores)
+
+
+def _suppress_padding_rows(scores: jax.Array, vocab_size: int | None) -> jax.Array:
+  """HF SuppressTokensLogitsProcessor over ids >= vocab_size: rows the tokenizer cannot decode."""
+  if vocab_size is None or vocab_size >= scores.shape[-1]:
+    return scores
+  return jnp.where(jnp.arange(scores.shape[-1]) >= vocab_size, -jnp.inf, scores)
 
 
 def _forbid_eos_before_min_length(scores, cur_len, min_length, eos_id):
@@ -68,7 +80,7 @@ def _step_fn(model: Lion, params, encoded, encoder_mask, task, cache_len: int):
   return step
 
 
-def _greedy(model, params, batch, max_new_tokens, min_length, repetition_penalty, eos_id, pad_id, start_id):
+def _greedy(model, params, batch, max_new_tokens, min_length, repetition_penalty, vocab_size, eos_id, pad_id, start_id):
   encoded, mask = model.apply({"params": params}, batch, method=Lion.encode)
   b, vocab = encoded.shape[0], model.config.t5.vocab_size
   step = _step_fn(model, params, encoded, mask, batch["task"], max_new_tokens)
@@ -78,6 +90,7 @@ def _greedy(model, params, batch, max_new_tokens, min_length, repetition_penalty
   def choose(logits, t, sequences, seen, finished):
     scores = _penalise(logits, seen, repetition_penalty)
     scores = _forbid_eos_before_min_length(scores, t + 1, min_length, eos_id)
+    scores = _suppress_padding_rows(scores, vocab_size)
     token = jnp.where(finished, pad_id, jnp.argmax(scores, axis=-1).astype(jnp.int32))
     sequences = sequences.at[:, t + 1].set(token)
     seen = seen.at[jnp.arange(b), token].set(True)
@@ -110,6 +123,7 @@ def _beam_search(
   repetition_penalty,
   length_penalty,
   early_stopping,
+  vocab_size,
   eos_id,
   pad_id,
   start_id,
@@ -142,6 +156,7 @@ def _beam_search(
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     log_probs = _penalise(log_probs, state["seen"].reshape(b * k, vocab), repetition_penalty)
     log_probs = _forbid_eos_before_min_length(log_probs, cur_len, min_length, eos_id)
+    log_probs = _suppress_padding_rows(log_probs, vocab_size)
     totals = (log_probs.reshape(b, k, vocab) + state["running_scores"][:, :, None]).reshape(b, k * vocab)
     top_scores, top_index = jax.lax.top_k(totals, 2 * k)
     parent, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
@@ -225,6 +240,7 @@ def _compiled(
   repetition_penalty,
   length_penalty,
   early_stopping,
+  vocab_size,
   eos_id,
   pad_id,
   start_id,
@@ -237,6 +253,7 @@ def _compiled(
       max_new_tokens=max_new_tokens,
       min_length=min_length,
       repetition_penalty=repetition_penalty,
+      vocab_size=vocab_size,
       eos_id=eos_id,
       pad_id=pad_id,
       start_id=start_id,
@@ -251,6 +268,7 @@ def _compiled(
       repetition_penalty=repetition_penalty,
       length_penalty=length_penalty,
       early_stopping=early_stopping,
+      vocab_size=vocab_size,
       eos_id=eos_id,
       pad_id=pad_id,
       start_id=start_id,
@@ -274,13 +292,16 @@ def generation_program(
   repetition_penalty: float = 1.5,
   length_penalty: float = 1.0,
   early_stopping: bool | str = False,
+  vocab_size: int | None = None,
   eos_id: int = 1,
   pad_id: int = 0,
   decoder_start_id: int = 0,
 ):
   """The jitted `(params, inputs) -> ids` that `generate` runs (cached per settings); the planner
   lowers it with abstract arrays to size an evaluation. Defaults are LION's released settings: beam
-  5, up to 256 new tokens, min_length 1, repetition penalty 1.5, length penalty 1.0."""
+  5, up to 256 new tokens, min_length 1, repetition penalty 1.5, length penalty 1.0. `vocab_size`,
+  the tokenizer's size, keeps the model's padding rows (ids from it up) from being generated; None
+  lets every row be (HF's behaviour)."""
   if num_beams < 1 or max_new_tokens < 1:
     raise ValueError(f"num_beams={num_beams} and max_new_tokens={max_new_tokens} must be >= 1")
   return _compiled(
@@ -291,6 +312,7 @@ def generation_program(
     float(repetition_penalty),
     float(length_penalty),
     early_stopping,
+    vocab_size,
     eos_id,
     pad_id,
     decoder_start_id,
