@@ -206,8 +206,19 @@ def test_t5_decode_round_trip(t5):
   assert t5.decode([t5.sentinel_id(0)] + t5.encode("a cat")) == "a cat"
   with_sentinel = [t5.sentinel_id(3)] + t5.encode("a cat")
   assert t5.decode(with_sentinel, skip_special_tokens=False) == "<extra_id_3> a cat"
-  with pytest.raises(ValueError, match="outside the vocabulary"):
-    t5.decode([-100])
+
+
+def test_t5_decode_drops_and_counts_ids_outside_the_vocabulary(t5):
+  """A model whose table has padding rows (FlanT5: 32128 rows, 32100 pieces) can generate ids no
+  tokenizer writes: decoding never fails on them."""
+  cat = t5.encode("a cat")
+  outside = [t5.vocab_size, t5.vocab_size + 27, -100]
+  mixed = [outside[0], *cat[:1], outside[1], *cat[1:], outside[2]]
+  assert t5.decode_counting(mixed) == ("a cat", 3)
+  assert t5.decode(mixed) == "a cat"
+  assert t5.decode_counting(mixed, skip_special_tokens=False) == ("a cat", 3)
+  assert t5.decode_counting(outside) == ("", 3)
+  assert t5.decode_counting(cat) == ("a cat", 0)
 
 
 def test_t5_sentinel_id_arithmetic(t5, t5_model_file):

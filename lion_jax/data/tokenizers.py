@@ -184,12 +184,19 @@ class T5Tokenizer:
 
     With `skip_special_tokens`, `<unk>` and the sentinels are dropped too (HF treats them as special);
     otherwise they appear as `<unk>` / `<extra_id_N>`. Like HF's Metaspace decoder, "▁" becomes a
-    space and only the first remaining token loses its leading space.
+    space and only the first remaining token loses its leading space. Ids outside the vocabulary
+    are dropped (`decode_counting` counts them).
     """
-    tokens = []
+    return self.decode_counting(ids, skip_special_tokens)[0]
+
+  def decode_counting(self, ids: Iterable[int], skip_special_tokens: bool = True) -> tuple[str, int]:
+    """(`decode`'s text, the number of ids outside the vocabulary it dropped): any id sequence a model
+    generates decodes, and the caller can report what was lost."""
+    tokens, dropped = [], 0
     for token_id in map(int, ids):
       if not 0 <= token_id < self.vocab_size:
-        raise ValueError(f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+        dropped += 1
+        continue
       if token_id in (self.pad_id, self.eos_id):
         continue
       is_sentinel = token_id >= self._sp_size
@@ -197,7 +204,7 @@ class T5Tokenizer:
         continue
       tokens.append(f"<extra_id_{self.vocab_size - 1 - token_id}>" if is_sentinel else self._sp.id_to_piece(token_id))
     text = "".join(tokens).replace(SPACE_PIECE, " ")
-    return text[1:] if text.startswith(" ") else text
+    return (text[1:] if text.startswith(" ") else text), dropped
 
 
 class BertTokenizer:
