@@ -104,10 +104,13 @@ def evaluator(
   num_beams: int = 1,
   max_new_tokens: int = 0,
   batch_size: int = 16,
+  blind: bool = False,
 ) -> ml_collections.ConfigDict:
   """One entry of `config.evals` (lion_jax/evaluation/evaluators.py): `kind` is a benchmark metric kind
   or 'loss'; `every_steps` 0 = only at the end of each stage; `max_new_tokens` 0 = data.max_target_len.
-  Greedy by default: cheap enough to run often (the benchmarks' beam settings are in configs/eval)."""
+  Greedy by default: cheap enough to run often (the benchmarks' beam settings are in configs/eval).
+  `blind` also scores the records with the images deranged (evaluation.blind): `<metric>_blind`, and
+  for 'loss' the image gain per task level."""
   return ml_collections.ConfigDict(
     dict(
       kind=kind,
@@ -123,6 +126,7 @@ def evaluator(
       repetition_penalty=1.0,
       length_penalty=1.0,
       batch_size=batch_size,
+      blind=blind,
     )
   )
 

@@ -130,6 +130,7 @@ def eval_config(name: str, **overrides) -> ml_collections.ConfigDict:
     max_qformer_len=128,
     limit=0,
     use_tags=True,
+    blind=False,  # also score the records blind (evaluation.blind): `<metric>_blind`, <name>_blind_results.json
     tagger="",  # a converted RAM tagger (python -m lion_jax.convert ram): tags the records without tags
     mesh=dict(data=-1, fsdp=1, tensor=1),
     distributed=False,  # jax.distributed.initialize() first (a multi-host evaluation)

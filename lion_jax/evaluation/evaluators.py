@@ -10,6 +10,10 @@
   loss                                   teacher-forced validation loss per task level, as the training
                                          loss is computed: `eval/image_level/loss`, `eval/region_level/loss`
 
+With `blind=True` (evaluation.blind) the same records are scored again with each example shown another
+example's image: generation kinds add `eval/<name>/<metric>_blind`, 'loss' adds
+`eval/<name>/<level>/image_gain` (blind loss minus true loss, nats per target token).
+
 Every evaluator also writes `eval/<name>/seconds`. The trainer passes its own parameters (trainables
 merged with the frozen towers, sharded as in training): nothing is exported or reloaded.
 """
@@ -29,7 +33,7 @@ import numpy as np
 from lion_jax.data import contract, pipeline
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
 from lion_jax.errors import UserError
-from lion_jax.evaluation import runner
+from lion_jax.evaluation import blind, runner
 from lion_jax.loss import loss_and_metrics
 from lion_jax.models import Lion
 from lion_jax.models.param_paths import TASK_LEVELS
@@ -56,6 +60,9 @@ class Evaluator:
     source = pipeline.load_source(name, spec, strict=data_config.strict, where=f"evals.{name}")
     self.source = pipeline.Source(source.name, source.records[: spec.limit or None], source.image_root)
     self.t5, self.bert = T5Tokenizer(data_config.t5_vocab), BertTokenizer(data_config.bert_vocab)
+    # Blind runs show example i the image of example image_partners[i]; a set that cannot be deranged
+    # is refused here, before any training step.
+    self.image_partners = blind.partners(self.source.records) if spec.get("blind", False) else None
 
   def due(self, step: int) -> bool:
     every = self.spec.every_steps
@@ -64,14 +71,19 @@ class Evaluator:
   def run(self, params) -> dict[str, float]:
     start = time.perf_counter()
     if self.spec.kind == "loss":
-      scalars = {f"eval/{level}/loss": v for level, v in self._loss(params).items()}
+      true = self._loss(params)
+      scalars = {f"eval/{level}/loss": v for level, v in true.items()}
+      if self.image_partners is not None:
+        blind_loss = self._loss(params, self.image_partners)
+        scalars.update({f"eval/{self.name}/{level}/image_gain": blind_loss[level] - v for level, v in true.items()})
     else:
-      scalars = {f"eval/{self.name}/{k}": v for k, v in self._scores(params).items()}
+      scalars = {f"eval/{self.name}/{k}": v for k, v in self.scores(params).items()}
     scalars[f"eval/{self.name}/seconds"] = time.perf_counter() - start
     return scalars
 
-  def predict(self, params) -> list[str | None]:
-    """Generated answers for the records, prompted and decoded as `python -m lion_jax.evaluate` does."""
+  def predict(self, params, image_partners=None) -> list[str | None]:
+    """Generated answers for the records, prompted and decoded as `python -m lion_jax.evaluate` does
+    (blind with `image_partners`: `runner.predict_records`)."""
     s, d = self.spec, self.data_config
     return runner.predict_records(
       self.model_config,
@@ -85,25 +97,35 @@ class Evaluator:
       max_qformer_len=d.max_qformer_len,
       use_tags=d.use_tags,
       progress=False,
+      image_partners=image_partners,
       num_beams=s.num_beams,
       max_new_tokens=s.max_new_tokens or d.max_target_len,
       repetition_penalty=s.repetition_penalty,
       length_penalty=s.length_penalty,
     )
 
-  def _scores(self, params) -> dict[str, float]:
-    return runner.score(self.spec.kind, self.source.records, self.predict(params))
+  def scores(self, params) -> dict[str, float]:
+    """The metric(s) of the generated answers, and their blind twins when `blind` is on."""
+    records = self.source.records
+    scores = runner.score(self.spec.kind, records, self.predict(params))
+    if self.image_partners is not None:
+      scores.update(blind.suffixed(runner.score(self.spec.kind, records, self.predict(params, self.image_partners))))
+    return scores
 
-  def _loss(self, params) -> dict[str, float]:
+  def _loss(self, params, image_partners=None) -> dict[str, float]:
     """Token-mean cross-entropy per task level over the records, prepared as training prepares them
-    (no augmentation, each task's first template)."""
+    (no augmentation, each task's first template); with `image_partners`, example i gets the pixels of
+    example `image_partners[i]` (a blind run)."""
     preparer = pipeline.ExamplePreparer(self.source, 0, self.data_config, self.t5, self.bert)
     loss_sums = _loss_sums(json.dumps(self.model_config.to_dict()))
     totals = np.zeros((len(TASK_LEVELS), 2))  # (loss sum, tokens) per task level
     size = self.spec.batch_size
     for start in range(0, len(self.source.records), size):
       # rng None: no augmentation and each task's first template, as the generation evaluators prompt.
-      examples = [preparer(i, None) for i in range(start, min(start + size, len(self.source.records)))]
+      indices = range(start, min(start + size, len(self.source.records)))
+      examples = [preparer(i, None) for i in indices]
+      if image_partners is not None:
+        examples = [{**e, "image": preparer(int(image_partners[i]), None)["image"]} for e, i in zip(examples, indices)]
       examples += [examples[0]] * (size - len(examples))  # pad the last batch, then mask it out
       batch = {k: np.stack([e[k] for e in examples]) for k in contract.TRAIN_KEYS}
       real = np.arange(size) < min(size, len(self.source.records) - start)

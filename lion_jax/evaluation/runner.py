@@ -26,16 +26,18 @@ from lion_jax.data.records import BadRecord, Record, load_records
 from lion_jax.data.tags import Tagger, fill_missing_tags, missing_tags_warning
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
 from lion_jax.errors import UserError
-from lion_jax.evaluation import benchmarks, metrics, mmbench, visdial
+from lion_jax.evaluation import benchmarks, blind, metrics, mmbench, visdial
 from lion_jax.inference.batch import generate_ids, load_for_evaluation, model_inputs
 from lion_jax.inference.tagger import RamTagger
 
 log = logging.getLogger(__name__)
 
 
-def _prepare(record: Record, image, image_size: int, text_settings: dict):
+def _prepare(record: Record, image, shown, image_size: int, text_settings: dict):
+  """(pixels of `shown`, text, size): the text and size are the record's own `image`'s; `shown` is
+  another image in a blind run (evaluation.blind), else the same."""
   text = templates.build_text(record, None, image.width, image.height, **text_settings)
-  return images.to_model_input(image, image_size), text, image.size
+  return images.to_model_input(shown, image_size), text, image.size
 
 
 def predict_records(
@@ -57,6 +59,7 @@ def predict_records(
   start: int = 0,
   on_batch: Callable[[int, list[str | None]], None] | None = None,
   progress: bool = True,
+  image_partners: Sequence[int] | None = None,
   **generate_settings,
 ) -> list[str | None]:
   """Generated text per record (None for a record whose image cannot be read; counted and logged).
@@ -71,7 +74,9 @@ def predict_records(
   devices predict their rows, and every process gets all the outputs (a `batch_size` the batch axes
   do not divide is padded up to a multiple with repeated rows, which are dropped). `start` skips the records
   before it (a resumed evaluation; their outputs stay None); `on_batch(first, outputs)` is called
-  after each batch, e.g. to write the predictions as they come."""
+  after each batch, e.g. to write the predictions as they come. `image_partners` (a blind run:
+  `blind.partners(records)`) shows record i the pixels of record `image_partners[i]`; its text and
+  tags stay its own (a tagger tags its own image)."""
   image_root = Path(image_root)
   soft_prompt = bool(config.use_soft_prompt)
   without_tags = sum(not r.tags for r in records)
@@ -89,16 +94,22 @@ def predict_records(
     bar = tqdm(total=len(records), initial=start, desc="evaluating", unit="example")
   for first in range(start, len(records), batch_size):
     chunk = list(range(first, min(first + batch_size, len(records))))
-    decoded, kept = [], []
+    decoded, shown, kept = [], [], []
     for i in chunk:
       try:
-        decoded.append(images.decode_image(records[i].image_source(image_root)))
+        own = images.decode_image(records[i].image_source(image_root))
+        partner = records[i if image_partners is None else image_partners[i]]
+        shown.append(own if partner is records[i] else images.decode_image(partner.image_source(image_root)))
+        decoded.append(own)
         kept.append(i)
       except BadRecord as e:
         log.warning("skipping record %d (%s): %s", i, records[i].image, e)
     tags = fill_missing_tags([records[i].tags or None for i in kept], decoded, tagger)
     tagged = [dataclasses.replace(records[i], tags=t) for i, t in zip(kept, tags)]
-    prepared = [_prepare(r, image, config.vit.image_size, text_settings) for r, image in zip(tagged, decoded)]
+    prepared = [
+      _prepare(r, image, pixels, config.vit.image_size, text_settings)
+      for r, image, pixels in zip(tagged, decoded, shown)
+    ]
     if kept:
       batch = model_inputs(
         t5,
@@ -155,7 +166,11 @@ def write_report(directory: str | Path, name: str, lines: Sequence[dict], scores
   directory.mkdir(parents=True, exist_ok=True)
   with open(directory / f"{name}_predictions.jsonl", "w", encoding="utf-8") as f:
     f.writelines(json.dumps(line) + "\n" for line in lines)
-  path = directory / f"{name}_results.json"
+  return write_scores(directory, name, scores)
+
+
+def write_scores(directory: str | Path, name: str, scores: dict[str, float]) -> Path:
+  path = Path(directory) / f"{name}_results.json"
   path.write_text(json.dumps(scores, indent=2))
   return path
 
@@ -183,6 +198,10 @@ def run_benchmark(
   their shardings, the batches split over the batch axes. The predictions are written as they come
   (`<name>_predictions.partial.jsonl`, by process 0); the same command after an interruption resumes
   after the last written batch, and the file becomes `<name>_predictions.jsonl` at the end."""
+  if config.get("blind") and config.kind in ("mmbench", "visdial"):
+    raise UserError(
+      f"--config.blind: {config.name} ranks given options per question; blind runs score generated answers"
+    )
   if config.kind == "mmbench":
     return run_mmbench(config, checkpoint, output)
   if config.kind == "visdial":
@@ -199,7 +218,22 @@ def run_benchmark(
   if config.limit:
     records = records[: config.limit]
   directory = Path(output or checkpoint)
-  partial = PartialPredictions(directory, config.name, fingerprint(config, checkpoint), records)
+  loaded = (model_config, params, t5, bert, mesh, tagger)
+  scores = _predict_and_score(config, checkpoint, directory, config.name, records, loaded, None)
+  if config.get("blind"):
+    name = config.name + blind.SUFFIX
+    blind_scores = _predict_and_score(config, checkpoint, directory, name, records, loaded, blind.partners(records))
+    if jax.process_index() == 0:  # the true run's results file holds both, as the in-training evaluators report
+      scores = {**scores, **blind.suffixed(blind_scores)}
+      write_scores(directory, config.name, scores)
+      print(format_table({config.name: scores}))
+  return scores
+
+
+def _predict_and_score(config, checkpoint, directory: Path, name: str, records, loaded, partners) -> dict[str, float]:
+  """One resumable prediction pass over `records` (blind with `partners`), reported under `name`."""
+  model_config, params, t5, bert, mesh, tagger = loaded
+  partial = PartialPredictions(directory, name, fingerprint(config, checkpoint), records)
   done = partial.resume()
   predictions = predict_records(
     model_config,
@@ -217,6 +251,7 @@ def run_benchmark(
     mesh=mesh,
     start=len(done),
     on_batch=partial.append,
+    image_partners=partners,
     num_beams=config.num_beams,
     max_new_tokens=config.max_new_tokens,
     min_length=config.min_length,
@@ -227,7 +262,9 @@ def run_benchmark(
     return {}  # only process 0 holds the predictions of a resumed run's first batches
   predictions[: len(done)] = done
   scores = score(config.kind, records, predictions)
-  _report(directory, config.name, [_prediction_line(r, p) for r, p in zip(records, predictions)], scores)
+  paper = benchmarks.BENCHMARKS[config.name].paper if partners is None else {}
+  write_results(directory, name, records, predictions, scores)
+  print(format_table({name: scores}, {name: paper}))
   partial.finish()  # after the full predictions are written
   return scores
 
