@@ -41,6 +41,8 @@ def prepare_synthetic_data(config, workdir: Path) -> None:
       image_size=config.synthetic.image_size,
       max_shapes=config.synthetic.max_shapes,
       size_range=tuple(config.synthetic.size_range),
+      grid=config.synthetic.grid,
+      tag_noise=config.synthetic.tag_noise,
     )
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils

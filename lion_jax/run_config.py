@@ -80,15 +80,25 @@ def stage(
   )
 
 
-def pretrain_stage(mixture: dict[str, float], num_steps: int) -> ml_collections.ConfigDict:
+def pretrain_stage(
+  mixture: dict[str, float], num_steps: int, visual_input: str = "qformer"
+) -> ml_collections.ConfigDict:
   """Tower pretraining: ViT, Q-Former and T5 trained together from a fresh init, as a plain
   InstructBLIP (no adapters, no soft prompt); its export is a converted checkpoint that LION's stages
   load with `config.pretrained`, as they load a converted InstructBLIP. A stand-in for the
   EVA-CLIP / FlanT5 / InstructBLIP pretraining that real LION starts from, for small models. Tags
   stay in the prompt (behind a plain `<extra_id_0>`): a pretrained LLM can read what its prompt
-  lists, and a T5 trained from scratch learns it only where it sees it."""
+  lists, and a T5 trained from scratch learns it only where it sees it. `visual_input='all'` also
+  trains the aggregator, so the T5 learns to read per-patch tokens before the stages freeze it."""
   return stage(
-    "qformer", mixture, num_steps, export=True, frozen=(), adapters="none", soft_prompt=False, pretrained=stages.RANDOM
+    visual_input,
+    mixture,
+    num_steps,
+    export=True,
+    frozen=(),
+    adapters="none",
+    soft_prompt=False,
+    pretrained=stages.RANDOM,
   )
 
 
@@ -205,6 +215,8 @@ def base_config(size: str = "xl") -> ml_collections.ConfigDict:
       eval_limit=0,
       max_shapes=synthetic.MAX_SHAPES,
       size_range=list(synthetic.SIZE_RANGE),
+      grid=1,
+      tag_noise=0.0,
     )
   )
   config.evals = ml_collections.ConfigDict()  # name -> evaluator(...): evaluation during training

@@ -7,7 +7,7 @@ JSONL schema of `records.py`, boxes in pixels. The tokenizers are trained on the
 plus every instruction template, so the instructions built later tokenise without `<unk>`.
 
   python -m lion_jax.data.synthetic --out DIR --num_images N --seed S [--image_size 224] [--val_fraction 0.1]
-      [--max_shapes 4] [--size_range 0.12 0.32] [--grid 1]
+      [--max_shapes 4] [--size_range 0.12 0.32] [--grid 1] [--tag_noise 0]
 
 writes DIR/images/NNNNNN.png, DIR/train.jsonl, DIR/val.jsonl (image paths relative to DIR; val holds
 the last images), DIR/spiece.model (+ .vocab), DIR/bert_vocab.txt and DIR/dataset.json (the summary).
@@ -194,8 +194,17 @@ def grounded_caption_answers(shapes: Sequence[Shape]) -> list[str]:
   return [_chain(phrases, shapes), f"{NUMBER_WORDS[len(shapes)]} shapes: {_listing(phrases)}"]
 
 
-def tags_of(shapes: Sequence[Shape]) -> list[str]:
-  return sorted({s.kind for s in shapes} | {s.color for s in shapes})
+def tags_of(shapes: Sequence[Shape], rng: np.random.Generator | None = None, noise: float = 0.0) -> list[str]:
+  """The colors and kinds in the scene, as an image tagger lists them: never positions or which color
+  goes with which shape. With `noise` p > 0 (and `rng`), imperfect as RAM's tags are: each true tag
+  is missing with probability p and each absent color or kind is listed with probability p / 3, so a
+  model cannot answer from the tags what the pixels show."""
+  true = {s.kind for s in shapes} | {s.color for s in shapes}
+  if not noise:
+    return sorted(true)
+  kept = {t for t in sorted(true) if rng.random() >= noise}
+  wrong = {t for t in (*SHAPES, *COLORS) if t not in true and rng.random() < noise / 3}
+  return sorted(kept | wrong)
 
 
 def vqa_pairs(shapes: Sequence[Shape], rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -227,12 +236,14 @@ def vqa_pairs(shapes: Sequence[Shape], rng: np.random.Generator) -> list[tuple[s
 
 
 def scene_records(
-  scene: Scene, image: str, image_index: int, image_size: int, rng: np.random.Generator
+  scene: Scene, image: str, image_index: int, image_size: int, rng: np.random.Generator, tag_noise: float = 0.0
 ) -> list[Record]:
   """Every task's records for one image, validated; REC/REG only for shapes whose color+shape is
-  unique in the image, so each expression names exactly one box."""
+  unique in the image, so each expression names exactly one box. The image's tags (`tags_of`, with
+  `tag_noise`) are the same in all its records."""
   shapes = scene.shapes
-  common = dict(image=image, tags=tags_of(shapes), width=image_size, height=image_size, source=SOURCE)
+  tags = tags_of(shapes, rng, tag_noise)
+  common = dict(image=image, tags=tags, width=image_size, height=image_size, source=SOURCE)
   records = [Record("image_level", "caption", answers=caption_answers(shapes), **common)]
   records += [Record("image_level", "vqa", question=q, answers=[a], **common) for q, a in vqa_pairs(shapes, rng)]
   names = collections.Counter(s.name for s in shapes)
@@ -308,11 +319,13 @@ def generate(
   max_shapes: int = MAX_SHAPES,
   size_range: tuple[float, float] = SIZE_RANGE,
   grid: int = 1,
+  tag_noise: float = 0.0,
 ) -> dict[str, Any]:
   """Writes the dataset under `out_dir`; returns the summary (also in dataset.json, whose file paths
   are relative to `out_dir`; the returned ones are full paths). `max_shapes` and `size_range` set
   how crowded and how small the scenes are; `grid` > 1 puts every box corner on a lattice of that
-  many pixels, so a coordinate takes image_size / grid + 1 values."""
+  many pixels, so a coordinate takes image_size / grid + 1 values; `tag_noise` makes the tags
+  imperfect, as a real tagger's are (`tags_of`)."""
   if num_images < 1:
     raise errors.UserError(f"num_images must be >= 1, got {num_images}")
   if not 0.0 <= val_fraction < 1.0:
@@ -323,6 +336,8 @@ def generate(
     raise errors.UserError(f"max_shapes must be in [1, {len(NUMBER_WORDS) - 1}], got {max_shapes}")
   if grid < 1 or image_size % grid:
     raise errors.UserError(f"grid must be a positive divisor of image_size={image_size}, got {grid}")
+  if not 0.0 <= tag_noise < 1.0:
+    raise errors.UserError(f"tag_noise must be in [0, 1), got {tag_noise}")
   if not 0.0 < size_range[0] <= size_range[1] < 1.0:
     raise errors.UserError(f"size_range must satisfy 0 < low <= high < 1, got {tuple(size_range)}")
   out = Path(out_dir)
@@ -335,7 +350,8 @@ def generate(
     scene = sample_scene(rng, image_size, max_shapes, tuple(size_range), grid)
     image = f"images/{index:06d}.png"
     render(scene, image_size).save(out / image, format="PNG", compress_level=1)
-    splits["train" if index < num_train else "val"] += scene_records(scene, image, index, image_size, rng)
+    records = scene_records(scene, image, index, image_size, rng, tag_noise)
+    splits["train" if index < num_train else "val"] += records
   for name, records in splits.items():
     write_jsonl(records, out / f"{name}.jsonl")
 
@@ -355,6 +371,7 @@ def generate(
     "max_shapes": max_shapes,
     "size_range": list(size_range),
     "grid": grid,
+    "tag_noise": tag_noise,
     "splits": {"train": _split_counts(splits["train"], num_train), "val": _split_counts(splits["val"], num_val)},
     # The sizes the tokenizers report, i.e. what the embeddings need (T5's sentinels and the
     # Q-Former's [DEC] included).
@@ -429,6 +446,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     metavar="PIXELS",
     help="box corners on a lattice of this many pixels (default: %(default)s)",
   )
+  parser.add_argument(
+    "--tag_noise",
+    "--tag-noise",
+    type=float,
+    default=0.0,
+    metavar="P",
+    help="each true tag missing with probability P, each absent one listed with P/3 (default: %(default)s)",
+  )
   args = parser.parse_args(argv)
   return errors.exit_code(lambda: generate_and_report(args))
 
@@ -445,6 +470,7 @@ def generate_and_report(args: argparse.Namespace) -> None:
     max_shapes=args.max_shapes,
     size_range=tuple(args.size_range),
     grid=args.grid,
+    tag_noise=args.tag_noise,
   )
   seconds = time.perf_counter() - start
   counts = ", ".join(f"{name}: {s['images']} images / {s['records']} records" for name, s in summary["splits"].items())

@@ -74,6 +74,9 @@ def _t5(**overrides) -> ml_collections.ConfigDict:
     tie_word_embeddings=False,
     adapter_bottleneck=64,
     num_task_types=2,
+    # std of the `shared` and `lm_head` tables' random init: HF's 1.0 (converted checkpoints overwrite it);
+    # a model trained from scratch wants ~d_model**-0.5, or its first logits have std ~sqrt(d_model).
+    embedding_init_std=1.0,
   )
   t.update(overrides)
   return ml_collections.ConfigDict(t)

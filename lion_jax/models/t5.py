@@ -245,14 +245,20 @@ class T5(nn.Module):
   def setup(self):
     c = self.config
     self.shared = self.param(
-      "shared", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")), (c.vocab_size, c.d_model)
+      "shared",
+      nn.with_logical_partitioning(nn.initializers.normal(c.get("embedding_init_std", 1.0)), ("vocab", "embed")),
+      (c.vocab_size, c.d_model),
     )
     stack = lambda is_decoder: T5Stack(c, self.num_adapters, is_decoder, self.dtype, self.scan_layers, self.remat)
     self.encoder = stack(False)
     self.decoder = stack(True)
     if not c.tie_word_embeddings:
       self.lm_head = layers.Dense(
-        c.vocab_size, ("embed", "vocab"), use_bias=False, kernel_init=nn.initializers.normal(1.0), dtype=self.dtype
+        c.vocab_size,
+        ("embed", "vocab"),
+        use_bias=False,
+        kernel_init=nn.initializers.normal(c.get("embedding_init_std", 1.0)),
+        dtype=self.dtype,
       )
 
   def embed(self, ids: jax.Array) -> jax.Array:
