@@ -15,12 +15,31 @@ from lion_jax import plot, stages
 from lion_jax.convert.converted import load_converted
 from lion_jax.data import synthetic
 from lion_jax.data.tokenizers import BertTokenizer, T5Tokenizer
-from lion_jax.evaluation import evaluators, runner
+from lion_jax.evaluation import blind, evaluators, runner
 
 log = logging.getLogger(__name__)
 
-# The three scores the demo reports per stage and in results.json, by evaluator name.
-HEADLINE = (("synthetic_caption", "CIDEr"), ("synthetic_vqa", "accuracy"), ("synthetic_rec", "accuracy"))
+# The three scores the demo reports per stage and in results.json, by evaluator name, with their
+# table labels; each comes with its blind twin (evaluation.blind) when the evaluator is blind.
+HEADLINE = (
+  ("synthetic_caption", "CIDEr", "CIDEr"),
+  ("synthetic_vqa", "accuracy", "VQA"),
+  ("synthetic_rec", "accuracy", "REC"),
+)
+# The validation loss's image gain per task level (nats per target token): how much the image tells the model.
+IMAGE_GAINS = (
+  ("validation", "image_level/image_gain", "img_gain"),
+  ("validation", "region_level/image_gain", "reg_gain"),
+)
+
+
+def table_columns() -> list[tuple[str, str, str]]:
+  """(evaluator, metric, label) of each column of the per-stage table: every headline score, its blind
+  twin beside it, then the image gains."""
+  columns = []
+  for ev, metric, label in HEADLINE:
+    columns += [(ev, metric, label), (ev, metric + blind.SUFFIX, "blind")]
+  return columns + list(IMAGE_GAINS)
 
 
 def run_stage_names(config) -> list[str]:
@@ -70,17 +89,18 @@ def stage_table(config, workdir: Path) -> dict[str, dict[str, float]]:
     metrics = plot.read_metrics(workdir / name)
     table[name] = {
       f"{ev}.{metric}": metrics[f"eval/{ev}/{metric}"][-1][1]
-      for ev, metric in HEADLINE
+      for ev, metric, _ in table_columns()
       if f"eval/{ev}/{metric}" in metrics
     }
   return table
 
 
 def format_stage_table(table: dict[str, dict[str, float]]) -> str:
-  columns = [f"{ev}.{metric}" for ev, metric in HEADLINE]
-  lines = [f"{'stage':<10s}" + "".join(f"{c:>28s}" for c in columns)]
+  """One row per stage: each score beside its blind twin ('-' where not evaluated), then the image gains."""
+  columns = [(f"{ev}.{metric}", label) for ev, metric, label in table_columns()]
+  lines = [f"{'stage':<10s}" + "".join(f"{label:>10s}" for _, label in columns)]
   for stage, row in table.items():
-    lines.append(f"{stage:<10s}" + "".join(f"{row[c]:>28.2f}" if c in row else f"{'-':>28s}" for c in columns))
+    lines.append(f"{stage:<10s}" + "".join(f"{row[c]:>10.2f}" if c in row else f"{'-':>10s}" for c, _ in columns))
   return "\n".join(lines)
 
 
@@ -97,13 +117,19 @@ def evaluate_export(config, workdir: Path) -> dict:
   model_config, params = load_converted(export)
   data_config = stages.data_config(config, last_stage)
   rows = {}
-  for name, _ in HEADLINE:
+  for name, _, _ in HEADLINE:
     evaluator = evaluators.Evaluator(name, config.evals[name], model_config, data_config, num_steps=0)
-    records = evaluator.source.records
-    predictions = evaluator.predict(params)
-    rows[name] = runner.score(evaluator.spec.kind, records, predictions)
-    if jax.process_index() == 0:
-      runner.write_results(workdir / "eval", name, records, predictions, rows[name])
+    rows[name] = {}
+    for suffix, (predictions, scores) in evaluator.scored_passes(params).items():
+      rows[name].update(blind.suffixed(scores) if suffix else scores)
+      if jax.process_index() == 0:
+        runner.write_results(workdir / "eval", name + suffix, evaluator.source.records, predictions, scores)
+  if "validation" in config.evals:  # the image gains of the export, as the stages logged them
+    evaluator = evaluators.Evaluator("validation", config.evals.validation, model_config, data_config, num_steps=0)
+    scalars = evaluator.run(params)  # eval/<level>/loss and eval/validation/<level>/image_gain
+    rows["validation"] = {
+      k.removeprefix("eval/validation/").removeprefix("eval/"): v for k, v in scalars.items() if "seconds" not in k
+    }
   if jax.process_index() != 0:
     return rows
   (workdir / "results.json").write_text(json.dumps(rows, indent=2))

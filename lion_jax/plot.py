@@ -3,7 +3,8 @@
   python -m lion_jax.plot WORKDIR [--out PATH]   # writes WORKDIR/curves.png by default
 
 One panel for the training losses (the eval losses as markers), one per evaluation metric
-`eval/<name>/<metric>`. Local workdirs only: copy a bucket workdir down first.
+`eval/<name>/<metric>`, with its blind twin `<metric>_blind` (dashed) where the run logged one.
+Local workdirs only: copy a bucket workdir down first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from collections.abc import Iterable
 
 from lion_jax import errors
+from lion_jax.evaluation import blind
 
 TRAIN_LOSSES = ("loss", "loss_image_level", "loss_region_level")
 # Eval losses join the training-loss panel; eval timings are not curves worth a panel.
@@ -62,12 +64,18 @@ def _eval_name_metric(key: str) -> tuple[str, str] | None:
 
 
 def panels(keys: Iterable[str]) -> list[tuple[str, list[str]]]:
-  """(title, keys) of each panel with data: the losses first, then one per eval metric key, by key."""
+  """(title, keys) of each panel with data: the losses first, then one per eval metric key, by key; a
+  blind score (`<metric>_blind`, evaluation.blind) shares its true twin's panel."""
   keys = set(keys)
   evals = {k: name_metric for k in sorted(keys) if (name_metric := _eval_name_metric(k))}
   losses = [k for k in TRAIN_LOSSES if k in keys] + [k for k, (_, m) in evals.items() if m == "loss"]
   layout = [("training loss", losses)] if losses else []
-  return layout + [(f"{name} {metric}", [k]) for k, (name, metric) in evals.items() if metric not in _NOT_EVAL_PANELS]
+  twin = lambda k: k.removesuffix(blind.SUFFIX)
+  for k, (name, metric) in evals.items():
+    if metric in _NOT_EVAL_PANELS or (twin(k) != k and twin(k) in evals):
+      continue  # a timing, or a blind score drawn with its twin
+    layout.append((f"{name} {metric}", [k] + [k + blind.SUFFIX] * (k + blind.SUFFIX in evals)))
+  return layout
 
 
 def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -> pathlib.Path:
@@ -114,7 +122,7 @@ def plot_run(workdir: str | os.PathLike, out: str | os.PathLike | None = None) -
       elif eval_key[1] == "loss":
         ax.plot(*series(key), "o", ms=4, label=f"eval {eval_key[0]}")
       else:
-        ax.plot(*series(key), "o-", ms=4, lw=1)
+        ax.plot(*series(key), "o--" if key.endswith(blind.SUFFIX) else "o-", ms=4, lw=1, label=eval_key[1])
     for name, offset in offsets.items():
       if offset:
         ax.axvline(offset, color="gray", ls="--", lw=0.8)

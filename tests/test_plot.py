@@ -79,11 +79,16 @@ def test_panels_group_losses_and_one_panel_per_eval_metric():
     "eval/synthetic_vqa/accuracy",
     "eval/synthetic_vqa/seconds",
     "eval/synthetic_caption/CIDEr",
+    "eval/synthetic_caption/CIDEr_blind",
+    "eval/validation/region_level/image_gain",
+    "eval/lonely/score_blind",
   ]
   assert plot.panels(keys) == [
     ("training loss", ["loss", "loss_region_level", "eval/image_level/loss"]),
-    ("synthetic_caption CIDEr", ["eval/synthetic_caption/CIDEr"]),
+    ("lonely score_blind", ["eval/lonely/score_blind"]),
+    ("synthetic_caption CIDEr", ["eval/synthetic_caption/CIDEr", "eval/synthetic_caption/CIDEr_blind"]),
     ("synthetic_vqa accuracy", ["eval/synthetic_vqa/accuracy"]),
+    ("validation region_level/image_gain", ["eval/validation/region_level/image_gain"]),
   ]
   assert plot.panels(["learning_rate", "eval/x/seconds"]) == []
 

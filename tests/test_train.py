@@ -415,6 +415,9 @@ def test_every_stage_logs_its_evaluations(three_stages):
       "eval/image_level/loss",
       "eval/region_level/loss",
       "eval/synthetic_vqa/seconds",
+      "eval/synthetic_vqa/accuracy_blind",
+      "eval/validation/image_level/image_gain",
+      "eval/validation/region_level/image_gain",
     } <= keys, stage
     assert 0 <= evaluated[0]["eval/synthetic_vqa/accuracy"] <= 100
     assert np.isfinite(evaluated[0]["eval/region_level/loss"]) and evaluated[0]["eval/region_level/loss"] > 0
@@ -475,13 +478,19 @@ def test_demo_report_table_curves_and_results(three_stages, capsys):
   rows = evaluate_export(config, workdir)
   out = capsys.readouterr().out
   results = json.loads((workdir / "results.json").read_text())
-  assert set(results) == {"synthetic_caption", "synthetic_vqa", "synthetic_rec"} and results == rows
-  assert {"CIDEr"} <= set(results["synthetic_caption"]) and "accuracy" in results["synthetic_rec"]
+  assert set(results) == {"synthetic_caption", "synthetic_vqa", "synthetic_rec", "validation"} and results == rows
+  assert {"CIDEr", "CIDEr_blind"} <= set(results["synthetic_caption"])
+  assert set(results["synthetic_rec"]) == {"accuracy", "accuracy_blind"}
+  assert {"image_level/image_gain", "region_level/image_gain", "region_level/loss"} <= set(results["validation"])
+  for name in ("synthetic_vqa", "synthetic_vqa_blind"):
+    assert (workdir / "eval" / f"{name}_predictions.jsonl").exists()
   table = out[out.index("stage ") :].splitlines()
-  assert table[0].split() == ["stage", "synthetic_caption.CIDEr", "synthetic_vqa.accuracy", "synthetic_rec.accuracy"]
+  assert table[0].split() == ["stage", "CIDEr", "blind", "VQA", "blind", "REC", "blind", "img_gain", "reg_gain"]
   assert [line.split()[0] for line in table[1:5]] == ["pretrain", "stage1", "stage2", "stage3"]
   stage3_row = [json.loads(l) for l in (workdir / "stage3" / "metrics.jsonl").read_text().splitlines()][-1]
-  assert float(table[4].split()[2]) == pytest.approx(stage3_row["eval/synthetic_vqa/accuracy"], abs=0.01)
+  for column, key in ((3, "accuracy"), (4, "accuracy_blind")):
+    assert float(table[4].split()[column]) == pytest.approx(stage3_row[f"eval/synthetic_vqa/{key}"], abs=0.01)
+  assert float(table[4].split()[8]) == pytest.approx(stage3_row["eval/validation/region_level/image_gain"], abs=0.01)
   from PIL import Image
 
   with Image.open(workdir / "curves.png") as image:

@@ -104,13 +104,19 @@ class Evaluator:
       length_penalty=s.length_penalty,
     )
 
+  def scored_passes(self, params) -> dict[str, tuple[list[str | None], dict[str, float]]]:
+    """(predictions, scores) per pass: '' with the true images and, when `blind` is on, '_blind'."""
+    passes = {"": None} if self.image_partners is None else {"": None, blind.SUFFIX: self.image_partners}
+    out = {}
+    for suffix, partners in passes.items():
+      predictions = self.predict(params, partners)
+      out[suffix] = predictions, runner.score(self.spec.kind, self.source.records, predictions)
+    return out
+
   def scores(self, params) -> dict[str, float]:
-    """The metric(s) of the generated answers, and their blind twins when `blind` is on."""
-    records = self.source.records
-    scores = runner.score(self.spec.kind, records, self.predict(params))
-    if self.image_partners is not None:
-      scores.update(blind.suffixed(runner.score(self.spec.kind, records, self.predict(params, self.image_partners))))
-    return scores
+    """The metric(s) of the generated answers, and their blind twins (`<metric>_blind`) when `blind` is on."""
+    passes = self.scored_passes(params)
+    return {f"{k}{suffix}": v for suffix, (_, scores) in passes.items() for k, v in scores.items()}
 
   def _loss(self, params, image_partners=None) -> dict[str, float]:
     """Token-mean cross-entropy per task level over the records, prepared as training prepares them
