@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 REC_ANSWER_PREFIX = "Answer: "
 
-_NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+)\s*"
+_NUMBER = r"\s*[-+]?(?:\d+(?:\.\d*)?|\.\d+)\s*"  # unambiguous: a long digit run is read in linear time
 _BOX = rf"{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}"
 _BRACKET = re.compile(rf"\[({_BOX}(?:;{_BOX})*)\]")
 

@@ -3,6 +3,10 @@
 Captioning (CIDEr, BLEU-4) calls pycocoevalcap's scorers, imported when used so that the other
 metrics work without it. Everything else is plain Python/NumPy written after the official scripts
 named in each docstring.
+
+Whatever a model outputs scores: a degenerate prediction (empty text, no box or a malformed one, a
+NaN score) is a wrong answer, never an exception or a skipped example, and every mean is over the
+examples asked.
 """
 
 from __future__ import annotations
@@ -373,14 +377,23 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
   return float(intersection / union)
 
 
+def is_valid_box(box: Sequence[float] | None) -> bool:
+  """A normalised xyxy box LION can write: finite corners in [0, 1], x1 < x2 and y1 < y2."""
+  if box is None:
+    return False
+  x1, y1, x2, y2 = box
+  return all(0.0 <= v <= 1.0 for v in box) and x1 < x2 and y1 < y2  # NaN fails every comparison
+
+
 def rec_accuracy(predictions: list[str], boxes: list[list[float]], iou_threshold: float = 0.5) -> float:
   """Share of predictions whose first `[x1,y1,x2,y2]` box has IoU >= threshold with the normalised
-  ground truth box; text without a box, or with a degenerate one, counts as wrong."""
+  ground truth box; text without a box, or with one that is not `is_valid_box` (corners swapped or
+  outside the image: LION writes clamped, ordered corners), counts as wrong."""
   _check_lengths(predictions, boxes, "boxes")
   correct = 0
   for text, gt_box in zip(predictions, boxes):
     predicted_box = parse_first_box(text)
-    correct += predicted_box is not None and box_iou(predicted_box, gt_box) >= iou_threshold
+    correct += is_valid_box(predicted_box) and box_iou(predicted_box, gt_box) >= iou_threshold
   return correct / len(predictions)
 
 
@@ -400,13 +413,15 @@ def _pope_says_no(text: str) -> bool:
 
 def pope_scores(predictions: list[str], labels: list[str]) -> dict:
   """POPE's accuracy, precision, recall, F1 (positive class: yes) and yes ratio, all in [0, 1], as its
-  evaluate.py; precision/recall/F1 are 0 where the script would divide by zero."""
+  evaluate.py; precision/recall/F1 are 0 where the script would divide by zero. One departure: the
+  script reads an empty answer as "yes"; here it is the wrong answer (the opposite of the label), so
+  a model that says nothing is not scored on the yes questions."""
   _check_lengths(predictions, labels, "labels")
   unknown = sorted({label for label in labels if label not in ("yes", "no")})
   if unknown:
     raise UserError(f"POPE labels must be 'yes' or 'no', got {unknown[:10]}")
-  says_yes = [not _pope_says_no(p) for p in predictions]
   is_yes = [label == "yes" for label in labels]
+  says_yes = [not _pope_says_no(p) if p.strip() else not t for p, t in zip(predictions, is_yes)]
   true_pos = sum(p and t for p, t in zip(says_yes, is_yes))
   false_pos = sum(p and not t for p, t in zip(says_yes, is_yes))
   true_neg = sum(not p and not t for p, t in zip(says_yes, is_yes))
@@ -423,6 +438,12 @@ def pope_scores(predictions: list[str], labels: list[str]) -> dict:
   }
 
 
+def nan_as_worst(scores) -> np.ndarray:
+  """float64 `scores` with NaN (a diverged model's) as -inf: an option scored NaN ranks last."""
+  scores = np.asarray(scores, dtype=np.float64)
+  return np.where(np.isnan(scores), -np.inf, scores)
+
+
 def ground_truth_ranks(scores: np.ndarray | list[list[float]], gt_index: list[int]) -> np.ndarray:
   """VisDial's rank of each row's ground-truth option among its candidate scores (higher is better,
   rank 1 is best). Ties count against the ground truth (rank = #options scoring >= it): VisDial's
@@ -430,7 +451,7 @@ def ground_truth_ranks(scores: np.ndarray | list[list[float]], gt_index: list[in
   _check_lengths(scores, gt_index, "ground-truth indices")
   result = []
   for row, (option_scores, gt) in enumerate(zip(scores, gt_index)):
-    option_scores = np.asarray(option_scores, dtype=np.float64)
+    option_scores = nan_as_worst(option_scores)
     if gt is None or not 0 <= gt < len(option_scores):
       raise UserError(f"row {row}: ground-truth index {gt} outside its {len(option_scores)} options")
     result.append(int(np.sum(option_scores >= option_scores[gt])))  # counts the ground truth itself
@@ -462,7 +483,7 @@ def ndcg(scores: Sequence[Sequence[float]], relevance: Sequence[Sequence[float]]
     if k == 0:
       raise UserError("a dense annotation without any relevant option has no NDCG")
     discount = 1.0 / np.log2(np.arange(2, k + 2))
-    ranked = row_relevance[np.argsort(-np.asarray(row_scores, np.float64), kind="stable")][:k]
+    ranked = row_relevance[np.argsort(-nan_as_worst(row_scores), kind="stable")][:k]
     values.append(float(ranked @ discount / (np.sort(row_relevance)[::-1][:k] @ discount)))
   return float(np.mean(values))
 

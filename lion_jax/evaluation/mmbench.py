@@ -47,6 +47,7 @@ from lion_jax.inference.batch import option_scores
 log = logging.getLogger(__name__)
 
 LETTERS = "ABCD"
+NO_CHOICE = -1  # `choose` found no option with a finite score
 CIRCULAR_STRIDE = 1_000_000  # rotation k of question g has index g + k * CIRCULAR_STRIDE
 REQUIRED_COLUMNS = ("index", "question", "A", "B", "image")
 PROMPT = (
@@ -176,7 +177,8 @@ def choose(
   template: str = PROMPT,
   progress: bool = True,
 ) -> list[int]:
-  """The option index each question's model scores highest (mean log-likelihood per token)."""
+  """The option index each question's model scores highest (mean log-likelihood per token), or
+  NO_CHOICE where no option has a finite score (a diverged model): a wrong answer, never `A`."""
   check_prompt(template)
   chosen: list[int] = []
   iterator = range(0, len(questions), batch_size)
@@ -200,13 +202,20 @@ def choose(
       max_qformer_len=max_qformer_len,
       max_option_len=max_option_len,
     )
-    chosen += [int(i) for i in np.argmax(scores, axis=1)]
+    scores = metrics.nan_as_worst(scores)
+    best = np.argmax(scores, axis=1)
+    chosen += [int(i) if np.isfinite(row[i]) else NO_CHOICE for row, i in zip(scores, best)]
   return chosen
+
+
+def letter(chosen: int) -> str:
+  """The letter of a chosen option index; "" for NO_CHOICE (or any index without a letter)."""
+  return LETTERS[chosen] if 0 <= chosen < len(LETTERS) else ""
 
 
 def scores(questions: Sequence[Question], chosen: Sequence[int]) -> dict[str, float]:
   """CircularEval accuracy (x100) overall, on the first rotation, and per category / l2-category."""
-  correct = [LETTERS[c] == q.answer for q, c in zip(questions, chosen)]
+  correct = [letter(c) == q.answer for q, c in zip(questions, chosen)]  # answers are offered letters
   circular = lambda rows: (
     100
     * metrics.mmbench_circular_accuracy(
@@ -225,5 +234,5 @@ def scores(questions: Sequence[Question], chosen: Sequence[int]) -> dict[str, fl
 def write_submission(path: str | Path, questions: Sequence[Question], chosen: Sequence[int]) -> Path:
   """The leaderboard upload: the TSV's columns (no image) plus `prediction`, one row per rotation."""
   columns = [c for c in questions[0].row if c != "image"]
-  rows = [[q.row.get(c, "") for c in columns] + [LETTERS[i]] for q, i in zip(questions, chosen)]
+  rows = [[q.row.get(c, "") for c in columns] + [letter(i)] for q, i in zip(questions, chosen)]
   return xlsx.write(path, [*columns, "prediction"], rows)

@@ -137,7 +137,7 @@ def round_scores(
 ) -> np.ndarray:
   """[rounds, 100] mean log-likelihood per token of every option."""
   check_prompt(template)
-  pixels_of: dict[int, np.ndarray] = {}  # one dialog's ten rounds share an image
+  pixels_of: dict[int, np.ndarray | None] = {}  # the last batch's images: a dialog's rounds share one
   out = []
   iterator = range(0, len(rounds), batch_size)
   if progress:
@@ -146,11 +146,11 @@ def round_scores(
     iterator = tqdm(iterator, desc="visdial", unit="batch")
   for start in iterator:
     chunk = rounds[start : start + batch_size]
-    for r in chunk:
-      if r.image_id not in pixels_of:
-        pixels_of.clear()
-        image = images.decode_image(image_path(image_root, split, r.image_id))
-        pixels_of[r.image_id] = images.to_model_input(image, config.vit.image_size)
+    pixels_of = {r.image_id: pixels_of.get(r.image_id) for r in chunk}  # a batch may span dialogs
+    for image_id, pixels in pixels_of.items():
+      if pixels is None:
+        image = images.decode_image(image_path(image_root, split, image_id))
+        pixels_of[image_id] = images.to_model_input(image, config.vit.image_size)
     out.append(
       option_scores(
         config,
@@ -172,7 +172,7 @@ def round_scores(
 
 def ranks(scores: np.ndarray) -> np.ndarray:
   """[N, 100] rank of each option (1 = best; equal scores keep the options' order), as submitted."""
-  order = np.argsort(-np.asarray(scores), axis=1, kind="stable")
+  order = np.argsort(-metrics.nan_as_worst(scores), axis=1, kind="stable")
   result = np.empty_like(order)
   np.put_along_axis(result, order, np.arange(1, order.shape[1] + 1)[None], axis=1)
   return result
