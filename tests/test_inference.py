@@ -56,7 +56,7 @@ def test_predictor_answers_with_text_and_pixel_boxes(checkpoint):
   same = predictor(Image.open(image), "What color is the circle?", tags=["red", "circle"])
   assert same == result  # path, PIL image, tag string and tag list are the same request
   # Boxes are parsed from the text and scaled to the original image size.
-  predictor.t5.decode = lambda ids: "Answer: [0.250,0.500,0.750,1.000]"
+  predictor.t5.decode_counting = lambda ids: ("Answer: [0.250,0.500,0.750,1.000]", 0)
   rec = predictor(np.zeros((40, 80, 3), np.uint8), "Where is it?", task="region_level")
   assert rec.boxes == [(20.0, 20.0, 60.0, 40.0)]
   with pytest.raises(ValueError, match="task="):
@@ -109,6 +109,59 @@ def _tagger_from(image_root, tags_of):
   pixels = lambda image: np.asarray(image.convert("RGB")).tobytes()
   by_pixels = {pixels(Image.open(image_root / name)): tags for name, tags in tags_of.items()}
   return lambda image: by_pixels[pixels(image)]
+
+
+def test_an_evaluation_with_beams_ends_when_the_padding_rows_have_the_largest_logits(checkpoint, tmp_path):
+  """As an undertrained demo export (T5 table padded to a multiple of 8 past the tokenizer, issue 29's
+  `ValueError: token id 407 is outside the vocabulary`): no beam picks a padding row, so the
+  evaluation writes its results."""
+  from lion_jax.evaluation.benchmarks import eval_config
+  from lion_jax.inference import generate
+
+  data = checkpoint / "data"
+  t5, bert = T5Tokenizer(data / "spiece.model"), BertTokenizer(data / "bert_vocab.txt")
+  config = presets.tiny("all", t5_vocab_size=-(-t5.vocab_size // 8) * 8 + 8, qformer_vocab_size=bert.vocab_size)
+  config.soft_prompt_token_id = t5.sentinel_id(0)
+  params = nn.unbox(jax.jit(Lion(config).init)(jax.random.key(0), example_batch(config))["params"])
+  kernel = params["t5"]["lm_head"]["kernel"]
+  params["t5"]["lm_head"]["kernel"] = kernel.at[:, t5.vocab_size :].multiply(50.0)
+  unmasked = np.asarray(generate(config, params, example_batch(config), num_beams=1, max_new_tokens=4))
+  assert (unmasked >= t5.vocab_size).any()  # what the old evaluation could not decode
+  save_converted(tmp_path / "ckpt", config, params, t5_vocab=data / "spiece.model", bert_vocab=data / "bert_vocab.txt")
+  evaluation = eval_config("synthetic_vqa", records=str(data / "val.jsonl"), image_root=str(data), limit=4)
+  evaluation.update(num_beams=3, max_new_tokens=12, batch_size=4)
+  scores = runner.run_benchmark(evaluation, tmp_path / "ckpt", tmp_path / "out")
+  assert set(scores) == {"accuracy"}  # no ids dropped: none was generated
+  assert json.loads((tmp_path / "out" / "synthetic_vqa_results.json").read_text()) == scores
+
+
+def test_the_qformer_reads_the_raw_instruction_not_the_tag_prompt(checkpoint, monkeypatch):
+  """The official code gives the Q-Former the question alone; the tags go to T5 only."""
+  from lion_jax.inference import predictor as predictor_module
+
+  bert = BertTokenizer(checkpoint / "data" / "bert_vocab.txt")
+  question = "What color is the circle?"
+  seen = []
+
+  def fake_generate_ids(config, params, batch, mesh, rules, settings):
+    seen.append(batch)
+    return np.zeros((len(batch["task"]), 2), np.int32)
+
+  qformer_text = lambda batch: batch["qformer_ids"][0][batch["qformer_mask"][0] > 0].tolist()
+  monkeypatch.setattr(predictor_module, "generate_ids", fake_generate_ids)
+  Predictor.load(checkpoint / "ckpt", num_beams=1, max_new_tokens=2)(
+    checkpoint / "data" / "images" / "000000.png", question, tags="red, circle"
+  )
+  assert qformer_text(seen[-1]) == bert.encode(question)
+  monkeypatch.setattr(runner, "generate_ids", fake_generate_ids)
+  from lion_jax.convert import load_converted
+
+  config, params = load_converted(checkpoint / "ckpt")
+  record = next(r for r in load_records(checkpoint / "data" / "val.jsonl")[0] if r.task == "vqa" and r.tags)
+  t5 = T5Tokenizer(checkpoint / "data" / "spiece.model")
+  runner.predict_records(config, params, t5, bert, [record], checkpoint / "data", progress=False)
+  text = templates.build_text(record, None, 64, 64, soft_prompt=True)
+  assert ", ".join(record.tags) in text.t5_input and qformer_text(seen[-1]) == bert.encode(text.instruction)
 
 
 def test_predict_cli_prints_and_draws(checkpoint, tmp_path, capsys):

@@ -288,3 +288,16 @@ def test_inspect_cli_counts_valid_and_invalid(dataset, tmp_path, capsys):
   assert inspect_main(args + ["--strict"]) == 1
   capsys.readouterr()
   assert inspect_main(["--records", str(broken / "train.jsonl"), "--image-root", str(tmp_path)]) == 1
+
+
+def test_the_qformer_reads_the_raw_instruction_not_the_tag_prompt(dataset):
+  """The official code gives the Q-Former the question alone; the tag prompt goes to T5 only."""
+  config = data_config(dataset, soft_prompt=True, use_tags=True)
+  preparer = preparer_of(config, "image")
+  i = next(i for i, r in enumerate(preparer.source.records) if r.tags and r.task == "vqa")
+  example = preparer(i, None)
+  record = preparer.source.records[i]
+  text = templates.build_checked_text(record, None, 32, 32, soft_prompt=True, use_tags=True)
+  t5_input = preparer.t5.decode(example["input_ids"][example["input_mask"] > 0], skip_special_tokens=False)
+  assert ", ".join(record.tags) in t5_input and ", ".join(record.tags) not in text.instruction
+  assert example["qformer_ids"][example["qformer_mask"] > 0].tolist() == preparer.bert.encode(text.instruction)

@@ -60,6 +60,7 @@ def predict_records(
   on_batch: Callable[[int, list[str | None]], None] | None = None,
   progress: bool = True,
   image_partners: Sequence[int] | None = None,
+  dropped_ids: dict[int, int] | None = None,
   **generate_settings,
 ) -> list[str | None]:
   """Generated text per record (None for a record whose image cannot be read; counted and logged).
@@ -76,7 +77,9 @@ def predict_records(
   before it (a resumed evaluation; their outputs stay None); `on_batch(first, outputs)` is called
   after each batch, e.g. to write the predictions as they come. `image_partners` (a blind run:
   `blind.partners(records)`) shows record i the pixels of record `image_partners[i]`; its text and
-  tags stay its own (a tagger tags its own image)."""
+  tags stay its own (a tagger tags its own image). Generation never emits the model's padding rows
+  (ids the tokenizer lacks); any such id is dropped from the text, counted in `dropped_ids` (record
+  index -> count, where non-zero) and logged."""
   image_root = Path(image_root)
   soft_prompt = bool(config.use_soft_prompt)
   without_tags = sum(not r.tags for r in records)
@@ -122,8 +125,13 @@ def predict_records(
         max_input_len=max_input_len,
         max_qformer_len=max_qformer_len,
       )
-      for row, i in zip(generate_ids(config, params, batch, mesh, rules, generate_settings)[: len(kept)], kept):
-        outputs[i] = t5.decode(row.tolist())
+      settings = {**generate_settings, "vocab_size": t5.vocab_size}
+      for row, i in zip(generate_ids(config, params, batch, mesh, rules, settings)[: len(kept)], kept):
+        outputs[i], dropped = t5.decode_counting(row.tolist())
+        if dropped:
+          log.warning("record %d: %d generated ids outside the T5 vocabulary dropped", i, dropped)
+          if dropped_ids is not None:
+            dropped_ids[i] = dropped
     if on_batch is not None:
       on_batch(first, outputs[first : first + len(chunk)])
     if bar is not None:
@@ -252,6 +260,7 @@ def _predict_and_score(config, checkpoint, directory: Path, name: str, records, 
     start=len(done),
     on_batch=partial.append,
     image_partners=partners,
+    dropped_ids=partial.dropped_ids,
     num_beams=config.num_beams,
     max_new_tokens=config.max_new_tokens,
     min_length=config.min_length,
@@ -262,6 +271,8 @@ def _predict_and_score(config, checkpoint, directory: Path, name: str, records, 
     return {}  # only process 0 holds the predictions of a resumed run's first batches
   predictions[: len(done)] = done
   scores = score(config.kind, records, predictions)
+  if partial.dropped_ids:  # generated ids the tokenizer lacks, dropped from the predictions
+    scores["dropped_token_ids"] = sum(partial.dropped_ids.values())
   paper = benchmarks.BENCHMARKS[config.name].paper if partners is None else {}
   write_results(directory, name, records, predictions, scores)
   print(format_table({name: scores}, {name: paper}))
@@ -284,6 +295,7 @@ class PartialPredictions:
     self.meta = directory / f"{name}_predictions.partial.json"
     self.fingerprint, self.records = fingerprint, records
     self.writer = jax.process_index() == 0
+    self.dropped_ids: dict[int, int] = {}  # record index -> ids its text lost (predict_records), kept per line
 
   def resume(self) -> list[str | None]:
     """The predictions already written (empty for a fresh start), the same on every process."""
@@ -300,6 +312,8 @@ class PartialPredictions:
         if i >= len(self.records) or (entry["id"], entry["image"]) != (self.records[i].id, self.records[i].image):
           raise UserError(f"{self.path}:{i + 1} is not record {i} of the records file: delete it to start over")
         done.append(entry["prediction"])
+        if entry.get("dropped_ids"):
+          self.dropped_ids[i] = entry["dropped_ids"]
       log.info("resuming %s after %d of %d records", self.path, len(done), len(self.records))
     if jax.process_count() > 1:  # process 0 read the file; the others learn how far it got
       count = int(multihost_utils.broadcast_one_to_all(np.int32(len(done))))
@@ -314,8 +328,9 @@ class PartialPredictions:
       self.meta.write_text(json.dumps(self.fingerprint))
       self.path.write_text("")
     with open(self.path, "a", encoding="utf-8") as f:
-      for record, prediction in zip(self.records[first : first + len(outputs)], outputs):
-        f.write(json.dumps(_prediction_line(record, prediction)) + "\n")
+      for i, prediction in enumerate(outputs, first):
+        line = _prediction_line(self.records[i], prediction)
+        f.write(json.dumps({**line, "dropped_ids": self.dropped_ids[i]} if i in self.dropped_ids else line) + "\n")
 
   def finish(self) -> None:
     self.path.unlink(missing_ok=True)
@@ -352,7 +367,7 @@ def run_mmbench(config, checkpoint: str | Path, output: str | Path | None = None
     path = mmbench.write_submission(directory / f"{config.name}_submission.xlsx", questions, chosen)
     print(f"{config.name}: no answers in {config.records}; wrote the leaderboard file {path}")
     return {}
-  lines = [{"index": q.index, "prediction": mmbench.LETTERS[c], "answer": q.answer} for q, c in zip(questions, chosen)]
+  lines = [{"index": q.index, "prediction": mmbench.letter(c), "answer": q.answer} for q, c in zip(questions, chosen)]
   return _report(directory, config.name, lines, mmbench.scores(questions, chosen))
 
 

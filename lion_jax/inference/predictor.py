@@ -40,6 +40,7 @@ class Prediction:
   text: str
   boxes: list[tuple[float, float, float, float]]  # pixel xyxy, parsed from the text
   tags: list[str] = dataclasses.field(default_factory=list)  # the tags in the prompt (given or the tagger's)
+  dropped_ids: int = 0  # generated ids outside the T5 vocabulary, dropped from the text
 
 
 class Predictor:
@@ -71,6 +72,7 @@ class Predictor:
       repetition_penalty=repetition_penalty,
       length_penalty=length_penalty,
       min_length=min_length,
+      vocab_size=t5.vocab_size,  # the model's padding rows are never generated
     )
     self.max_qformer_len = max_qformer_len
 
@@ -121,10 +123,10 @@ class Predictor:
     ids = generate_ids(self.config, self.params, batch, self.mesh, self.rules, self.settings)
     predictions = []
     for image, row, image_tags in zip(decoded, ids, tag_lists):
-      text = self.t5.decode(row.tolist())
+      text, dropped = self.t5.decode_counting(row.tolist())
       width, height = image.size
       boxes = [(x1 * width, y1 * height, x2 * width, y2 * height) for x1, y1, x2, y2 in box_text.parse_boxes(text)]
-      predictions.append(Prediction(text, boxes, image_tags))
+      predictions.append(Prediction(text, boxes, image_tags, dropped))
     return predictions
 
   def __call__(
