@@ -365,3 +365,25 @@ def test_the_dataset_command_and_evaluation_tag_records_without_tags(converted_t
     return (tmp_path / name / "gqa_predictions.jsonl").read_text().splitlines()
 
   assert predictions(untagged, "by_tagger", tagger=str(directory)) == predictions(out, "given")
+
+
+def test_the_tagger_takes_images_in_any_mode():
+  """Grayscale, alpha, palette and 16-bit images are tagged as their RGB conversion (they failed with a
+  numpy broadcast error)."""
+  import jax
+  from PIL import Image
+
+  from lion_jax.inference.tagger import RamTagger
+  from lion_jax.models.ram import RamTaggingModel
+
+  config = presets.ram_tiny(len(TAGS))
+  example = np.zeros((1, 64, 64, 3), np.float32)
+  params = jax.jit(RamTaggingModel(config).init)(jax.random.key(0), example)["params"]
+  tagger = RamTagger(config, params, TAGS, np.full(len(TAGS), 0.5, np.float32), batch_size=2)
+  rgb = photos()[0]
+  modes = [rgb.convert(mode) for mode in ("L", "LA", "RGBA", "P")]
+  modes.append(Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257).convert("I;16"))
+  for image in modes:
+    np.testing.assert_array_equal(tagger.pixels(image), tagger.pixels(image.convert("RGB")), err_msg=image.mode)
+  assert tagger.tag_batch(modes) == tagger.tag_batch([image.convert("RGB") for image in modes])
+  assert tagger(modes[0]) == tagger(modes[0].convert("RGB"))

@@ -89,8 +89,9 @@ class RamTagger:
     )
 
   def pixels(self, image: Image.Image) -> np.ndarray:
-    """RAM's preprocessing of one image (separate from LION's 224 px CLIP preprocessing)."""
-    return image_ops.to_ram_input(image, self.config.swin.image_size)
+    """RAM's preprocessing of one image (separate from LION's 224 px CLIP preprocessing), in any PIL
+    mode: converted to RGB first, as the official RAM transform does (every entry point comes here)."""
+    return image_ops.to_ram_input(image.convert("RGB"), self.config.swin.image_size)
 
   def probabilities(self, num_images: int, load: Callable[[int], np.ndarray]) -> np.ndarray:
     """[num_images, classes] tag probabilities; `load(i)` gives image i's pixels. On a mesh each
