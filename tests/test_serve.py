@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from benchmarks.serve_load import data_url, free_port
 from lion_jax.inference import Predictor
 from lion_jax.serve.protocol import conversation_prompt
 from tests.conftest import require, require_program
@@ -37,12 +37,6 @@ def http(url: str, body: bytes | dict | None = None) -> tuple[int, dict]:
       return reply.status, json.loads(reply.read())
   except urllib.error.HTTPError as e:
     return e.code, json.loads(e.read())
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +77,6 @@ def served(tmp_path_factory):
 
 def image_path(root: Path, i: int) -> Path:
   return root / "data" / "images" / f"{i:06d}.png"
-
-
-def data_url(path: Path) -> str:
-  return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def user_turn(text: str, path: Path) -> dict:
