@@ -229,3 +229,19 @@ def test_text_lengths_hold_every_text(dataset):
     if r.task != "grounded_caption"
   ]
   assert max(targets) <= limits["max_target_len"], max(targets)
+
+
+def test_noisy_tags_miss_and_invent_like_a_tagger_but_never_vanish():
+  """tag_noise: each true tag missing with probability p, each absent one listed with p / 3, never none."""
+  rng = np.random.default_rng(0)
+  scenes = [synthetic.sample_scene(rng, 48, 3, (0.2, 0.45)) for _ in range(400)]
+  exact = [synthetic.tags_of(s.shapes) for s in scenes]
+  assert exact == [sorted({x.kind for x in s.shapes} | {x.color for x in s.shapes}) for s in scenes]
+  noisy = [synthetic.tags_of(s.shapes, np.random.default_rng(i), 0.3) for i, s in enumerate(scenes)]
+  assert noisy == [synthetic.tags_of(s.shapes, np.random.default_rng(i), 0.3) for i, s in enumerate(scenes)]
+  assert all(tags and tags == sorted(tags) for tags in noisy)
+  true_count = sum(len(t) for t in exact)
+  missing = sum(len(set(t) - set(n)) for t, n in zip(exact, noisy)) / true_count
+  absent = sum(9 - len(t) for t in exact)
+  invented = sum(len(set(n) - set(t)) for t, n in zip(exact, noisy)) / absent
+  assert 0.25 < missing < 0.35 and 0.06 < invented < 0.14, (missing, invented)

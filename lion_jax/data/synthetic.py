@@ -204,6 +204,8 @@ def tags_of(shapes: Sequence[Shape], rng: np.random.Generator | None = None, noi
     return sorted(true)
   kept = {t for t in sorted(true) if rng.random() >= noise}
   wrong = {t for t in (*SHAPES, *COLORS) if t not in true and rng.random() < noise / 3}
+  if not kept | wrong:  # a tagger finds something in every scene; [] would read as "never tagged"
+    kept = {sorted(true)[rng.integers(len(true))]}
   return sorted(kept | wrong)
 
 
