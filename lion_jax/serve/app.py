@@ -89,14 +89,17 @@ def build_app(batcher: Batcher, limits: Limits, max_request_bytes: int, examples
 
   @app.post("/v1/chat/completions")
   async def chat(request: Request) -> Response:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_request_bytes:
-      raise ApiError(413, f"the request is {declared} bytes, more than this server's limit of {max_request_bytes}")
-    raw = await request.body()
-    if len(raw) > max_request_bytes:
-      raise ApiError(413, f"the request is {len(raw)} bytes, more than this server's limit of {max_request_bytes}")
+    # An oversized body is read to its end but not kept: answering before it is sent would break the
+    # client's pipe instead of giving it the 413.
+    chunks, size = [], 0
+    async for chunk in request.stream():
+      size += len(chunk)
+      if size <= max_request_bytes:
+        chunks.append(chunk)
+    if size > max_request_bytes:
+      raise ApiError(413, f"the request is {size} bytes, more than this server's limit of {max_request_bytes}")
     try:
-      body = json.loads(raw)
+      body = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise ApiError(400, f"the request body is not valid JSON: {e}") from None
     chat = await asyncio.to_thread(parse_chat, body, limits)  # decoding an image is no work for the event loop
