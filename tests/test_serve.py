@@ -223,9 +223,12 @@ def test_the_page_in_headless_chromium_uploads_asks_and_draws(served):
   try:
     browser.get(url)
     wait = WebDriverWait(browser, 60)
-    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#examples img")) > 0)  # the --examples images
-    browser.find_element(By.ID, "image-file").send_keys(str(image_path(root, 2)))
-    wait.until(lambda b: b.execute_script("return document.getElementById('picture').naturalWidth") > 0)
+    picture = "return document.getElementById('picture').src"
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#examples img"))[0].click()  # an --examples image
+    example = wait.until(lambda b: b.execute_script(picture))
+    browser.find_element(By.ID, "image-file").send_keys(str(image_path(root, 2)))  # an upload replaces it
+    wait.until(lambda b: b.execute_script(picture) not in ("", example))
+    assert browser.execute_script(picture) == data_url(image_path(root, 2))
     question = "What is at [0.250,0.250,0.750,0.750] in the image <image>?"
     browser.find_element(By.ID, "question").send_keys(question)
     Select(browser.find_element(By.ID, "task")).select_by_visible_text("region_level")
@@ -240,5 +243,13 @@ def test_the_page_in_headless_chromium_uploads_asks_and_draws(served):
     assert float(boxes[0].get_attribute("x")) == pytest.approx(0.25 * side)
     assert browser.find_element(By.ID, "tags-used").text == "red, circle"
     assert browser.find_element(By.ID, "error").text == ""
+    # The conversation is kept: the next question is asked with the earlier turns.
+    browser.find_element(By.ID, "question").send_keys("And the colour?")
+    browser.find_element(By.ID, "ask").click()
+    answers = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#conversation .assistant")[1:])
+    prompt = conversation_prompt([("user", question), ("assistant", expected.text), ("user", "And the colour?")])
+    assert (
+      answers[0].text == predictor(image_path(root, 2), prompt, tags="red, circle", task="region_level").text.strip()
+    )
   finally:
     browser.quit()
