@@ -3,6 +3,7 @@ module): the official `openai` client, raw HTTP for bad input, and headless Chro
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -20,6 +21,7 @@ from PIL import Image
 
 from benchmarks.serve_load import data_url, free_port
 from lion_jax.inference import Predictor
+from lion_jax.serve.batching import Batcher, Job, Settings
 from lion_jax.serve.protocol import conversation_prompt
 from tests.conftest import require, require_program
 from tests.test_inference import random_tiny_checkpoint
@@ -253,3 +255,35 @@ def test_the_page_in_headless_chromium_uploads_asks_and_draws(served):
     )
   finally:
     browser.quit()
+
+
+def test_the_batcher_never_mixes_settings_and_a_failing_batch_fails_only_its_requests():
+  """In-process, with a generation that records its batches and fails on one prompt."""
+  batches = []
+
+  def generate(settings, jobs):
+    batches.append((settings, [job.prompt for job in jobs]))
+    if any(job.prompt == "fail" for job in jobs):
+      raise RuntimeError("device lost")
+    return [f"{settings.num_beams}:{job.prompt}" for job in jobs]
+
+  beams = lambda n: Settings("image_level", 8, n, 1.5, 0.0, 1.0)
+  job = lambda prompt: Job(Image.new("RGB", (4, 4)), prompt, None, 0)
+
+  async def main():
+    batcher = Batcher(generate, max_batch=3, max_wait_ms=50)
+    worker = asyncio.create_task(batcher.run())
+    asks = [(beams(1 + i % 2), f"q{i}") for i in range(7)] + [(beams(3), "fail"), (beams(3), "other")]
+    results = await asyncio.gather(*(batcher.submit(s, job(p)) for s, p in asks), return_exceptions=True)
+    after = await batcher.submit(beams(3), job("next"))
+    worker.cancel()
+    return results, after
+
+  results, after = asyncio.run(main())
+  assert results[:7] == [f"{1 + i % 2}:q{i}" for i in range(7)]
+  assert [str(r) for r in results[7:]] == ["device lost"] * 2 and after == "3:next"
+  assert all(len(prompts) <= 3 for _, prompts in batches)
+  assert sorted(p for _, prompts in batches for p in prompts) == sorted(
+    [f"q{i}" for i in range(7)] + ["fail", "other", "next"]
+  )
+  assert all(all(int(p[1:]) % 2 == s.num_beams - 1 for p in prompts if p.startswith("q")) for s, prompts in batches)

@@ -69,7 +69,7 @@ def build_app(batcher: Batcher, limits: Limits, max_request_bytes: int, examples
   @app.get("/health")
   async def health():
     """Liveness, and how many generations ran for how many requests (more requests than batches: batching)."""
-    return {"status": "ok", "model": limits.model, "batches": len(batcher.batches), "requests": sum(batcher.batches)}
+    return {"status": "ok", "model": limits.model, "batches": batcher.batches, "requests": batcher.requests}
 
   @app.get("/v1/models")
   async def models():

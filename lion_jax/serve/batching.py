@@ -120,7 +120,7 @@ class Batcher:
     self.generate, self.max_batch, self.max_wait = generate, max_batch, max_wait_ms / 1000
     self.pending: dict[Settings, list[tuple[Job, asyncio.Future, float]]] = {}
     self.arrived = asyncio.Event()
-    self.batches: list[int] = []  # sizes of the batches run (for /health and the benchmark)
+    self.batches = self.requests = 0  # generations run and the requests they answered (/health)
 
   async def submit(self, settings: Settings, job: Job) -> Answer:
     loop = asyncio.get_running_loop()
@@ -152,7 +152,7 @@ class Batcher:
       taken = [(job, future) for job, future, _ in taken if not future.done()]  # a client that left
       if not taken:
         continue
-      self.batches.append(len(taken))
+      self.batches, self.requests = self.batches + 1, self.requests + len(taken)
       try:
         answers = await asyncio.to_thread(self.generate, settings, [job for job, _ in taken])
       except Exception as e:  # reported to the batch's clients as a 500; the loop goes on
