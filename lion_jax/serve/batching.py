@@ -88,7 +88,7 @@ def generate_answers(predictor: Predictor, settings: Settings, jobs: Sequence[Jo
       repetition_penalty=settings.repetition_penalty,
       temperature=settings.temperature,
       top_p=settings.top_p,
-      vocab_limit=t5.vocab_size,
+      vocab_size=t5.vocab_size,
       eos_id=t5.eos_id,
       pad_id=t5.pad_id,
     )

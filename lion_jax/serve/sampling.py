@@ -2,9 +2,9 @@
 
 generate.py has greedy and beam search, LION's settings; an OpenAI client asking for a temperature
 expects sampling. Processors apply in HF transformers' `do_sample` order: repetition penalty, min
-length, temperature, top-p. Each row draws from its own key (`fold_in(key(seed), step)`), so a
-request's answer depends on its seed only, never on the requests batched with it. Ids the tokenizer
-cannot decode (a vocabulary padded past the tokenizer's size) are never drawn.
+length, padding rows (generate.py's processors), temperature, top-p. Each row draws from its own key
+(`fold_in(key(seed), step)`), so a request's answer depends on its seed only, never on the requests
+batched with it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lion_jax import sharding
-from lion_jax.inference.generate import _forbid_eos_before_min_length, _penalise, _step_fn
+from lion_jax.inference.generate import _forbid_eos_before_min_length, _penalise, _step_fn, _suppress_padding_rows
 from lion_jax.models import Lion
 
 
@@ -35,7 +35,7 @@ def top_p_filter(scores: jax.Array, top_p: float) -> jax.Array:
 
 
 def _sample(
-  model, params, inputs, max_new_tokens, min_length, repetition_penalty, temperature, top_p, vocab_limit, eos_id, pad_id
+  model, params, inputs, max_new_tokens, min_length, repetition_penalty, temperature, top_p, vocab_size, eos_id, pad_id
 ):
   batch = {k: v for k, v in inputs.items() if k != "seed"}
   keys = jax.vmap(jax.random.key)(inputs["seed"])
@@ -45,12 +45,11 @@ def _sample(
   start_id = pad_id  # T5's decoder start token
   sequences = jnp.full((b, max_new_tokens + 1), pad_id, jnp.int32).at[:, 0].set(start_id)
   seen = jnp.zeros((b, vocab), bool).at[:, start_id].set(True)
-  decodable = jnp.arange(vocab) < vocab_limit
 
   def choose(logits, t, sequences, seen, finished):
     scores = _penalise(logits, seen, repetition_penalty)
     scores = _forbid_eos_before_min_length(scores, t + 1, min_length, eos_id)
-    scores = top_p_filter(jnp.where(decodable, scores, -jnp.inf) / temperature, top_p)
+    scores = top_p_filter(_suppress_padding_rows(scores, vocab_size) / temperature, top_p)
     drawn = jax.vmap(jax.random.categorical)(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t), scores)
     token = jnp.where(finished, pad_id, drawn.astype(jnp.int32))
     sequences = sequences.at[:, t + 1].set(token)
@@ -79,7 +78,7 @@ def _compiled(config_json: str, **settings):
 def sample_ids(config, params, batch: dict[str, np.ndarray], seeds: np.ndarray, mesh, rules, **settings) -> np.ndarray:
   """Sampled ids [B, max_new_tokens] for a host batch, one uint32 seed per row; on one device or split
   over a mesh as batch.generate_ids. `settings`: max_new_tokens, min_length, repetition_penalty,
-  temperature, top_p, vocab_limit, eos_id, pad_id."""
+  temperature, top_p, vocab_size (the tokenizer's), eos_id, pad_id."""
   program = _compiled(config.to_json(), **settings)
   inputs = {**batch, "seed": np.asarray(seeds, np.uint32)}
   if mesh is None:
