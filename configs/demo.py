@@ -34,6 +34,9 @@ from lion_jax.errors import UserError
 STAGE_LENGTHS = {"pretrain": 9, "stage1": 2, "stage2": 4, "stage3": 3}  # x `steps`
 GRID = 4  # box corners on a 4 px lattice: 13 values per coordinate
 TAG_NOISE = 0.3  # tags as imperfect as a real tagger's (synthetic.tags_of)
+# The towers' N(0, std) init at width 64 (EVA/BERT's 0.02 suits width ~1000: at 64 every block starts
+# as the identity, and the Q-Former's output hardly depends on the image).
+TOWER_INIT_STD = 0.1
 
 
 def get_config(arg=None):
@@ -48,12 +51,24 @@ def get_config(arg=None):
     m = config.model
     width, heads = 64, 4
     m.vit.update(
-      image_size=image_size, patch_size=8, width=width, mlp_dim=2 * width, num_heads=heads, pos_embed_init="sincos2d"
+      image_size=image_size,
+      patch_size=8,
+      width=width,
+      mlp_dim=2 * width,
+      num_heads=heads,
+      pos_embed_init="sincos2d",
+      init_std=TOWER_INIT_STD,
     )
     m.qformer.update(
-      width=width, mlp_dim=2 * width, num_heads=heads, num_queries=8, max_positions=96, cross_attention_freq=1
+      width=width,
+      mlp_dim=2 * width,
+      num_heads=heads,
+      num_queries=8,
+      max_positions=96,
+      cross_attention_freq=1,
+      init_std=TOWER_INIT_STD,
     )
-    m.aggregator.update(num_heads=heads, mlp_dim=2 * width, proj_dim=2 * width)
+    m.aggregator.update(num_heads=heads, mlp_dim=2 * width, proj_dim=2 * width, init_std=TOWER_INIT_STD)
     m.t5.update(
       d_model=width,
       d_kv=width // heads,
@@ -91,7 +106,9 @@ def get_config(arg=None):
   lengths = {name: n * args.steps for name, n in STAGE_LENGTHS.items()}
   image, region = {"synthetic_image": 1.0}, {"synthetic_region": 1.0}
   config.stages = {
-    "pretrain": common.pretrain_stage({**image, **region}, lengths["pretrain"], visual_input="all"),
+    # No tags in pretraining: noisy tags in the prompt are the easier signal, and the T5 learns to read
+    # them instead of the pixels; LION's stages add them behind the soft prompt.
+    "pretrain": common.pretrain_stage({**image, **region}, lengths["pretrain"], visual_input="all", tags=False),
     "stage1": common.stage("qformer", image, lengths["stage1"]),
     "stage2": common.stage("aggregator", region, lengths["stage2"], init_from=("stage1",)),
     # Starts from two trained branches: a full-size step would undo stage 1.

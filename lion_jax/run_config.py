@@ -81,15 +81,17 @@ def stage(
 
 
 def pretrain_stage(
-  mixture: dict[str, float], num_steps: int, visual_input: str = "qformer"
+  mixture: dict[str, float], num_steps: int, visual_input: str = "qformer", tags: bool = True
 ) -> ml_collections.ConfigDict:
   """Tower pretraining: ViT, Q-Former and T5 trained together from a fresh init, as a plain
   InstructBLIP (no adapters, no soft prompt); its export is a converted checkpoint that LION's stages
   load with `config.pretrained`, as they load a converted InstructBLIP. A stand-in for the
   EVA-CLIP / FlanT5 / InstructBLIP pretraining that real LION starts from, for small models. Tags
-  stay in the prompt (behind a plain `<extra_id_0>`): a pretrained LLM can read what its prompt
-  lists, and a T5 trained from scratch learns it only where it sees it. `visual_input='all'` also
-  trains the aggregator, so the T5 learns to read per-patch tokens before the stages freeze it."""
+  stay in the prompt by default (behind a plain `<extra_id_0>`): a pretrained LLM can read what its
+  prompt lists, and a T5 trained from scratch learns it only where it sees it; `tags=False` leaves
+  them out, so that the towers learn from the pixels what imperfect tags would otherwise hand them.
+  `visual_input='all'` also trains the aggregator, so the T5 learns to read per-patch tokens before
+  the stages freeze it."""
   return stage(
     visual_input,
     mixture,
@@ -98,6 +100,7 @@ def pretrain_stage(
     frozen=(),
     adapters="none",
     soft_prompt=False,
+    tags=tags,
     pretrained=stages.RANDOM,
   )
 

@@ -29,13 +29,21 @@ class AggregatorBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, memory: jax.Array, *, train: bool = False) -> jax.Array:
     c = self.config
+    std = layers.init_std(c)
     attn = lambda name: BertAttention(
-      self.width, c.num_heads, c.ln_eps, c.dropout_rate, zero_init_output=True, dtype=self.dtype, name=name
+      self.width,
+      c.num_heads,
+      c.ln_eps,
+      c.dropout_rate,
+      zero_init_output=True,
+      dtype=self.dtype,
+      init_std=std,
+      name=name,
     )
     x = attn("self_attention")(x, train=train)
     x = attn("cross_attention")(x, memory=memory, train=train)
     return BertFeedForward(
-      self.width, c.mlp_dim, c.ln_eps, c.dropout_rate, zero_init_output=True, dtype=self.dtype, name="ffn"
+      self.width, c.mlp_dim, c.ln_eps, c.dropout_rate, zero_init_output=True, dtype=self.dtype, init_std=std, name="ffn"
     )(x, train=train)
 
 

@@ -32,7 +32,17 @@ Initializer = Callable[..., Array]
 
 # BERT / EVA initialiser: N(0, 0.02) (truncated for EVA, plain for BERT; the difference is irrelevant
 # for towers that are always loaded from a checkpoint).
-normal_002 = nn.initializers.normal(stddev=0.02)
+# EVA's and BERT's init, the towers' default: N(0, 0.02) matrices and embeddings. A tower's config may
+# set `init_std` instead (towers trained from scratch at small widths: ~fan-in**-0.5; see init_std()).
+INIT_STD = 0.02
+normal_002 = nn.initializers.normal(stddev=INIT_STD)
+
+
+def init_std(config) -> float:
+  """A tower config's `init_std` (EVA/BERT's 0.02 when unset): its N(0, std) kernels and embeddings."""
+  return config.get("init_std", INIT_STD)
+
+
 # torch.nn.Linear default weight init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -98,13 +108,15 @@ class Dense(nn.Module):
   features: int
   axes: tuple[str | None, str | None]
   use_bias: bool = True
-  kernel_init: Initializer = normal_002
+  kernel_init: Initializer | None = None  # None: N(0, init_std)
   dtype: Dtype = jnp.float32
+  init_std: float = INIT_STD
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    kernel_init = self.kernel_init or nn.initializers.normal(self.init_std)
     kernel = self.param(
-      "kernel", nn.with_logical_partitioning(self.kernel_init, self.axes), (x.shape[-1], self.features), jnp.float32
+      "kernel", nn.with_logical_partitioning(kernel_init, self.axes), (x.shape[-1], self.features), jnp.float32
     )
     # Accumulated in float32 with the bias added before the one rounding to the compute dtype, as a
     # bf16 `addmm` does under autocast.
@@ -151,7 +163,9 @@ class RMSNorm(nn.Module):
     return y * scale.astype(jnp.float32)
 
 
-def patch_embedding(features: int, patch: int, dtype: Dtype, name: str = "patch_embed") -> nn.Conv:
+def patch_embedding(
+  features: int, patch: int, dtype: Dtype, name: str = "patch_embed", std: float = INIT_STD
+) -> nn.Conv:
   """The non-overlapping patch x patch convolution that turns an NHWC image into patch tokens."""
   return nn.Conv(
     features,
@@ -159,17 +173,17 @@ def patch_embedding(features: int, patch: int, dtype: Dtype, name: str = "patch_
     strides=(patch, patch),
     padding="VALID",
     dtype=dtype,
-    kernel_init=nn.with_logical_partitioning(normal_002, (None, None, None, "embed")),
+    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), (None, None, None, "embed")),
     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
     name=name,
   )
 
 
-def gelu_mlp(x: Array, hidden: int, dtype: Dtype) -> Array:
+def gelu_mlp(x: Array, hidden: int, dtype: Dtype, std: float = INIT_STD) -> Array:
   """`fc2(GELU(fc1(x)))` (exact GELU), its Dense layers named fc1 and fc2 in the calling module."""
-  y = Dense(hidden, ("embed", "mlp"), dtype=dtype, name="fc1")(x)
+  y = Dense(hidden, ("embed", "mlp"), dtype=dtype, name="fc1", init_std=std)(x)
   y = activation("gelu")(y)
-  return Dense(x.shape[-1], ("mlp", "embed"), dtype=dtype, name="fc2")(y)
+  return Dense(x.shape[-1], ("mlp", "embed"), dtype=dtype, name="fc2", init_std=std)(y)
 
 
 def padding_bias(mask: Array, dtype: Dtype = jnp.float32) -> Array:

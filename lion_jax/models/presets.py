@@ -24,8 +24,9 @@ def _vit(**overrides) -> ml_collections.ConfigDict:
     num_heads=16,
     mlp_dim=6144,
     ln_eps=1e-6,
-    pos_embed_init="normal",
-  )  # or "sincos2d" (models/vit.py)
+    pos_embed_init="normal",  # or "sincos2d" (models/vit.py)
+    init_std=0.02,  # the random init's N(0, std) (models/layers.init_std); converted weights replace it
+  )
   vit.update(overrides)
   return ml_collections.ConfigDict(vit)
 
@@ -43,6 +44,7 @@ def _qformer(**overrides) -> ml_collections.ConfigDict:
     ln_eps=1e-12,
     dropout_rate=0.1,
     vision_ln_eps=1e-5,
+    init_std=0.02,
   )  # LAVIS `ln_vision` is torch's LayerNorm default
   q.update(overrides)
   return ml_collections.ConfigDict(q)
@@ -50,7 +52,14 @@ def _qformer(**overrides) -> ml_collections.ConfigDict:
 
 def _aggregator(**overrides) -> ml_collections.ConfigDict:
   a = dict(
-    num_heads=16, mlp_dim=3072, ln_eps=1e-12, dropout_rate=0.1, out_ln_eps=1e-5, proj_dim=5632, memory_layers=(29, 19)
+    num_heads=16,
+    mlp_dim=3072,
+    ln_eps=1e-12,
+    dropout_rate=0.1,
+    out_ln_eps=1e-5,
+    proj_dim=5632,
+    memory_layers=(29, 19),
+    init_std=0.02,
   )  # 1-based ViT blocks that blocks 1, 2 cross-attend to
   a.update(overrides)
   return ml_collections.ConfigDict(a)

@@ -30,8 +30,13 @@ class QFormerLayer(nn.Module):
   @nn.compact
   def __call__(self, x, self_bias, image):
     c, train = self.config, self.train
-    attn = lambda name: BertAttention(c.width, c.num_heads, c.ln_eps, c.dropout_rate, dtype=self.dtype, name=name)
-    ffn = lambda name: BertFeedForward(c.width, c.mlp_dim, c.ln_eps, c.dropout_rate, dtype=self.dtype, name=name)
+    std = layers.init_std(c)
+    attn = lambda name: BertAttention(
+      c.width, c.num_heads, c.ln_eps, c.dropout_rate, dtype=self.dtype, init_std=std, name=name
+    )
+    ffn = lambda name: BertFeedForward(
+      c.width, c.mlp_dim, c.ln_eps, c.dropout_rate, dtype=self.dtype, init_std=std, name=name
+    )
     x = attn("self_attention")(x, bias=self_bias, train=train)
     queries, text = x[:, : self.num_queries], x[:, self.num_queries :]
     if self.has_cross_attention:
@@ -78,7 +83,7 @@ class QFormerEncoder(nn.Module):
         "the position table (truncate on the left when tokenising)"
       )
     emb = lambda name, n: self.param(
-      name, nn.with_logical_partitioning(layers.normal_002, (None, "embed")), (n, c.width)
+      name, nn.with_logical_partitioning(nn.initializers.normal(layers.init_std(c)), (None, "embed")), (n, c.width)
     )
     words = emb("word_embeddings", c.vocab_size)
     positions = emb("position_embeddings", c.max_positions)
@@ -117,7 +122,7 @@ class QFormerBranch(nn.Module):
     image = layers.LayerNorm(c.vision_ln_eps, name="vision_norm")(vit_last)
     queries = self.param(
       "query_tokens",
-      nn.with_logical_partitioning(layers.normal_002, (None, None, "embed")),
+      nn.with_logical_partitioning(nn.initializers.normal(layers.init_std(c)), (None, None, "embed")),
       (1, c.num_queries, c.width),
     )
     queries = jnp.broadcast_to(queries, (vit_last.shape[0],) + queries.shape[1:])

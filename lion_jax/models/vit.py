@@ -85,8 +85,8 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    w, h = self.config.width, self.config.num_heads
-    qkv = layers.Dense(3 * w, ("embed", "qkv"), use_bias=False, dtype=self.dtype, name="qkv")(x)
+    w, h, std = self.config.width, self.config.num_heads, layers.init_std(self.config)
+    qkv = layers.Dense(3 * w, ("embed", "qkv"), use_bias=False, dtype=self.dtype, name="qkv", init_std=std)(x)
     q_bias = self.param("q_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads",)), (w,))
     v_bias = self.param("v_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("heads",)), (w,))
     q, k, v = jnp.split(qkv, 3, axis=-1)
@@ -94,7 +94,7 @@ class Attention(nn.Module):
     k = layers.split_heads(k, h)
     v = layers.split_heads(v + v_bias.astype(self.dtype), h)
     out = layers.attend(q, k, v, None, scale=layers.head_scale(w // h))
-    return layers.Dense(w, ("heads", "embed"), dtype=self.dtype, name="proj")(layers.merge_heads(out))
+    return layers.Dense(w, ("heads", "embed"), dtype=self.dtype, name="proj", init_std=std)(layers.merge_heads(out))
 
 
 class Block(nn.Module):
@@ -105,7 +105,7 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     c = self.config
     x = x + Attention(c, self.dtype, name="attn")(layers.LayerNorm(c.ln_eps, name="norm1")(x))
-    y = layers.gelu_mlp(layers.LayerNorm(c.ln_eps, name="norm2")(x), c.mlp_dim, self.dtype)
+    y = layers.gelu_mlp(layers.LayerNorm(c.ln_eps, name="norm2")(x), c.mlp_dim, self.dtype, layers.init_std(c))
     return layers.constrain(x + y, ("batch", "length", "embed"))
 
 
@@ -142,16 +142,15 @@ class VisionTransformer(nn.Module):
       raise UserError(f"ViT blocks {read} are read; the ViT has blocks 1..{c.depth}")
     if image.shape[1] % p or image.shape[2] % p:
       raise ValueError(f"image size {image.shape[1:3]} is not a multiple of the patch size {p}")
-    patches = layers.patch_embedding(c.width, p, self.dtype)(image.astype(self.dtype))
+    normal = nn.initializers.normal(layers.init_std(c))
+    patches = layers.patch_embedding(c.width, p, self.dtype, std=layers.init_std(c))(image.astype(self.dtype))
     b, gh, gw, _ = patches.shape
     x = patches.reshape(b, gh * gw, c.width).astype(jnp.float32)  # the residual stream is float32
-    cls = self.param(
-      "cls_token", nn.with_logical_partitioning(layers.normal_002, (None, None, "embed")), (1, 1, c.width)
-    )
+    cls = self.param("cls_token", nn.with_logical_partitioning(normal, (None, None, "embed")), (1, 1, c.width))
     grid = c.image_size // p
     # EVA's learned positions start as noise; `pos_embed_init: sincos2d` starts them as sine-cosine
     # (for towers trained from scratch, e.g. the demo's; a converted checkpoint overwrites either).
-    pos_init = layers.normal_002
+    pos_init = normal
     if c.get("pos_embed_init", "normal") == "sincos2d":
       pos_init = lambda key, shape, dtype=jnp.float32: jnp.asarray(sincos_positions(grid, c.width), dtype)
     pos = self.param(
