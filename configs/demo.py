@@ -3,14 +3,17 @@
   python -m lion_jax.main --config=configs/demo.py --workdir=/tmp/lion-demo
 
 Generates the synthetic dataset into WORKDIR/data (once), then runs four stages in WORKDIR/<stage>:
-  pretrain  ViT, Q-Former and T5 trained together from scratch (no adapters, no soft prompt): the
-            stand-in for the EVA-CLIP / FlanT5 / InstructBLIP towers real LION starts from. It trains
-            on both task levels, because the towers LION starts from already see objects and where
-            they are, and the frozen T5 must already be able to write box coordinates;
-  stage1-3  LION's recipe from that export (`config.pretrained`), ViT and T5 body frozen.
-Every stage evaluates caption CIDEr, VQA and REC accuracy (and the validation loss per task level) on
-the validation split at its end; the final export is evaluated again from disk (WORKDIR/results.json),
-and WORKDIR/curves.png shows the training curves of the whole run.
+  pretrain  ViT, Q-Former, aggregator and T5 trained together from scratch in the `all` layout, without
+            adapters, soft prompt or tags: the stand-in for the EVA-CLIP / FlanT5 / InstructBLIP towers
+            real LION starts from. It trains on both task levels, because the towers LION starts from
+            already see objects and where they are, and the frozen T5 must already be able to read the
+            aggregator's patch tokens and write box coordinates;
+  stage1-3  LION's recipe from that export (`config.pretrained`), ViT and T5 body frozen, tags behind
+            the soft prompt.
+Every stage evaluates caption CIDEr, VQA and REC accuracy, each beside its blind twin (the same records
+with the images deranged: evaluation.blind), and the validation loss and image gain per task level on
+the validation split, every 300 steps and at its end; the final export is evaluated again from disk
+(WORKDIR/results.json), and WORKDIR/curves.png shows the training curves of the whole run.
 Arguments: configs/demo.py:steps=100,images=2000,eval=64,size=demo (`steps` scales every stage's
 length, eval=0 skips all evaluation, size=tiny swaps in the test preset's 28 px towers: seconds a
 stage, for smoke runs and tests, but they learn little).
@@ -24,7 +27,12 @@ Why these choices (measured on the 2-core CI machine, docs/training.md "The demo
   and XLA CPU compiles a stage in 7 s instead of 18 s without the dropout hash;
 - every box coordinate is one T5 piece (lion_jax.data.synthetic), so a box is 12 target pieces;
   region-level training uses REC and REG (grounded captions need ~60 target pieces);
-- stage 3 at lr 3e-4: it starts from two trained branches, and lr 1e-3 cost 14 VQA points of stage 1.
+- stage 3 at lr 3e-4: it starts from two trained branches, and lr 1e-3 cost 14 VQA points of stage 1;
+- a model that reads its image (docs/training.md "The demo", issue 27): the tags are as imperfect as a
+  tagger's (TAG_NOISE), pretraining leaves them out, crops are off (a crop can cut away the shape the
+  text names), box corners lie on a 4 px lattice, the Q-Former cross-attends in every layer, and the
+  towers start at init std 0.1 and the T5 tables at d_model**-0.5 instead of the 0.02 and 1.0 that
+  suit converted widths (at 0.02 the Q-Former's output hardly depends on the image).
 """
 
 from lion_jax import run_config as common

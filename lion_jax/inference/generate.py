@@ -80,7 +80,12 @@ def _step_fn(model: Lion, params, encoded, encoder_mask, task, cache_len: int):
   return step
 
 
-def _greedy(model, params, batch, max_new_tokens, min_length, repetition_penalty, vocab_size, eos_id, pad_id, start_id):
+def decode_row_by_row(
+  model, params, batch, pick, max_new_tokens, min_length, repetition_penalty, vocab_size, eos_id, pad_id, start_id
+):
+  """One token per row per step until every row has EOS: greedy search, or sampling (serve/sampling.py)
+  through `pick(scores [B, V], t) -> tokens [B]`, which gets the scores after HF's repetition penalty,
+  min-length and padding-row processors."""
   encoded, mask = model.apply({"params": params}, batch, method=Lion.encode)
   b, vocab = encoded.shape[0], model.config.t5.vocab_size
   step = _step_fn(model, params, encoded, mask, batch["task"], max_new_tokens)
@@ -91,7 +96,7 @@ def _greedy(model, params, batch, max_new_tokens, min_length, repetition_penalty
     scores = _penalise(logits, seen, repetition_penalty)
     scores = _forbid_eos_before_min_length(scores, t + 1, min_length, eos_id)
     scores = _suppress_padding_rows(scores, vocab_size)
-    token = jnp.where(finished, pad_id, jnp.argmax(scores, axis=-1).astype(jnp.int32))
+    token = jnp.where(finished, pad_id, pick(scores, t).astype(jnp.int32))
     sequences = sequences.at[:, t + 1].set(token)
     seen = seen.at[jnp.arange(b), token].set(True)
     return sequences, seen, finished | (token == eos_id)
@@ -111,6 +116,10 @@ def _greedy(model, params, batch, max_new_tokens, min_length, repetition_penalty
 
   _, sequences, _, _, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), sequences, seen, cache, finished))
   return sequences[:, 1:]
+
+
+def _greedy(model, params, batch, **settings):
+  return decode_row_by_row(model, params, batch, lambda scores, t: jnp.argmax(scores, axis=-1), **settings)
 
 
 def _beam_search(

@@ -20,7 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from lion_jax import sharding
-from lion_jax.inference.generate import _forbid_eos_before_min_length, _penalise, _step_fn, _suppress_padding_rows
+from lion_jax.inference.generate import decode_row_by_row
 from lion_jax.models import Lion
 
 
@@ -39,35 +39,24 @@ def _sample(
 ):
   batch = {k: v for k, v in inputs.items() if k != "seed"}
   keys = jax.vmap(jax.random.key)(inputs["seed"])
-  encoded, mask = model.apply({"params": params}, batch, method=Lion.encode)
-  b, vocab = encoded.shape[0], model.config.t5.vocab_size
-  step = _step_fn(model, params, encoded, mask, batch["task"], max_new_tokens)
-  start_id = pad_id  # T5's decoder start token
-  sequences = jnp.full((b, max_new_tokens + 1), pad_id, jnp.int32).at[:, 0].set(start_id)
-  seen = jnp.zeros((b, vocab), bool).at[:, start_id].set(True)
 
-  def choose(logits, t, sequences, seen, finished):
-    scores = _penalise(logits, seen, repetition_penalty)
-    scores = _forbid_eos_before_min_length(scores, t + 1, min_length, eos_id)
-    scores = top_p_filter(_suppress_padding_rows(scores, vocab_size) / temperature, top_p)
-    drawn = jax.vmap(jax.random.categorical)(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t), scores)
-    token = jnp.where(finished, pad_id, drawn.astype(jnp.int32))
-    sequences = sequences.at[:, t + 1].set(token)
-    seen = seen.at[jnp.arange(b), token].set(True)
-    return sequences, seen, finished | (token == eos_id)
+  def pick(scores, t):
+    scores = top_p_filter(scores / temperature, top_p)
+    return jax.vmap(jax.random.categorical)(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, t), scores)
 
-  logits, cache = step(None, sequences[:, 0], 0)
-  sequences, seen, finished = choose(logits, 0, sequences, seen, jnp.zeros((b,), bool))
-
-  def body(state):
-    t, sequences, seen, cache, finished = state
-    logits, cache = step(cache, sequences[:, t], t)
-    sequences, seen, finished = choose(logits, t, sequences, seen, finished)
-    return t + 1, sequences, seen, cache, finished
-
-  unfinished = lambda state: (state[0] < max_new_tokens) & ~jnp.all(state[4])
-  _, sequences, _, _, _ = jax.lax.while_loop(unfinished, body, (jnp.int32(1), sequences, seen, cache, finished))
-  return sequences[:, 1:]
+  return decode_row_by_row(
+    model,
+    params,
+    batch,
+    pick,
+    max_new_tokens=max_new_tokens,
+    min_length=min_length,
+    repetition_penalty=repetition_penalty,
+    vocab_size=vocab_size,
+    eos_id=eos_id,
+    pad_id=pad_id,
+    start_id=pad_id,  # T5's decoder start token
+  )
 
 
 @functools.lru_cache(maxsize=16)
