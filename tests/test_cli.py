@@ -26,6 +26,7 @@ from lion_jax.data import inspect as inspect_cli
 from lion_jax.data import tags as tags_cli
 from lion_jax.data.records import load_records
 from lion_jax.models import summary
+from lion_jax.serve import __main__ as serve_cli
 
 REPO = Path(__file__).resolve().parents[1]
 ARGPARSE_CLIS = {
@@ -37,6 +38,7 @@ ARGPARSE_CLIS = {
   "summary": summary.main,
   "predict": predict.main,
   "tags": tags_cli.main,
+  "serve": serve_cli.main,
 }
 
 
