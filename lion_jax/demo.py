@@ -124,12 +124,10 @@ def evaluate_export(config, workdir: Path) -> dict:
       rows[name].update(blind.suffixed(scores) if suffix else scores)
       if jax.process_index() == 0:
         runner.write_results(workdir / "eval", name + suffix, evaluator.source.records, predictions, scores)
-  if "validation" in config.evals:  # the image gains of the export, as the stages logged them
+  # The export's losses and image gains, as the stages logged them.
+  if config.evals.get("validation", {}).get("kind") == "loss":
     evaluator = evaluators.Evaluator("validation", config.evals.validation, model_config, data_config, num_steps=0)
-    scalars = evaluator.run(params)  # eval/<level>/loss and eval/validation/<level>/image_gain
-    rows["validation"] = {
-      k.removeprefix("eval/validation/").removeprefix("eval/"): v for k, v in scalars.items() if "seconds" not in k
-    }
+    rows["validation"] = evaluator.loss_scalars(params)
   if jax.process_index() != 0:
     return rows
   (workdir / "results.json").write_text(json.dumps(rows, indent=2))

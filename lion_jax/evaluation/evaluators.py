@@ -71,11 +71,11 @@ class Evaluator:
   def run(self, params) -> dict[str, float]:
     start = time.perf_counter()
     if self.spec.kind == "loss":
-      true = self._loss(params)
-      scalars = {f"eval/{level}/loss": v for level, v in true.items()}
-      if self.image_partners is not None:
-        blind_loss = self._loss(params, self.image_partners)
-        scalars.update({f"eval/{self.name}/{level}/image_gain": blind_loss[level] - v for level, v in true.items()})
+      # The losses keep their historical names (eval/<level>/loss); the gains are the evaluator's own.
+      scalars = {
+        f"eval/{key}" if key.endswith("/loss") else f"eval/{self.name}/{key}": v
+        for key, v in self.loss_scalars(params).items()
+      }
     else:
       scalars = {f"eval/{self.name}/{k}": v for k, v in self.scores(params).items()}
     scalars[f"eval/{self.name}/seconds"] = time.perf_counter() - start
@@ -117,6 +117,16 @@ class Evaluator:
     """The metric(s) of the generated answers, and their blind twins (`<metric>_blind`) when `blind` is on."""
     passes = self.scored_passes(params)
     return {f"{k}{suffix}": v for suffix, (_, scores) in passes.items() for k, v in scores.items()}
+
+  def loss_scalars(self, params) -> dict[str, float]:
+    """'<level>/loss' per task level and, when `blind` is on, '<level>/image_gain': the blind loss
+    minus the true one, nats per target token."""
+    true = self._loss(params)
+    scalars = {f"{level}/loss": v for level, v in true.items()}
+    if self.image_partners is not None:
+      blind_loss = self._loss(params, self.image_partners)
+      scalars.update({f"{level}/image_gain": blind_loss[level] - v for level, v in true.items()})
+    return scalars
 
   def _loss(self, params, image_partners=None) -> dict[str, float]:
     """Token-mean cross-entropy per task level over the records, prepared as training prepares them
