@@ -373,8 +373,10 @@ def test_demo_three_stages_loss_goes_down_and_export_loads(three_stages):
   _, workdir, summaries = three_stages
   for name, s in summaries.items():
     losses = np.array(s["losses"])
-    if name in ("pretrain", "stage2"):  # fresh towers / a fresh aggregator: the loss must fall
+    if name == "pretrain":  # fresh towers: the loss must fall
       assert losses[-5:].mean() < 0.9 * losses[:5].mean(), (name, losses)
+    elif name == "stage2":  # a fresh region-level adapter on the pretrained aggregator: the loss falls
+      assert losses[-5:].mean() < losses[:5].mean(), (name, losses)
     else:  # stages 1 and 3 start from trained branches: the loss must not climb (noisy at batch 16)
       assert losses[-10:].mean() < 1.2 * losses[:10].mean(), (name, losses)
   exported_config, params = load_converted(workdir / "stage3" / "export")
