@@ -536,7 +536,8 @@ def test_pretrain_trains_everything_and_the_stages_load_its_export(three_stages)
   trained = final_trainables(workdir, "pretrain")
   assert set(trained) == set(exported)  # nothing frozen: everything is trained, saved and exported
   assert any(k.startswith("vit/") for k in trained) and any(k.startswith("t5/encoder/layers/ffn/") for k in trained)
-  assert not any("/moa/" in k or k == "soft_prompt" or k.startswith("aggregator/") for k in exported)
+  assert not any("/moa/" in k or k == "soft_prompt" for k in exported)
+  assert any(k.startswith("aggregator/") for k in exported)  # the `all` layout: the T5 reads patch tokens
   assert exported_config.adapters == "none" and exported_config.use_soft_prompt is False
   assert config.pretrained == str(export)  # set by the demo's data step, read by stages 1-3
 
@@ -555,3 +556,7 @@ def test_pretrain_trains_everything_and_the_stages_load_its_export(three_stages)
   assert not np.array_equal(flat(frozen_random)[key], exported[key])
   s1 = final_trainables(workdir, "stage1")
   assert not np.array_equal(s1[qformer[0]], exported[qformer[0]])  # and trained on from there
+  # Stage 2's aggregator starts from the pretrained one, which the frozen T5 learnt to read.
+  trainable, *_ = init_stage(config, "stage2", sharding.make_mesh(**config.mesh))
+  aggregator = {k: v for k, v in flat(trainable).items() if k.startswith("aggregator/")}
+  assert aggregator and all(np.array_equal(v, exported[k]) for k, v in aggregator.items())
