@@ -372,7 +372,8 @@ def test_multihost_demo_is_preempted_moves_from_2_to_4_processes_and_equals_one_
   assert f"pretrain: resumed from step {preempted_at}" in (logs / "process_3.log").read_text()
   # Evaluations decode 2 tokens: every decoding step is a round of cross-process collectives.
   short_decoding = [f"--config.evals.{name}.max_new_tokens=2" for name, _, _ in demo.HEADLINE]
-  third = run(command(4, 2, *short_decoding), env=env(2), timeout=900)
+  # 8 records a metric: at least two images each, as the blind twins need (one batch, as 2 would be).
+  third = run(command(4, 8, *short_decoding), env=env(2), timeout=900)
   assert third.returncode == 0, third.stdout[-5000:] + third.stderr[-3000:]
   for stage in ("pretrain", "stage1", "stage2"):
     assert f"{stage}: already finished" in (logs / "process_3.log").read_text()
