@@ -183,3 +183,9 @@ def test_blind_is_refused_where_options_are_ranked(checkpoint, tmp_path):
   config = eval_config("mmbench", records=str(tmp_path / "dev.tsv"), blind=True)
   with pytest.raises(UserError, match="mmbench ranks given options"):
     runner.run_benchmark(config, checkpoint / "ckpt", tmp_path)
+  # Questions about one image cannot be deranged: refused before anything is predicted.
+  one_image = dict(records=str(checkpoint / "data" / "val.jsonl"), image_root=str(checkpoint / "data"), limit=2)
+  config = eval_config("synthetic_vqa", tasks=("vqa",), blind=True, **one_image)
+  with pytest.raises(UserError, match="have 1 distinct image"):
+    runner.run_benchmark(config, checkpoint / "ckpt", tmp_path)
+  assert not list(tmp_path.glob("*predictions*"))

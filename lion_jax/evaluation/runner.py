@@ -226,11 +226,12 @@ def run_benchmark(
   if config.limit:
     records = records[: config.limit]
   directory = Path(output or checkpoint)
+  partners = blind.partners(records) if config.get("blind") else None  # a set it cannot derange fails first
   loaded = (model_config, params, t5, bert, mesh, tagger)
   scores = _predict_and_score(config, checkpoint, directory, config.name, records, loaded, None)
-  if config.get("blind"):
+  if partners is not None:
     name = config.name + blind.SUFFIX
-    blind_scores = _predict_and_score(config, checkpoint, directory, name, records, loaded, blind.partners(records))
+    blind_scores = _predict_and_score(config, checkpoint, directory, name, records, loaded, partners)
     if jax.process_index() == 0:  # the true run's results file holds both, as the in-training evaluators report
       scores = {**scores, **blind.suffixed(blind_scores)}
       write_scores(directory, config.name, scores)
